@@ -1,0 +1,248 @@
+"""Self-describing checkpoints.
+
+A CARTL checkpoint is a safetensors file whose header carries the model's description under the
+key ``cartl`` (JSON: architecture, classes, input shape, normalisation, block count, residual
+scaling, how it was trained, its metrics), so :func:`load_model` rebuilds it from the file alone.
+
+Plain state dicts (``.pt``, ``.pth``, or safetensors without our header) load only through
+``torch.load(weights_only=True)``, with the architecture given. A pickle that would import or call
+code is refused before anything runs; there is no unsafe fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from cartl_core.errors import CheckpointError, UnsafeCheckpointError
+from cartl_core.models import BlockModel, ModelSpec, build_model, create_model
+
+__all__ = ["FORMAT", "load_model", "read_description", "save_checkpoint"]
+
+FORMAT = "cartl-checkpoint/1"
+_PREFIXES = ("module.", "_orig_mod.")
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def save_checkpoint(
+    model: BlockModel,
+    path: str | Path,
+    *,
+    class_names: tuple[str, ...] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``model`` as safetensors with its description in the header (atomically)."""
+    path = Path(path)
+    spec = model.spec
+    description = {
+        "format": FORMAT,
+        "model": spec.to_dict(),
+        "num_blocks": model.num_blocks,
+        "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
+        "class_names": list(class_names)
+        if class_names
+        else [str(i) for i in range(spec.num_classes)],
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"cartl": json.dumps(description)})
+    os.replace(tmp, path)
+    return description
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= path.stat().st_size and head[8:9] == b"{"
+
+
+def read_description(path: str | Path) -> dict[str, Any] | None:
+    """The ``cartl`` header of a safetensors checkpoint, or None for plain weights."""
+    path = _existing(path)
+    if not _is_safetensors(path):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    if "cartl" not in meta:
+        return None
+    try:
+        description: dict[str, Any] = json.loads(meta["cartl"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path.name}: the cartl header is not valid JSON") from None
+    return description
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it was not written with; the restricted
+            # unpickler still decides what loads, so the warning adds nothing for the user.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = _blocked_global(exc) or "it holds pickled objects, not only tensors"
+        raise UnsafeCheckpointError(
+            f"{path.name} was refused: loading it would run code ({what}). Save plain tensors "
+            "instead: torch.save(model.state_dict(), ...) or safetensors"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path.name} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})"
+        ) from None
+
+
+def _blocked_global(exc: Exception) -> str | None:
+    text = str(exc)
+    marker = "Unsupported global: GLOBAL "
+    if marker in text:
+        name = text.split(marker, 1)[1].split()[0]
+        return f"it imports {name}"
+    return None
+
+
+def _state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                obj = inner
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return {_strip(k): v for k, v in obj.items()}
+    raise CheckpointError(
+        f"{name} holds no state dict (a mapping of parameter names to tensors); "
+        "save model.state_dict()"
+    )
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _translate(model: BlockModel, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept torchvision's own names for torchvision models."""
+    foreign: dict[str, str] = getattr(model, "foreign_keys", {})
+    if foreign and any(k in foreign for k in sd):
+        return {foreign.get(k, k): v for k, v in sd.items()}
+    return sd
+
+
+def _load_into(model: BlockModel, sd: dict[str, torch.Tensor], name: str) -> None:
+    own = model.state_dict()
+    # Normalisation buffers are ours; weights trained elsewhere do not carry them.
+    for key in ("normalize.mean", "normalize.std"):
+        sd.setdefault(key, own[key])
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", shapes),
+        ):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(
+            f"{name} does not fit {model.spec.arch} with {model.spec.num_classes} classes; "
+            + "; ".join(parts)
+        )
+    model.load_state_dict(sd, strict=False)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int = 3,
+    input_size: int = 32,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> BlockModel:
+    """Rebuild a model from a CARTL checkpoint, or from plain weights with ``arch`` given.
+
+    For plain weights, ``num_classes`` defaults to the size of the checkpoint's last layer.
+    """
+    p = _existing(path)
+    description = read_description(p)
+    if description is not None:
+        model = build_model(ModelSpec.from_dict(description["model"]))
+        _load_into(model, _safetensors(p), p.name)
+        model.eval()
+        return model
+    sd = _safetensors(p) if _is_safetensors(p) else _state_dict(_torch_load(p), p.name)
+    if arch is None:
+        raise CheckpointError(
+            f"{p.name} holds plain weights without a description; give the architecture "
+            "(--arch / arch) and, if the last layer is not the class count, num_classes"
+        )
+    probe = create_model(
+        arch, 2, in_channels=in_channels, input_size=input_size, mean=mean, std=std
+    )
+    sd = _translate(probe, sd)
+    fc_key = f"blocks.{probe.num_blocks - 1}.fc.weight"
+    if num_classes is None:
+        if fc_key not in sd:
+            raise CheckpointError(
+                f"{p.name}: cannot find the classifier ({fc_key}); give "
+                "num_classes and check the architecture"
+            )
+        num_classes = int(sd[fc_key].shape[0])
+    model = create_model(
+        arch, num_classes, in_channels=in_channels, input_size=input_size, mean=mean, std=std
+    )
+    _load_into(model, sd, p.name)
+    model.eval()
+    return model
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return {_strip(k): v for k, v in load_file(str(path), device="cpu").items()}
+    except Exception as exc:
+        raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from None

@@ -1,0 +1,664 @@
+"""The ``cartl`` command line: pretrain, transfer, audit, inspect, models.
+
+Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. Eps and
+step sizes accept fractions (``8/255``). Every default comes from :mod:`cartl_core.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from cartl_core.config import (
+    BN_PRESETS,
+    TRANSFER_METHODS,
+    AttackConfig,
+    AuditConfig,
+    FDMConfig,
+    LwFConfig,
+    ScheduleConfig,
+    TransferConfig,
+)
+from cartl_core.errors import CartlError
+from cartl_core.reproduction import DigitsSettings
+
+__all__ = ["build_parser", "main"]
+
+_ATTACK = AttackConfig()
+_SCHEDULE = ScheduleConfig()
+_FDM = FDMConfig()
+_TRANSFER = TransferConfig()
+_AUDIT = AuditConfig()
+
+
+def fraction(text: str) -> float:
+    """A positive number, written as a decimal or a fraction such as 8/255."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number or fraction like 8/255"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def fraction_list(text: str) -> tuple[float, ...]:
+    return tuple(fraction(part) for part in text.split(",") if part.strip())
+
+
+def _fmt(value: float) -> str:
+    frac = Fraction(value).limit_denominator(1000)
+    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else str(value)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also write a PNG plot of the results here (needs matplotlib)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _schedule_args(p: argparse.ArgumentParser, epochs_default: int | None = None) -> None:
+    g = p.add_argument_group("schedule (SGD, one warm-up epoch, x0.2 at 40%%/70%%/90%% of epochs)")
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=epochs_default,
+        help=f"training epochs [default: {_SCHEDULE.epochs}; lwf: 52]",
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=None, help=f"batch size [default: {_SCHEDULE.batch_size}]"
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate [default: {_SCHEDULE.lr}; lwf: 0.001]",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help=f"weight decay [default: {_SCHEDULE.weight_decay}; lwf: 2e-4]",
+    )
+    g.add_argument(
+        "--augment",
+        choices=("paper", "crop-flip", "none"),
+        default="paper",
+        help="training augmentation: paper = crop 4 + flip + rotate 15 deg (CIFAR), "
+        "crop-flip, or none (SVHN, digits) [default: paper]",
+    )
+
+
+def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    g = p.add_argument_group("audit attacks")
+    g.add_argument(
+        f"--{prefix}eps",
+        type=fraction_list,
+        default=None,
+        help=f"attack radius, or several separated by commas [default: {_fmt(_AUDIT.eps[0])}]",
+    )
+    g.add_argument(
+        f"--{prefix}steps",
+        type=int,
+        default=None,
+        help=f"PGD steps [default: {_AUDIT.steps}; the paper's protocol: 100]",
+    )
+    g.add_argument(
+        f"--{prefix}alpha",
+        type=fraction,
+        default=None,
+        help="PGD step size [default: eps/4, i.e. 2/255 at 8/255]",
+    )
+    g.add_argument(
+        f"--{prefix}restarts",
+        type=int,
+        default=None,
+        help=f"random restarts [default: {_AUDIT.restarts}]",
+    )
+    g.add_argument(
+        f"--{prefix}norm", choices=("linf", "l2"), default=None, help="threat model [default: linf]"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cartl",
+        description="Adversarially robust transfer learning (CARTL, ICML 2021): pre-train a "
+        "robust source, fine-tune it without losing robustness, audit the result.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "pretrain",
+        help="FDM (or plain adversarial) pre-training of a source model",
+        description="Adversarial training with PGD-Linf plus the feature-distance "
+        "term (FDM) at the input of the first block to be fine-tuned.",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="source dataset (npz, ImageFolder zip/tar.gz, CIFAR python tarball, SVHN .mat)",
+    )
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="small-cnn, resnet18-cifar, wrn-D-W (e.g. wrn-34-10) or torchvision:NAME",
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=_FDM.k,
+        help=f"number of last blocks that will be fine-tuned [default: {_FDM.k}]",
+    )
+    p.add_argument(
+        "--fdm-lambda",
+        type=float,
+        default=_FDM.fdm_lambda,
+        help=f"weight of the feature-distance term; 0 = plain adversarial training "
+        f"[default: {_FDM.fdm_lambda}]",
+    )
+    p.add_argument(
+        "--fdm-reduction",
+        choices=("sum", "mean"),
+        default=_FDM.reduction,
+        help="sum the term over the batch (the release) or average it [default: sum]",
+    )
+    p.add_argument(
+        "--eps",
+        type=fraction,
+        default=_ATTACK.eps,
+        help=f"training attack radius (Linf) [default: {_fmt(_ATTACK.eps)}]",
+    )
+    p.add_argument(
+        "--alpha",
+        type=fraction,
+        default=_ATTACK.alpha,
+        help=f"training attack step [default: {_fmt(_ATTACK.alpha)}]",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=_ATTACK.steps,
+        help=f"training attack steps [default: {_ATTACK.steps}]",
+    )
+    _schedule_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
+    p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
+    _audit_args(p, prefix="audit-")
+    _common(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser(
+        "transfer",
+        help="fine-tune a source model on a target dataset",
+        description="Fine-tune the last k blocks of a source model on the target "
+        "data: standard, neft, cartl (NEFT + frozen BN) or lwf.",
+    )
+    p.add_argument("--source", required=True, type=Path, help="source checkpoint")
+    p.add_argument("--data", required=True, type=Path, help="target dataset")
+    p.add_argument(
+        "--method",
+        choices=TRANSFER_METHODS,
+        default=_TRANSFER.method,
+        help=f"transfer method [default: {_TRANSFER.method}]",
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=_TRANSFER.k,
+        help=f"number of last blocks to fine-tune [default: {_TRANSFER.k}]",
+    )
+    p.add_argument(
+        "--norm-beta",
+        type=float,
+        default=None,
+        help="spectral-norm target for neft/cartl [default: neft 0.6, cartl 0.4]",
+    )
+    p.add_argument(
+        "--spectral-mode",
+        choices=("exact", "at-most"),
+        default="exact",
+        help="scale every layer to norm beta, or only those above it [default: exact]",
+    )
+    p.add_argument(
+        "--spectral-estimate",
+        choices=("matrix", "conv"),
+        default="matrix",
+        help="bound each kernel reshaped to a matrix (the paper) or each convolution's exact "
+        "operator norm [default: matrix]",
+    )
+    p.add_argument(
+        "--residual-scale",
+        type=float,
+        default=None,
+        help="fine-tuned residual output = s*(shortcut + residual) "
+        "[default: 0.5 for neft/cartl, 1 otherwise]",
+    )
+    p.add_argument(
+        "--bn",
+        choices=tuple(BN_PRESETS),
+        default=None,
+        help="BatchNorm preset [default: standard source-stats, neft trainable, "
+        "cartl frozen, lwf trainable]",
+    )
+    p.add_argument(
+        "--lwf-lambda",
+        type=float,
+        default=LwFConfig().lwf_lambda,
+        help="lwf feature-distance weight [default: 0.01]",
+    )
+    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
+    p.add_argument(
+        "--source-classes",
+        type=int,
+        default=None,
+        help="class count of a plain-weights source [default: from its last layer]",
+    )
+    _schedule_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
+    p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
+    _audit_args(p, prefix="audit-")
+    _common(p)
+    p.set_defaults(func=_cmd_transfer)
+
+    p = sub.add_parser(
+        "audit",
+        help="clean and PGD robust accuracy of a checkpoint",
+        description="PGD (early exit, any-iterate), FGSM and CW-margin PGD, "
+        "per-class accuracy and gradient-masking checks.",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint to audit")
+    p.add_argument("--data", required=True, type=Path, help="dataset; its test split is used")
+    _audit_args(p)
+    p.add_argument("--no-fgsm", action="store_true", help="skip FGSM")
+    p.add_argument("--no-cw", action="store_true", help="skip CW-margin PGD")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=_AUDIT.batch_size,
+        help=f"attack batch size [default: {_AUDIT.batch_size}]",
+    )
+    p.add_argument("--limit", type=int, default=None, help="audit only the first N test samples")
+    p.add_argument("--arch", default=None, help="architecture, for plain weights")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _common(p)
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser(
+        "demo",
+        help="reproduce the paper's claim on scikit-learn's digits (~1 min)",
+        description="Adversarially train on digits 0-4 (plain AT and FDM), transfer "
+        "to digits 5-9 with standard fine-tuning and with CARTL, and "
+        "audit every model with PGD-20.",
+    )
+    demo = DigitsSettings()
+    p.add_argument(
+        "--eps",
+        type=fraction,
+        default=demo.eps,
+        help=f"Linf radius for training and audit [default: {demo.eps}]",
+    )
+    p.add_argument("--k", type=int, default=demo.k, help=f"blocks fine-tuned [default: {demo.k}]")
+    p.add_argument(
+        "--fdm-lambda",
+        type=float,
+        default=demo.fdm_lambda,
+        help=f"FDM weight [default: {demo.fdm_lambda}]",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=demo.epochs,
+        help=f"epochs for each run [default: {demo.epochs}]",
+    )
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--export-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only write the two tasks as DIR/source.npz and DIR/target.npz",
+    )
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("inspect", help="print a checkpoint's description")
+    p.add_argument("checkpoint", type=Path)
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("models", help="list architectures and their block counts")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _schedule(args: argparse.Namespace, base: ScheduleConfig) -> ScheduleConfig:
+    changes = {
+        name: getattr(args, name)
+        for name in ("epochs", "batch_size", "lr", "weight_decay")
+        if getattr(args, name) is not None
+    }
+    return base.with_(**changes)
+
+
+def _audit_config(args: argparse.Namespace, prefix: str = "", **extra: Any) -> AuditConfig:
+    values = {
+        name: getattr(args, prefix + name) for name in ("eps", "steps", "alpha", "restarts", "norm")
+    }
+    return AuditConfig(**{k: v for k, v in values.items() if v is not None}, **extra)
+
+
+class _Bars:
+    """tqdm progress bars fed by cartl_core's progress callbacks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.key: Any = None
+
+    def training(self, event: Any) -> None:
+        if self.quiet:
+            return
+        key = (event.stage, event.epoch)
+        if key != self.key:
+            self.close()
+            from tqdm import tqdm
+
+            self.key = key
+            self.bar = tqdm(
+                total=event.batches,
+                unit="batch",
+                leave=False,
+                file=sys.stderr,
+                desc=f"{event.stage} epoch {event.epoch + 1}/{event.epochs}",
+            )
+        self.bar.n = event.batch
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in event.metrics.items()}, refresh=True)
+
+    def audit(self, name: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if name != self.key:
+            self.close()
+            from tqdm import tqdm
+
+            self.key = name
+            self.bar = tqdm(
+                total=total, unit="img", leave=False, file=sys.stderr, desc=f"audit {name}"
+            )
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.key = None
+
+
+def _epoch_line(record: Any) -> str:
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.metrics.items())
+    return f"epoch {record.epoch:>3}  lr {record.lr:.4g}  {record.seconds:6.1f}s  {metrics}"
+
+
+def _finish(result: Any, data: Any, args: argparse.Namespace, bars: _Bars) -> None:
+    from cartl_core import audit, save_checkpoint
+
+    for record in result.history:
+        print(_epoch_line(record), file=sys.stderr)
+    metrics: dict[str, Any] = {"history": [h.to_dict() for h in result.history]}
+    report = None
+    if not args.no_audit:
+        report = audit(
+            result.model,
+            data.test,
+            _audit_config(args, "audit_"),
+            class_names=data.class_names,
+            on_progress=bars.audit,
+        )
+        bars.close()
+        metrics.update(
+            clean_accuracy=report.clean_accuracy,
+            robust_accuracy=report.robust_accuracy,
+            audit=report.to_dict(),
+        )
+        print(report.table())
+    save_checkpoint(
+        result.model,
+        args.out,
+        class_names=data.class_names,
+        training=result.training,
+        metrics=metrics,
+    )
+    print(f"saved {args.out}", file=sys.stderr)
+    if args.plot is not None:
+        from cartl_core.plots import plot_training
+
+        plot_training(result.history, args.plot, title=result.training["kind"], report=report)
+        print(f"plot {args.plot}", file=sys.stderr)
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from cartl_core import load_dataset, pretrain
+
+    data = load_dataset(args.data)
+    attack = AttackConfig(eps=args.eps, alpha=args.alpha, steps=args.steps)
+    config = FDMConfig(
+        k=args.k,
+        fdm_lambda=args.fdm_lambda,
+        reduction=args.fdm_reduction,
+        attack=attack,
+        schedule=_schedule(args, ScheduleConfig()),
+        augmentation=args.augment,
+    )
+    bars = _Bars(args.quiet)
+    state = _state_path(args.out)
+    result = pretrain(
+        data,
+        args.arch,
+        config,
+        device=args.device,
+        seed=args.seed,
+        state_path=state,
+        on_progress=bars.training,
+    )
+    bars.close()
+    _finish(result, data, args, bars)
+    state.unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from cartl_core import load_dataset, load_model, transfer
+
+    data = load_dataset(args.data)
+    c, h, _ = data.input_shape
+    source = load_model(
+        args.source, arch=args.arch, num_classes=args.source_classes, in_channels=c, input_size=h
+    )
+    lwf = LwFConfig(lwf_lambda=args.lwf_lambda)
+    base = TransferConfig(method=args.method).resolved_schedule()
+    config = TransferConfig(
+        method=args.method,
+        k=args.k,
+        norm_beta=args.norm_beta,
+        spectral_mode=args.spectral_mode,
+        spectral_estimate=args.spectral_estimate,
+        residual_scale=args.residual_scale,
+        bn=args.bn,
+        schedule=_schedule(args, base),
+        lwf=lwf,
+        augmentation=args.augment,
+    )
+    bars = _Bars(args.quiet)
+    state = _state_path(args.out)
+    result = transfer(
+        source,
+        data,
+        config,
+        device=args.device,
+        seed=args.seed,
+        state_path=state,
+        on_progress=bars.training,
+    )
+    bars.close()
+    _finish(result, data, args, bars)
+    state.unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import torch
+
+    from cartl_core import audit, load_dataset, load_model
+    from cartl_core._runtime import prepare_model, resolve_device
+
+    data = load_dataset(args.data)
+    c, h, _ = data.input_shape
+    model = load_model(args.checkpoint, arch=args.arch, in_channels=c, input_size=h)
+    model.check_input(c)
+    prepare_model(model, resolve_device(args.device))
+    split = data.test
+    if args.limit is not None:
+        split = split.subset(torch.arange(min(args.limit, len(split))))
+    torch.manual_seed(args.seed)
+    bars = _Bars(args.quiet or args.json)
+    config = _audit_config(
+        args, fgsm=not args.no_fgsm, cw=not args.no_cw, batch_size=args.batch_size
+    )
+    report = audit(model, split, config, class_names=data.class_names, on_progress=bars.audit)
+    bars.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+        for check in report.checks:
+            print(f"[{'ok' if check.passed else 'WARNING'}] {check.name}: {check.detail}")
+    if args.plot is not None:
+        from cartl_core.plots import plot_audit
+
+        plot_audit(report, args.plot)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cartl_core.reproduction import digits_reproduction, format_table
+
+    settings = DigitsSettings(
+        eps=args.eps, k=args.k, fdm_lambda=args.fdm_lambda, epochs=args.epochs, seed=args.seed
+    )
+    if args.export_data is not None:
+        from cartl_core.data.digits import digits_task, save_npz
+
+        for name, classes in (
+            ("source", settings.source_classes),
+            ("target", settings.target_classes),
+        ):
+            path = save_npz(
+                digits_task(classes, seed=settings.seed), args.export_data / f"{name}.npz"
+            )
+            print(f"wrote {path} (digits {', '.join(map(str, classes))})", file=sys.stderr)
+        return 0
+
+    def show(row: Any) -> None:
+        if not (args.quiet or args.json):
+            print(
+                f"  {row.source} {row.transfer or '(source)'}: clean {row.clean_accuracy:.3f} "
+                f"robust {row.robust_accuracy:.3f}",
+                file=sys.stderr,
+            )
+
+    device = "cpu" if args.device == "auto" else args.device
+    rows = digits_reproduction(settings, device=device, on_row=show)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+    if args.plot is not None:
+        from cartl_core.plots import plot_reproduction
+
+        plot_reproduction(rows, args.plot)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cartl_core import read_description
+
+    description = read_description(args.checkpoint)
+    if description is None:
+        raise CartlError(f"{args.checkpoint} has no CARTL description (plain weights)")
+    print(json.dumps(description, indent=2))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from cartl_core.models import create_model
+
+    for arch in (
+        "small-cnn",
+        "resnet18-cifar",
+        "wrn-16-4",
+        "wrn-28-4",
+        "wrn-34-10",
+        "torchvision:resnet18",
+        "torchvision:resnet50",
+    ):
+        model = create_model(arch, 10, in_channels=3, input_size=32)
+        print(f"{arch:<24} T = {model.num_blocks}")
+    print(
+        "any wrn-D-W with D = 6n + 4; any torchvision resnet*/resnext*/wide_resnet*/vgg*/"
+        "mobilenet_v2/mobilenet_v3_*/efficientnet_*/convnext_*"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CartlError as exc:
+        print(f"cartl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "cartl: interrupted; run the same command again to resume from the last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        if os.environ.get("CARTL_DEBUG"):
+            raise
+        print(
+            f"cartl: internal error: {type(exc).__name__}: {exc} "
+            "(set CARTL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,322 @@
+"""The paper's defaults, defined once.
+
+Every front end (CLI, REST API, worker) reads its defaults from here; a test checks they agree.
+Values follow ``CARTL_METHOD.md``: where the authors' release and the paper differ, the release's
+behaviour is the default and the alternative is a named option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Self
+
+from cartl_core.errors import ConfigError
+
+__all__ = [
+    "BN_PRESETS",
+    "TRANSFER_METHODS",
+    "AttackConfig",
+    "AuditConfig",
+    "BNPolicy",
+    "FDMConfig",
+    "LwFConfig",
+    "ScheduleConfig",
+    "TransferConfig",
+]
+
+Norm = Literal["linf", "l2"]
+AttackLoss = Literal["ce", "cw"]
+FDMReduction = Literal["sum", "mean"]
+TransferMethod = Literal["standard", "neft", "cartl", "lwf"]
+SpectralMode = Literal["exact", "at-most"]
+SpectralEstimate = Literal["matrix", "conv"]
+StatsSource = Literal["source", "target"]
+
+TRANSFER_METHODS: tuple[str, ...] = ("standard", "neft", "cartl", "lwf")
+
+
+class _Config:
+    """Shared helpers: validated ``replace`` and a JSON-friendly dict."""
+
+    def with_(self, **changes: Any) -> Self:
+        unknown = set(changes) - {f.name for f in fields(self)}  # type: ignore[arg-type]
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _Config) else value
+            if isinstance(value, tuple):
+                out[f.name] = list(value)
+        return out
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0; got {value}", field=name)
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name} must be >= 0; got {value}", field=name)
+
+
+@dataclass(frozen=True)
+class AttackConfig(_Config):
+    """PGD settings. Defaults: the paper's training attack (PGD-7, Linf 8/255, step 2/255)."""
+
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 7
+    norm: Norm = "linf"
+    random_start: bool = True
+    restarts: int = 1
+    loss: AttackLoss = "ce"
+
+    def __post_init__(self) -> None:
+        _positive("eps", self.eps)
+        _positive("alpha", self.alpha)
+        _non_negative("steps", self.steps)
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be >= 1; got {self.restarts}", field="restarts")
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"norm must be 'linf' or 'l2'; got {self.norm!r}", field="norm")
+        if self.loss not in ("ce", "cw"):
+            raise ConfigError(f"loss must be 'ce' or 'cw'; got {self.loss!r}", field="loss")
+        if self.norm == "linf" and self.eps > 1:
+            raise ConfigError(
+                f"Linf eps {self.eps} exceeds the [0, 1] pixel range; did you mean {self.eps}/255?",
+                field="eps",
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig(_Config):
+    """SGD with one linear warm-up epoch and step decay, as in the release.
+
+    ``milestones`` are fractions of ``epochs``: (0.4, 0.7, 0.9) of 100 epochs gives the paper's
+    epochs 40, 70 and 90, and a shortened run keeps the same shape.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    milestones: tuple[float, ...] = (0.4, 0.7, 0.9)
+    gamma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1; got {self.epochs}", field="epochs")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}", field="batch_size")
+        _positive("lr", self.lr)
+        _non_negative("momentum", self.momentum)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("warmup_epochs", self.warmup_epochs)
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ConfigError("milestones are fractions of epochs in (0, 1]", field="milestones")
+
+    def milestone_epochs(self) -> list[int]:
+        return sorted({round(m * self.epochs) for m in self.milestones})
+
+
+@dataclass(frozen=True)
+class FDMConfig(_Config):
+    """FDM pre-training: PGD adversarial training plus the feature-distance term.
+
+    ``fdm_lambda`` 0.005 is the release's WRN-34-10/CIFAR-100 value (its other runs use 0.01);
+    0 gives plain adversarial training. The term is summed over the batch as in the release
+    (so lambda scales with batch size); ``reduction="mean"`` averages instead.
+    """
+
+    k: int = 4
+    fdm_lambda: float = 0.005
+    reduction: FDMReduction = "sum"
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augmentation: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1; got {self.k}", field="k")
+        _non_negative("fdm_lambda", self.fdm_lambda)
+        if self.reduction not in ("sum", "mean"):
+            raise ConfigError("reduction must be 'sum' or 'mean'", field="reduction")
+
+
+@dataclass(frozen=True)
+class BNPolicy(_Config):
+    """What BatchNorm layers do during fine-tuning, separately for frozen and fine-tuned blocks.
+
+    ``*_affine_trainable``: whether gamma/beta get gradients ("freezing BN" in the paper means
+    False). ``*_stats``: "target" re-estimates running statistics on the target data (train mode),
+    "source" keeps the source statistics (eval mode on every batch of every epoch).
+    """
+
+    frozen_affine_trainable: bool = False
+    frozen_stats: StatsSource = "source"
+    tuned_affine_trainable: bool = True
+    tuned_stats: StatsSource = "target"
+
+    def __post_init__(self) -> None:
+        for name in ("frozen_stats", "tuned_stats"):
+            if getattr(self, name) not in ("source", "target"):
+                raise ConfigError(f"{name} must be 'source' or 'target'", field=name)
+
+
+BN_PRESETS: dict[str, BNPolicy] = {
+    # Ordinary fine-tuning: frozen blocks fully frozen, tuned blocks fully trainable.
+    "trainable": BNPolicy(False, "source", True, "target"),
+    # The release's standard-fine-tuning baseline.
+    "source-stats": BNPolicy(False, "source", False, "target"),
+    # The release's CARTL runs: affine frozen everywhere, statistics re-estimated everywhere.
+    "frozen": BNPolicy(False, "target", False, "target"),
+    # Everything from the source: affine frozen and statistics kept everywhere.
+    "all-source": BNPolicy(False, "source", False, "source"),
+}
+
+DEFAULT_BN_PRESET: dict[str, str] = {
+    "standard": "source-stats",
+    "neft": "trainable",
+    "cartl": "frozen",
+    "lwf": "trainable",
+}
+
+DEFAULT_NORM_BETA: dict[str, float] = {"neft": 0.6, "cartl": 0.4}
+
+
+@dataclass(frozen=True)
+class LwFConfig(_Config):
+    """Shafahi et al.'s LwF-style robust transfer baseline, with its published schedule."""
+
+    lwf_lambda: float = 0.01
+    head_only_epochs: int = 25
+
+    def __post_init__(self) -> None:
+        _non_negative("lwf_lambda", self.lwf_lambda)
+        _non_negative("head_only_epochs", self.head_only_epochs)
+
+
+LWF_SCHEDULE = ScheduleConfig(
+    epochs=52,
+    batch_size=128,
+    lr=0.001,
+    momentum=0.9,
+    weight_decay=2e-4,
+    warmup_epochs=0,
+    milestones=(),
+)
+
+
+@dataclass(frozen=True)
+class TransferConfig(_Config):
+    """Target-side fine-tuning.
+
+    ``spectral_estimate="matrix"`` bounds each kernel reshaped to (out, in*kh*kw), as the paper
+    does; ``"conv"`` bounds each convolution's true operator norm at its input size.
+    ``norm_beta`` and ``bn`` left as None take the method's default (NEFT 0.6, CARTL 0.4; BN
+    presets per method in ``DEFAULT_BN_PRESET``). ``residual_scale`` 0.5 makes each fine-tuned
+    residual block output 0.5 * shortcut + 0.5 * residual (the release's NEFT); None picks 0.5
+    for neft/cartl and 1.0 (plain sum) otherwise.
+    """
+
+    method: TransferMethod = "cartl"
+    k: int = 4
+    norm_beta: float | None = None
+    spectral_mode: SpectralMode = "exact"
+    spectral_estimate: SpectralEstimate = "matrix"
+    power_iterations: int = 1
+    residual_scale: float | None = None
+    bn: str | None = None
+    schedule: ScheduleConfig | None = None
+    lwf: LwFConfig = field(default_factory=LwFConfig)
+    augmentation: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.method not in TRANSFER_METHODS:
+            raise ConfigError(
+                f"unknown method {self.method!r}; choose one of {', '.join(TRANSFER_METHODS)}",
+                field="method",
+            )
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1; got {self.k}", field="k")
+        if self.norm_beta is not None:
+            _positive("norm_beta", self.norm_beta)
+        if self.spectral_mode not in ("exact", "at-most"):
+            raise ConfigError("spectral_mode must be 'exact' or 'at-most'", field="spectral_mode")
+        if self.spectral_estimate not in ("matrix", "conv"):
+            raise ConfigError(
+                "spectral_estimate must be 'matrix' or 'conv'", field="spectral_estimate"
+            )
+        if self.power_iterations < 1:
+            raise ConfigError("power_iterations must be >= 1", field="power_iterations")
+        if self.residual_scale is not None:
+            _positive("residual_scale", self.residual_scale)
+        if self.bn is not None and self.bn not in BN_PRESETS:
+            raise ConfigError(
+                f"unknown BN preset {self.bn!r}; choose one of {', '.join(BN_PRESETS)}",
+                field="bn",
+            )
+
+    @property
+    def uses_spectral_norm(self) -> bool:
+        return self.method in ("neft", "cartl")
+
+    def resolved_norm_beta(self) -> float | None:
+        if not self.uses_spectral_norm:
+            return None
+        return self.norm_beta if self.norm_beta is not None else DEFAULT_NORM_BETA[self.method]
+
+    def resolved_bn_name(self) -> str:
+        return self.bn if self.bn is not None else DEFAULT_BN_PRESET[self.method]
+
+    def resolved_bn(self) -> BNPolicy:
+        return BN_PRESETS[self.resolved_bn_name()]
+
+    def resolved_schedule(self) -> ScheduleConfig:
+        """The release's schedule, or LwF's published one for ``lwf``, unless one is given."""
+        if self.schedule is not None:
+            return self.schedule
+        return LWF_SCHEDULE if self.method == "lwf" else ScheduleConfig()
+
+    def resolved_residual_scale(self) -> float:
+        if self.residual_scale is not None:
+            return self.residual_scale
+        return 0.5 if self.uses_spectral_norm else 1.0
+
+
+@dataclass(frozen=True)
+class AuditConfig(_Config):
+    """Robustness audit. Default main attack: PGD-20, Linf 8/255, step 2/255, random start
+    (the paper also reports 100 steps: ``steps=100``)."""
+
+    eps: tuple[float, ...] = (8 / 255,)
+    alpha: float | None = None
+    steps: int = 20
+    norm: Norm = "linf"
+    restarts: int = 1
+    fgsm: bool = True
+    cw: bool = True
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.eps:
+            raise ConfigError("give at least one eps", field="eps")
+        for e in self.eps:
+            _positive("eps", e)
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1; got {self.steps}", field="steps")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be >= 1; got {self.restarts}", field="restarts")
+        if self.alpha is not None:
+            _positive("alpha", self.alpha)
+
+    def alpha_for(self, eps: float) -> float:
+        """The paper's step is eps/4 (2/255 for 8/255) unless one is given."""
+        return self.alpha if self.alpha is not None else eps / 4

@@ -1,0 +1,145 @@
+"""Step 1 of CARTL: FDM pre-training on the source data.
+
+Per batch: PGD-Linf adversarial examples (model in eval mode, no parameter gradients), then in
+train mode ``CE(f(x_adv), y) + lambda * SUM_i ||phi(x_adv_i) - phi(x_i)||_2 / sqrt(d)`` where phi is
+the input of block T-k+1, the tensor the first fine-tuned block will later receive. Gradients flow
+through both feature maps; clean logits are not in the loss. ``fdm_lambda=0`` is plain PGD
+adversarial training (the baseline source) and skips the clean forward entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cartl_core._runtime import autocast, prepare_model, resolve_device
+from cartl_core.attacks import pgd
+from cartl_core.config import FDMConfig
+from cartl_core.data import Augmentation, Dataset, DeviceLoader, dataset_mean_std
+from cartl_core.models import BlockModel, create_model
+from cartl_core.training.loop import (
+    EpochFn,
+    EpochRecord,
+    ProgressFn,
+    StopFn,
+    TrainLoop,
+    evaluate_accuracy,
+    make_optimizer,
+    make_scheduler,
+    per_sample_feature_distance,
+)
+
+
+@dataclass
+class TrainResult:
+    """A trained model, its per-epoch history, and how it was made (for the checkpoint header)."""
+
+    model: BlockModel
+    history: list[EpochRecord]
+    training: dict[str, Any]
+
+
+def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMConfig) -> Any:
+    a, k, lam = config.attack, config.k, config.fdm_lambda
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_adv = pgd(
+            model, x, y, a.eps, a.alpha, a.steps, a.norm, a.random_start, a.restarts, a.loss
+        )
+        with autocast(x.device):
+            phi_adv = model.frozen_part(x_adv, k)
+            logits = model.tuned_part(phi_adv, k)
+            ce = F.cross_entropy(logits.float(), y)
+            loss = ce
+            out: dict[str, torch.Tensor] = {}
+            if lam > 0:
+                dist = per_sample_feature_distance(phi_adv, model.frozen_part(x, k))
+                term = dist.sum() if config.reduction == "sum" else dist.mean()
+                loss = ce + lam * term
+                out["feature_distance"] = dist.detach().sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        out["loss"] = loss.detach() * n
+        out["adv_ce"] = ce.detach() * n
+        out["adv_accuracy"] = (logits.detach().argmax(1) == y).sum()
+        return out
+
+    return step
+
+
+def pretrain(
+    data: Dataset,
+    arch: str,
+    config: FDMConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    init: BlockModel | None = None,
+    state_path: str | Path | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_epoch: EpochFn | None = None,
+) -> TrainResult:
+    """FDM (or, with ``fdm_lambda=0``, plain adversarial) training of a source model.
+
+    The model normalises its inputs with the source training set's per-channel mean and std.
+    """
+    config = config or FDMConfig()
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    if init is None:
+        mean, std = dataset_mean_std(data.train)
+        c, h, _ = data.input_shape
+        init = create_model(arch, data.num_classes, in_channels=c, input_size=h, mean=mean, std=std)
+    model = init
+    model.check_k(config.k)
+    prepare_model(model, dev)
+    s = config.schedule
+    loader = DeviceLoader(
+        data.train,
+        s.batch_size,
+        device=dev,
+        shuffle=True,
+        seed=seed,
+        augmentation=Augmentation.from_name(config.augmentation),
+        channels_last=dev.type == "cuda",
+    )
+    optimizer = make_optimizer(model.parameters(), s)
+    training = {
+        "kind": "pretrain",
+        "method": "fdm" if config.fdm_lambda > 0 else "adversarial-training",
+        "seed": seed,
+        "data": {"format": data.format, "classes": data.num_classes, "train": len(data.train)},
+        **config.to_dict(),
+    }
+    loop = TrainLoop(
+        model=model,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, s, len(loader)),
+        epochs=s.epochs,
+        step=fdm_step(model, optimizer, config),
+        stage="pretrain",
+        seed=seed,
+        fingerprint={"arch": model.spec.arch, **training},
+        state_path=Path(state_path) if state_path is not None else None,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_epoch=on_epoch,
+        before_epoch=lambda _epoch: _set_train(model),
+        after_epoch=lambda _epoch: {"test_accuracy": evaluate_accuracy(model, data.test)},
+    )
+    history = loop.run()
+    model.eval()
+    return TrainResult(model, history, training)
+
+
+def _set_train(model: BlockModel) -> None:
+    # Evaluation and the attack leave the model in eval mode; every epoch trains in train mode.
+    model.train()

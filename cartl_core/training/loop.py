@@ -1,0 +1,238 @@
+"""The epoch loop shared by FDM pre-training and every transfer method.
+
+Shape follows torchvision's reference training script: one optimiser step per batch, a per-batch
+learning-rate schedule, an evaluation under ``inference_mode`` after each epoch, and a state file
+(model, optimiser, scheduler, epoch, history) written atomically after every epoch so an
+interrupted run resumes at the next epoch with the same data order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cartl_core._runtime import autocast
+from cartl_core.config import ScheduleConfig
+from cartl_core.data import DeviceLoader, Split
+from cartl_core.errors import CancelledError, ConfigError
+
+__all__ = [
+    "EpochFn",
+    "EpochRecord",
+    "ProgressEvent",
+    "ProgressFn",
+    "StopFn",
+    "TrainLoop",
+    "evaluate_accuracy",
+    "make_optimizer",
+    "make_scheduler",
+]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One report from a long run. ``fraction`` covers the whole run, 0..1."""
+
+    stage: str
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    metrics: dict[str, float]
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        done = self.epoch * self.batches + self.batch
+        return done / max(1, self.epochs * self.batches)
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+StopFn = Callable[[], bool]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "lr": self.lr, "seconds": self.seconds, **self.metrics}
+
+
+def make_optimizer(params: Iterable[nn.Parameter], s: ScheduleConfig) -> torch.optim.SGD:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, s: ScheduleConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up per batch from 0 over ``warmup_epochs``, then x gamma at each milestone."""
+    warmup = s.warmup_epochs * steps_per_epoch
+    milestones = s.milestone_epochs()
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        epoch = step // steps_per_epoch
+        return float(s.gamma ** sum(epoch >= m for m in milestones))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
+    """Clean top-1 accuracy in eval mode; the caller's mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    try:
+        for start in range(0, len(split), batch_size):
+            x = split.images[start : start + batch_size].to(device, non_blocking=True)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            y = split.labels[start : start + batch_size].to(device, non_blocking=True)
+            with autocast(device):
+                correct += (model(x).argmax(1) == y).sum()
+    finally:
+        model.train(was_training)
+    return float(correct) / max(1, len(split))
+
+
+EpochFn = Callable[[EpochRecord, nn.Module], None]
+StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainLoop:
+    """Runs epochs of ``step`` over ``loader``; ``step`` returns per-batch SUMS as tensors
+    (e.g. ``loss_sum``, ``correct``), so nothing syncs with the device except for progress."""
+
+    model: nn.Module
+    loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    epochs: int
+    step: StepFn
+    stage: str
+    seed: int = 0
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    state_path: Path | None = None
+    on_progress: ProgressFn | None = None
+    should_stop: StopFn | None = None
+    before_epoch: Callable[[int], None] | None = None
+    after_epoch: Callable[[int], dict[str, float]] | None = None
+    on_epoch: EpochFn | None = None
+    progress_interval_s: float = 0.5
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def run(self) -> list[EpochRecord]:
+        start_epoch = self._resume()
+        started = time.monotonic()
+        for epoch in range(start_epoch, self.epochs):
+            self._run_epoch(epoch, started)
+            self._save(epoch + 1)
+        return self.history
+
+    def _run_epoch(self, epoch: int, started: float) -> None:
+        # Seeding per epoch makes a resumed run draw the same attack starts and data order.
+        torch.manual_seed(self.seed * 1_000_003 + epoch)
+        self.loader.set_epoch(epoch)
+        if self.before_epoch is not None:
+            self.before_epoch(epoch)
+        t0 = time.monotonic()
+        last_report = 0.0
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        batches = len(self.loader)
+        for batch, (x, y) in enumerate(self.loader):
+            if self.should_stop is not None and self.should_stop():
+                raise CancelledError(f"{self.stage} cancelled in epoch {epoch + 1}")
+            out = self.step(x, y)
+            self.scheduler.step()
+            seen += int(y.shape[0])
+            for key, value in out.items():
+                sums[key] = sums[key] + value.detach() if key in sums else value.detach()
+            now = time.monotonic()
+            if self.on_progress is not None and (
+                now - last_report >= self.progress_interval_s or batch + 1 == batches
+            ):
+                last_report = now
+                metrics = {k: float(v) / seen for k, v in sums.items()}
+                self.on_progress(
+                    ProgressEvent(
+                        self.stage, epoch, self.epochs, batch + 1, batches, metrics, now - started
+                    )
+                )
+        metrics = {k: float(v) / max(1, seen) for k, v in sums.items()}
+        if self.after_epoch is not None:
+            metrics.update(self.after_epoch(epoch))
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        record = EpochRecord(epoch + 1, lr, time.monotonic() - t0, metrics)
+        self.history.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record, self.model)
+
+    def _state(self, next_epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "next_epoch": next_epoch,
+            "history": json.dumps([h.to_dict() for h in self.history]),
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+        }
+
+    def _save(self, next_epoch: int) -> None:
+        if self.state_path is None:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self._state(next_epoch), tmp)
+        os.replace(tmp, self.state_path)
+
+    def _resume(self) -> int:
+        if self.state_path is None or not self.state_path.exists():
+            return 0
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot resume from {self.state_path}: {exc}; delete it to start over"
+            ) from None
+        if state.get("fingerprint") != json.dumps(self.fingerprint, sort_keys=True):
+            raise ConfigError(
+                f"{self.state_path} was written by a run with other settings; "
+                "use the same settings to resume, or delete it to start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = [_record(d) for d in json.loads(state["history"])]
+        return int(state["next_epoch"])
+
+
+def _record(d: dict[str, Any]) -> EpochRecord:
+    metrics = {k: float(v) for k, v in d.items() if k not in ("epoch", "lr", "seconds")}
+    return EpochRecord(int(d["epoch"]), float(d["lr"]), float(d["seconds"]), metrics)
+
+
+def per_sample_feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_i||_2 / sqrt(d) for each sample, in fp32."""
+    diff = (a.float() - b.float()).flatten(1)
+    norms: torch.Tensor = torch.linalg.vector_norm(diff, dim=1)
+    return norms / math.sqrt(diff.shape[1])

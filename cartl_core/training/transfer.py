@@ -1,0 +1,221 @@
+"""Step 2 of CARTL and its baselines: fine-tune the last k blocks of a source model on the target.
+
+- ``standard``: freeze blocks 1..T-k, fine-tune the last k with a fresh head, clean CE.
+- ``neft``: the same plus spectral normalisation (target norm ``norm_beta``) on every Conv2d and
+  Linear of the fine-tuned blocks, nested ones included, and averaged residuals
+  (0.5 * shortcut + 0.5 * residual) in the fine-tuned residual blocks. Folded into plain weights
+  at the end, so the exported model is an ordinary model of the same architecture.
+- ``cartl``: NEFT with BN affine parameters frozen, meant for an FDM-pretrained source.
+- ``lwf``: Shafahi et al.'s robust transfer: CE + lambda * mean_i ||f(x_i) - f_src(x_i)||_1 on the
+  penultimate features recorded once from the source; the first epochs train only the head.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cartl_core._runtime import autocast, prepare_model, resolve_device
+from cartl_core.config import TransferConfig
+from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split
+from cartl_core.errors import ConfigError
+from cartl_core.models import BlockModel
+from cartl_core.training import bn as bn_policy
+from cartl_core.training.fdm import TrainResult
+from cartl_core.training.loop import (
+    EpochFn,
+    ProgressFn,
+    StopFn,
+    TrainLoop,
+    evaluate_accuracy,
+    make_optimizer,
+    make_scheduler,
+)
+from cartl_core.training.spectral import apply_spectral_norm, fold_spectral_norm
+
+
+def _check_fit(model: BlockModel, data: Dataset, config: TransferConfig) -> None:
+    model.check_k(config.k)
+    c = data.input_shape[0]
+    if c != model.spec.in_channels:
+        raise ConfigError(
+            f"the source model takes {model.spec.in_channels}-channel images but the target data "
+            f"has {c} channels"
+        )
+    if config.resolved_residual_scale() != 1.0 and not model.residual_scalable:
+        raise ConfigError(
+            f"{model.spec.arch} has residual blocks whose sum cannot be rescaled; "
+            "set residual_scale to 1",
+            field="residual_scale",
+        )
+
+
+@torch.inference_mode()
+def _record_penultimate(model: BlockModel, split: Split, batch_size: int) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    feats = []
+    for start in range(0, len(split), batch_size):
+        x = split.subset(torch.arange(start, min(len(split), start + batch_size))).to(device)
+        with autocast(device):
+            feats.append(model.penultimate(x.float_images()).float())
+    return torch.cat(feats)
+
+
+def _clean_step(model: BlockModel, optimizer: torch.optim.Optimizer) -> Any:
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(x.device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        return {"loss": loss.detach() * n, "accuracy": (logits.detach().argmax(1) == y).sum()}
+
+    return step
+
+
+def _lwf_step(
+    model: BlockModel,
+    optimizer: torch.optim.Optimizer,
+    recorded: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float,
+) -> Any:
+    # The loader runs over sample indices (see transfer()), so each batch can look up the
+    # features recorded for exactly those images.
+    def step(x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = labels[index]
+        with autocast(x.device):
+            feats = model.penultimate(x)
+            logits = model.head.fc(feats)
+        ce = F.cross_entropy(logits.float(), y)
+        dist = (feats.float() - recorded[index]).abs().sum(dim=1)
+        loss = ce + lam * dist.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        return {
+            "loss": loss.detach() * n,
+            "feature_l1": dist.detach().sum(),
+            "accuracy": (logits.detach().argmax(1) == y).sum(),
+        }
+
+    return step
+
+
+def transfer(
+    source: BlockModel,
+    data: Dataset,
+    config: TransferConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    state_path: str | Path | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_epoch: EpochFn | None = None,
+) -> TrainResult:
+    """Fine-tune a copy of ``source`` on ``data``; ``source`` itself is left untouched."""
+    config = config or TransferConfig()
+    _check_fit(source, data, config)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model = copy.deepcopy(source)
+    prepare_model(model, dev)
+    k, s = config.k, config.resolved_schedule()
+    recorded = (
+        _record_penultimate(model, data.train, s.batch_size) if config.method == "lwf" else None
+    )
+    model.reset_classifier(data.num_classes)
+    tuned = list(range(model.num_blocks - k, model.num_blocks))
+    scale = config.resolved_residual_scale()
+    if scale != 1.0:
+        model.set_residual_scale(scale, tuned)
+    beta = config.resolved_norm_beta()
+    if beta is not None:
+        apply_spectral_norm(
+            model.tuned_modules(k),
+            beta,
+            config.spectral_mode,
+            config.power_iterations,
+            config.spectral_estimate,
+        )
+    policy = config.resolved_bn()
+    bn_policy.set_trainable(model, k, policy)
+    optimizer = make_optimizer(model.parameters(), s)
+
+    train_split = data.train
+    if recorded is not None:
+        train_split = Split(data.train.images, torch.arange(len(data.train)))
+        step = _lwf_step(
+            model, optimizer, recorded, data.train.labels.to(dev), config.lwf.lwf_lambda
+        )
+    else:
+        step = _clean_step(model, optimizer)
+    loader = DeviceLoader(
+        train_split,
+        s.batch_size,
+        device=dev,
+        shuffle=True,
+        seed=seed,
+        augmentation=Augmentation.from_name(config.augmentation),
+        channels_last=dev.type == "cuda",
+    )
+
+    def before_epoch(epoch: int) -> None:
+        bn_policy.set_modes(model, k, policy)
+        if config.method == "lwf":
+            _lwf_head_only(model, k, policy, epoch < config.lwf.head_only_epochs)
+
+    training: dict[str, Any] = {
+        "kind": "transfer",
+        "seed": seed,
+        "source": source.spec.to_dict(),
+        "data": {"format": data.format, "classes": data.num_classes, "train": len(data.train)},
+        **config.to_dict(),
+        "norm_beta": beta,
+        "residual_scale": scale,
+        "bn": config.resolved_bn_name(),
+        "bn_policy": policy.to_dict(),
+        "schedule": s.to_dict(),
+    }
+    loop = TrainLoop(
+        model=model,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, s, len(loader)),
+        epochs=s.epochs,
+        step=step,
+        stage="transfer",
+        seed=seed,
+        fingerprint=training,
+        state_path=Path(state_path) if state_path is not None else None,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_epoch=on_epoch,
+        before_epoch=before_epoch,
+        after_epoch=lambda _epoch: {"test_accuracy": evaluate_accuracy(model, data.test)},
+    )
+    history = loop.run()
+    fold_spectral_norm(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return TrainResult(model, history, training)
+
+
+def _lwf_head_only(model: BlockModel, k: int, policy: Any, head_only: bool) -> None:
+    bn_policy.set_trainable(model, k, policy)
+    if head_only:
+        for block in model.tuned_modules(k)[:-1]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+        for p in model.head.pre.parameters():
+            p.requires_grad_(False)

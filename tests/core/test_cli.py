@@ -1,0 +1,240 @@
+"""The ``cartl`` CLI end to end on small data: commands, defaults, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cartl_core import read_description
+from cartl_core.cli import build_parser, fraction, main
+from cartl_core.config import AttackConfig, AuditConfig, FDMConfig, ScheduleConfig, TransferConfig
+
+from .conftest import make_dataset
+
+
+def _npz(path: Path, seed: int = 0, classes: int = 4) -> Path:
+    data = make_dataset(num_classes=classes, seed=seed)
+    np.savez(
+        path,
+        x_train=(data.train.images.numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1),
+        y_train=data.train.labels.numpy(),
+        x_test=(data.test.images.numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1),
+        y_test=data.test.labels.numpy(),
+    )
+    return path
+
+
+FAST = ["--epochs", "1", "--batch-size", "32", "--augment", "none", "--quiet", "--device", "cpu"]
+
+
+def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, tgt = _npz(tmp_path / "src.npz", 0), _npz(tmp_path / "tgt.npz", 1, classes=3)
+    source = tmp_path / "source.safetensors"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(src),
+                "--arch",
+                "small-cnn",
+                "--k",
+                "2",
+                "--fdm-lambda",
+                "0.01",
+                "--eps",
+                "8/255",
+                "--steps",
+                "2",
+                "--out",
+                str(source),
+                "--audit-steps",
+                "2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    d = read_description(source)
+    assert d is not None
+    assert d["training"]["method"] == "fdm"
+    assert d["training"]["attack"]["eps"] == pytest.approx(8 / 255)
+    assert 0 <= d["metrics"]["robust_accuracy"] <= d["metrics"]["clean_accuracy"]
+    assert not (tmp_path / "source.safetensors.state").exists()
+
+    target = tmp_path / "target.safetensors"
+    assert (
+        main(
+            [
+                "transfer",
+                "--source",
+                str(source),
+                "--data",
+                str(tgt),
+                "--method",
+                "cartl",
+                "--k",
+                "2",
+                "--out",
+                str(target),
+                "--no-audit",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    d = read_description(target)
+    assert d is not None
+    assert (d["training"]["method"], d["training"]["norm_beta"]) == ("cartl", 0.4)
+    assert d["model"]["num_classes"] == 3
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "audit",
+                "--checkpoint",
+                str(target),
+                "--data",
+                str(tgt),
+                "--eps",
+                "8/255,16/255",
+                "--steps",
+                "3",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert {"clean_accuracy", "robust_accuracy", "attacks", "per_class", "checks"} <= set(report)
+    names = [(a["name"], round(a["eps"] * 255)) for a in report["attacks"]]
+    assert names == [("pgd-3-linf", 8), ("pgd-3-linf", 16), ("fgsm", 8), ("pgd-3-linf-cw", 8)]
+    assert report["robust_accuracy"] == report["attacks"][0]["accuracy"]
+    assert report["attacks"][0]["alpha"] == pytest.approx(2 / 255)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cartl_core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    data = _npz(tmp_path / "d.npz")
+    cases = [
+        (
+            ["audit", "--checkpoint", str(evil), "--data", str(data), "--arch", "small-cnn"],
+            "would run code",
+        ),
+        (
+            ["audit", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(data)],
+            "not found",
+        ),
+        (
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--arch",
+                "resnet-1",
+                "--out",
+                str(tmp_path / "o"),
+                "--epochs",
+                "1",
+            ],
+            "unknown architecture",
+        ),
+        (
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--arch",
+                "small-cnn",
+                "--k",
+                "9",
+                "--out",
+                str(tmp_path / "o"),
+                "--epochs",
+                "1",
+            ],
+            "k=9 is out of range",
+        ),
+        (
+            [
+                "pretrain",
+                "--data",
+                str(tmp_path / "missing.npz"),
+                "--arch",
+                "small-cnn",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            "missing.npz",
+        ),
+    ]
+    for args, expected in cases:
+        result = _run(*args)
+        assert result.returncode != 0, args
+        err = result.stderr.strip()
+        assert expected in err, (args, err)
+        assert "Traceback" not in err
+        assert len(err.splitlines()) == 1, err
+    assert not marker.exists()
+
+
+def test_bad_eps_rejected_by_parser() -> None:
+    result = _run("audit", "--checkpoint", "x", "--data", "y", "--eps", "eight")
+    assert result.returncode == 2
+    assert "not a number or fraction" in result.stderr
+
+
+def test_fraction_parsing() -> None:
+    assert fraction("8/255") == pytest.approx(8 / 255)
+    assert fraction("0.5") == 0.5
+
+
+def test_help_explains_options() -> None:
+    for command in ("pretrain", "transfer", "audit"):
+        result = _run(command, "--help")
+        assert result.returncode == 0
+        assert "default" in result.stdout
+
+
+def test_cli_defaults_come_from_config() -> None:
+    parser = build_parser()
+    pre = parser.parse_args(["pretrain", "--data", "d", "--arch", "a", "--out", "o"])
+    fdm, attack = FDMConfig(), AttackConfig()
+    assert (pre.k, pre.fdm_lambda, pre.fdm_reduction) == (fdm.k, fdm.fdm_lambda, fdm.reduction)
+    assert (pre.eps, pre.alpha, pre.steps) == (attack.eps, attack.alpha, attack.steps)
+    tr = parser.parse_args(["transfer", "--source", "s", "--data", "d", "--out", "o"])
+    assert (tr.method, tr.k) == (TransferConfig().method, TransferConfig().k)
+    au = parser.parse_args(["audit", "--checkpoint", "c", "--data", "d"])
+    assert au.batch_size == AuditConfig().batch_size
+    # Unset schedule flags fall through to the config's defaults.
+    assert pre.epochs is None
+    assert ScheduleConfig().epochs == 100
+    assert fdm.fdm_lambda == 0.005
+    assert (attack.eps, attack.alpha, attack.steps) == (8 / 255, 2 / 255, 7)
+    assert (AuditConfig().steps, AuditConfig().eps) == (20, (8 / 255,))

@@ -1,0 +1,101 @@
+"""Every architecture builds, splits into the paper's blocks, and keeps normalisation inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cartl_core import ArchitectureError, ConfigError, create_model
+from cartl_core.models import build_model
+
+PAPER_BLOCKS = [
+    ("resnet18-cifar", 9),
+    ("wrn-34-10", 17),
+    ("wrn-28-4", 14),
+    ("wrn-16-4", 8),
+    ("small-cnn", 5),
+    ("torchvision:resnet18", 9),
+    ("torchvision:resnet50", 17),
+]
+
+
+@pytest.mark.parametrize(("arch", "blocks"), PAPER_BLOCKS)
+def test_block_count(arch: str, blocks: int) -> None:
+    assert create_model(arch, 10).num_blocks == blocks
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "small-cnn",
+        "resnet18-cifar",
+        "wrn-16-4",
+        "torchvision:resnet18",
+        "torchvision:vgg11",
+        "torchvision:mobilenet_v2",
+    ],
+)
+def test_forward_matches_split(arch: str) -> None:
+    model = create_model(arch, 7).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        for k in (1, 2, model.num_blocks):
+            assert torch.allclose(model.tuned_part(model.frozen_part(x, k), k), logits, atol=1e-5)
+    assert logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 8), (3, 8), (4, 13), (3, 64)])
+def test_small_cnn_any_channels_and_size(channels: int, size: int) -> None:
+    model = create_model("small-cnn", 3, in_channels=channels, input_size=size).eval()
+    assert model(torch.rand(2, channels, size, size)).shape == (2, 3)
+
+
+def test_wrn_k4_tunes_last_two_residual_blocks_final_bn_and_head() -> None:
+    model = create_model("wrn-34-10", 10)
+    tuned = [type(m).__name__ for m in model.tuned_modules(4)]
+    assert tuned == ["PreActBlock", "PreActBlock", "FinalBNBlock", "Head"]
+
+
+def test_normalisation_is_inside_the_model() -> None:
+    model = create_model("small-cnn", 3, in_channels=1, mean=(0.5,), std=(0.25,)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        direct = model.tuned_part(model.stem((x - 0.5) / 0.25), model.num_blocks)
+        assert torch.allclose(model(x), direct)
+
+
+def test_reset_classifier_and_residual_scale_round_trip_through_spec() -> None:
+    model = create_model("resnet18-cifar", 100)
+    model.reset_classifier(10)
+    model.set_residual_scale(0.5, [6, 7, 8])
+    rebuilt = build_model(model.spec)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+    assert rebuilt.blocks[7].residual_scale == 0.5
+    assert rebuilt.blocks[0].residual_scale == 1.0
+
+
+def test_torchvision_residual_scale_changes_output() -> None:
+    model = create_model("torchvision:resnet18", 5).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        model.set_residual_scale(0.5, [7])
+        assert not torch.allclose(before, model(x))
+
+
+@pytest.mark.parametrize("bad", ["resnet999", "wrn-33-10", "wrn-34-0", "torchvision:nope"])
+def test_unknown_architecture(bad: str) -> None:
+    with pytest.raises(ArchitectureError):
+        create_model(bad, 10)
+
+
+def test_k_out_of_range_names_the_limit() -> None:
+    model = create_model("small-cnn", 3)
+    with pytest.raises(ConfigError, match="between 1 and 5"):
+        model.frozen_part(torch.rand(1, 3, 8, 8), 6)

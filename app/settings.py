@@ -1,0 +1,95 @@
+"""Service settings, read from ``CARTL_*`` environment variables (and a ``.env`` file).
+
+Nothing reads the environment at import time: :func:`get_settings` builds the settings once per
+process, and tests build their own :class:`Settings` and hand them in.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Every setting has a default that needs no server: SQLite, a local folder, an embedded
+    broker in the same folder. A team deployment sets the database and broker URLs."""
+
+    model_config = SettingsConfigDict(env_prefix="CARTL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("cartl-data"),
+        description="Where the embedded defaults keep the database, broker and artifacts.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://cartl@db/cartl "
+        "[default: sqlite:///DATA_DIR/cartl.sqlite]",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL, e.g. redis://redis:6379/0 "
+        "[default: sqla+sqlite:///DATA_DIR/broker.sqlite, kombu's SQL transport]",
+    )
+    storage_dir: Path | None = Field(
+        default=None,
+        description="Artifact folder (uploads, weights, resumable state), shared by API and "
+        "workers [default: DATA_DIR/artifacts]",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413."
+    )
+    max_extract_bytes: int = Field(
+        default=8 * 1024**3,
+        gt=0,
+        description="Largest total size a dataset archive may expand to (decompression bombs).",
+    )
+    upload_chunk_bytes: int = Field(default=1024**2, gt=0, description="Upload read size.")
+    probe_timeout_s: float = Field(
+        default=600.0, gt=0, description="Time limit for validating one upload."
+    )
+    queue: str = Field(default="gpu", description="Celery queue the jobs go to.")
+    device: str = Field(default="auto", description="Worker device: auto, cpu, cuda, cuda:N.")
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="How often a running job records that it is alive."
+    )
+    stale_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running job silent this long is presumed lost and enqueued again.",
+    )
+    sweep_interval_s: float = Field(
+        default=15.0, gt=0, description="How often lost or never-enqueued jobs are looked for."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before a job that keeps dying is marked failed."
+    )
+    progress_interval_s: float = Field(
+        default=2.0, gt=0, description="Least time between progress writes of one job."
+    )
+    log_level: str = Field(default="INFO", description="Python log level.")
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'cartl.sqlite').resolve()}"
+
+    @cached_property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @cached_property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,94 @@
+"""Artifact storage: a local folder (a shared volume in a team deployment).
+
+Writes are atomic: data goes to a temporary file in the same folder and is renamed into place, so
+a reader never sees half a file and a crash leaves at most a ``.tmp-*`` file behind. Keys are
+relative POSIX paths made by the service, never by users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+__all__ = ["Storage", "StoredFile", "UploadTooLargeError"]
+
+
+class UploadTooLargeError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+class Storage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        rel = PurePosixPath(key)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"bad storage key {key!r}")
+        return self.root.joinpath(*rel.parts)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    async def write_stream(
+        self, key: str, chunks: AsyncIterator[bytes], *, limit: int
+    ) -> StoredFile:
+        """Stream ``chunks`` to ``key`` hashing as it goes; past ``limit`` bytes nothing is kept."""
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise UploadTooLargeError(limit)
+                    digest.update(chunk)
+                    f.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return StoredFile(dest, size, digest.hexdigest())
+
+    def put_file(self, key: str, src: Path) -> StoredFile:
+        """Copy ``src`` into ``key`` atomically (a rename when on the same file system)."""
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return StoredFile(dest, dest.stat().st_size, sha256_file(dest))
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove a key's folder (``checkpoints/ID``) and everything in it."""
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+def sha256_file(path: Path, chunk: int = 1024**2) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,366 @@
+"""Whole jobs (pre-training, transfer, audit) from flat parameters named like the CLI options.
+
+This is the one place that turns ``--fdm-lambda 0.005``-style settings into the config
+dataclasses, so the ``cartl`` CLI, the REST API's ``params`` and the worker share names, defaults
+and validation. Every default comes from :mod:`cartl_core.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cartl_core.config import (
+    AttackConfig,
+    AuditConfig,
+    FDMConfig,
+    LwFConfig,
+    ScheduleConfig,
+    TransferConfig,
+)
+from cartl_core.errors import CartlError, ConfigError
+
+__all__ = [
+    "FRACTION_FIELDS",
+    "AuditParams",
+    "JobOutcome",
+    "PretrainParams",
+    "TransferParams",
+    "describe_error",
+    "params_class",
+    "parse_params",
+    "run_job",
+]
+
+_A, _S, _F, _T, _AU = AttackConfig(), ScheduleConfig(), FDMConfig(), TransferConfig(), AuditConfig()
+Augment = Literal["paper", "crop-flip", "none"]
+Norm = Literal["linf", "l2"]
+
+#: Fields that accept a fraction written as text, such as ``"8/255"``.
+FRACTION_FIELDS = frozenset({"eps", "alpha", "audit_eps", "audit_alpha"})
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Optional overrides of the method's schedule; None keeps the method's default."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    augment: Augment = "paper"
+    seed: int = 0
+
+    def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
+        changes = {
+            name: getattr(self, name)
+            for name in ("epochs", "batch_size", "lr", "weight_decay")
+            if getattr(self, name) is not None
+        }
+        return base.with_(**changes)
+
+
+@dataclass(frozen=True)
+class _FinalAudit:
+    """The audit that ends a training job (``no_audit`` skips it)."""
+
+    audit_eps: tuple[float, ...] = _AU.eps
+    audit_steps: int = _AU.steps
+    audit_alpha: float | None = _AU.alpha
+    audit_restarts: int = _AU.restarts
+    audit_norm: Norm = _AU.norm
+    no_audit: bool = False
+
+    def audit_config(self) -> AuditConfig:
+        return AuditConfig(
+            eps=tuple(self.audit_eps),
+            steps=self.audit_steps,
+            alpha=self.audit_alpha,
+            restarts=self.audit_restarts,
+            norm=self.audit_norm,
+        )
+
+
+@dataclass(frozen=True)
+class PretrainParams(_Schedule, _FinalAudit):
+    """``cartl pretrain``: FDM (or, with ``fdm_lambda`` 0, plain adversarial) training."""
+
+    arch: str = "resnet18-cifar"
+    k: int = _F.k
+    fdm_lambda: float = _F.fdm_lambda
+    fdm_reduction: Literal["sum", "mean"] = _F.reduction
+    eps: float = _A.eps
+    alpha: float = _A.alpha
+    steps: int = _A.steps
+
+    def config(self) -> FDMConfig:
+        return FDMConfig(
+            k=self.k,
+            fdm_lambda=self.fdm_lambda,
+            reduction=self.fdm_reduction,
+            attack=AttackConfig(eps=self.eps, alpha=self.alpha, steps=self.steps),
+            schedule=self.schedule(ScheduleConfig()),
+            augmentation=self.augment,
+        )
+
+
+@dataclass(frozen=True)
+class TransferParams(_Schedule, _FinalAudit):
+    """``cartl transfer``: fine-tune a source on the target with one of the four methods."""
+
+    method: Literal["standard", "neft", "cartl", "lwf"] = _T.method
+    k: int = _T.k
+    norm_beta: float | None = None
+    spectral_mode: Literal["exact", "at-most"] = _T.spectral_mode
+    spectral_estimate: Literal["matrix", "conv"] = _T.spectral_estimate
+    residual_scale: float | None = None
+    bn: str | None = None
+    lwf_lambda: float = LwFConfig().lwf_lambda
+    arch: str | None = None
+    source_classes: int | None = None
+
+    def config(self) -> TransferConfig:
+        base = TransferConfig(method=self.method).resolved_schedule()
+        return TransferConfig(
+            method=self.method,
+            k=self.k,
+            norm_beta=self.norm_beta,
+            spectral_mode=self.spectral_mode,
+            spectral_estimate=self.spectral_estimate,
+            residual_scale=self.residual_scale,
+            bn=self.bn,
+            schedule=self.schedule(base),
+            lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
+            augmentation=self.augment,
+        )
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """``cartl audit``: clean, PGD (at each eps), FGSM and CW-margin PGD on the test split."""
+
+    eps: tuple[float, ...] = _AU.eps
+    steps: int = _AU.steps
+    alpha: float | None = _AU.alpha
+    restarts: int = _AU.restarts
+    norm: Norm = _AU.norm
+    no_fgsm: bool = False
+    no_cw: bool = False
+    batch_size: int = _AU.batch_size
+    limit: int | None = None
+    seed: int = 0
+    arch: str | None = None
+
+    def config(self) -> AuditConfig:
+        return AuditConfig(
+            eps=tuple(self.eps),
+            steps=self.steps,
+            alpha=self.alpha,
+            restarts=self.restarts,
+            norm=self.norm,
+            fgsm=not self.no_fgsm,
+            cw=not self.no_cw,
+            batch_size=self.batch_size,
+        )
+
+
+Params = PretrainParams | TransferParams | AuditParams
+_CLASSES: dict[str, type[Params]] = {
+    "pretrain": PretrainParams,
+    "transfer": TransferParams,
+    "audit": AuditParams,
+}
+
+
+def params_class(kind: str) -> type[Params]:
+    try:
+        return _CLASSES[kind]
+    except KeyError:
+        raise ConfigError(
+            f"unknown job kind {kind!r}; choose one of {', '.join(_CLASSES)}", field="kind"
+        ) from None
+
+
+def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
+    """Build and check the parameters of a ``kind`` job from JSON-like values.
+
+    Raises :class:`ConfigError` with ``field`` set to the offending parameter. Type checking of
+    each value is the caller's (the API validates types with pydantic first).
+    """
+    cls = params_class(kind)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter {unknown[0]!r} for a {kind} job; known: {', '.join(sorted(known))}",
+            field=unknown[0],
+        )
+    values = {k: _fraction(k, v) if k in FRACTION_FIELDS else v for k, v in raw.items()}
+    # One eps where several are allowed (the audit's) is a list of one.
+    for f in dataclasses.fields(cls):
+        if str(f.type).startswith("tuple") and f.name in values:
+            v = values[f.name]
+            values[f.name] = v if isinstance(v, tuple) else (v,)
+    params = cls(**values)
+    params.config()  # raises ConfigError naming the field
+    if isinstance(params, PretrainParams | TransferParams) and not params.no_audit:
+        params.audit_config()
+    return params
+
+
+def _fraction(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return tuple(_fraction(name, v) for v in value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"{name} must be a number or a fraction like 8/255; got {value!r}", field=name
+            ) from None
+    return value
+
+
+@dataclass
+class JobOutcome:
+    """What a job produced: final metrics, per-epoch history, the audit, the weights written."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    audit: dict[str, Any] | None = None
+    weights: Path | None = None
+
+
+ProgressFn = Callable[[Any], None]
+AuditProgressFn = Callable[[str, int, int], None]
+
+
+def run_job(
+    kind: str,
+    params: Params,
+    *,
+    dataset_path: Path,
+    checkpoint_path: Path | None,
+    out_path: Path,
+    state_path: Path | None = None,
+    device: str = "auto",
+    on_progress: ProgressFn | None = None,
+    on_audit_progress: AuditProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[Any, Any], None] | None = None,
+) -> JobOutcome:
+    """Run one job end to end; training jobs write a self-describing checkpoint to ``out_path``."""
+    from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
+    from cartl_core._runtime import prepare_model, resolve_device
+
+    data = load_dataset(dataset_path)
+    c, h, _ = data.input_shape
+    if isinstance(params, AuditParams):
+        if checkpoint_path is None:
+            raise ConfigError("an audit needs a checkpoint", field="checkpoint_id")
+        model = load_model(checkpoint_path, arch=params.arch, in_channels=c, input_size=h)
+        model.check_input(c)
+        prepare_model(model, resolve_device(device))
+        split = data.test
+        if params.limit is not None:
+            split = split.subset(torch.arange(min(params.limit, len(split))))
+        torch.manual_seed(params.seed)
+        report = audit(
+            model,
+            split,
+            params.config(),
+            class_names=data.class_names,
+            on_progress=on_audit_progress,
+        )
+        rep = _jsonable(report.to_dict())
+        return JobOutcome(
+            metrics=_summary(rep),
+            audit=rep,
+        )
+    kw: dict[str, Any] = {
+        "device": device,
+        "seed": params.seed,
+        "state_path": state_path,
+        "on_progress": on_progress,
+        "should_stop": should_stop,
+        "on_epoch": on_epoch,
+    }
+    if isinstance(params, PretrainParams):
+        init = None
+        if checkpoint_path is not None:
+            init = load_model(checkpoint_path, arch=params.arch, in_channels=c, input_size=h)
+        result = pretrain(data, params.arch, params.config(), init=init, **kw)
+    else:
+        if checkpoint_path is None:
+            raise ConfigError("a transfer needs a source checkpoint", field="checkpoint_id")
+        source = load_model(
+            checkpoint_path,
+            arch=params.arch,
+            num_classes=params.source_classes,
+            in_channels=c,
+            input_size=h,
+        )
+        result = transfer(source, data, params.config(), **kw)
+    history = [r.to_dict() for r in result.history]
+    outcome = JobOutcome(history=history)
+    metrics: dict[str, Any] = {"history": history}
+    if not params.no_audit:
+        report = audit(
+            result.model,
+            data.test,
+            params.audit_config(),
+            class_names=data.class_names,
+            on_progress=on_audit_progress,
+        )
+        outcome.audit = _jsonable(report.to_dict())
+        metrics.update(
+            clean_accuracy=report.clean_accuracy,
+            robust_accuracy=report.robust_accuracy,
+            audit=outcome.audit,
+        )
+    outcome.metrics = _summary(outcome.audit) if outcome.audit else {}
+    if history:
+        outcome.metrics["final_epoch"] = history[-1]
+    save_checkpoint(
+        result.model,
+        out_path,
+        class_names=data.class_names,
+        training=result.training,
+        metrics=metrics,
+    )
+    outcome.weights = out_path
+    return outcome
+
+
+def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": report["robust_accuracy"],
+        "worst_case_accuracy": report["worst_case_accuracy"],
+        "samples": report["samples"],
+        "attacks": [
+            {k: a[k] for k in ("name", "norm", "eps", "alpha", "steps", "restarts", "accuracy")}
+            for a in report["attacks"]
+        ],
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so tuples become lists and the result is plain data."""
+    return json.loads(json.dumps(obj))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line message for a failed job: CartlError messages as they are, others typed."""
+    if isinstance(exc, CartlError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,263 @@
+"""The worker with real parts: a real broker (Redis, and the embedded SQL transport that
+``cartl serve`` uses), a real ``celery worker`` process, a real database.
+
+The same redelivery tests run on both brokers: a worker SIGKILLed mid-job, then a new worker,
+and the job finishes from its last saved epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import new_id
+from app.db.migrate import upgrade
+from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
+from app.db.session import make_engine, make_sessionmaker
+from app.services.queue import enqueue_job
+from app.settings import Settings
+from app.storage import Storage
+from tests.services import (
+    REDIS_URL,
+    PrivateRedis,
+    WorkerProcess,
+    postgres_database,
+    redis_ready,
+    wait_for,
+    write_checkpoint,
+    write_npz,
+)
+from worker.recovery import Sweeper, sweep
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    factory: sessionmaker[Session]
+    tmp: Path
+    workers: list[WorkerProcess]
+
+    def worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.settings, self.tmp / f"worker{len(self.workers)}.log").start()
+        self.workers.append(w)
+        return w
+
+    def job(self, job_id: str) -> Job:
+        with self.factory() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def wait_status(self, job_id: str, *statuses: JobStatus, timeout: float = 120) -> Job:
+        wanted = {s.value for s in statuses}
+        try:
+            wait_for(lambda: self.job(job_id).status in wanted, timeout, f"job {statuses}")
+        except AssertionError:
+            logs = "\n".join(w.log() for w in self.workers)
+            raise AssertionError(
+                f"job is {self.job(job_id).status}; worker logs:\n{logs}"
+            ) from None
+        return self.job(job_id)
+
+
+def _settings(tmp: Path, database_url: str, broker_url: str, **kw: Any) -> Settings:
+    return Settings(
+        data_dir=tmp,
+        database_url=database_url,
+        broker_url=broker_url,
+        storage_dir=tmp / "artifacts",
+        queue=f"test-{new_id('q')}",
+        device="cpu",
+        heartbeat_s=0.3,
+        stale_after_s=3.0,
+        sweep_interval_s=0.5,
+        progress_interval_s=0.2,
+        **kw,
+    )
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    if request.param == "redis":
+        redis_ready()
+        with postgres_database() as url:
+            yield from _stack(_settings(tmp_path, url, REDIS_URL), tmp_path)
+    else:
+        db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
+        yield from _stack(
+            _settings(tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"), tmp_path
+        )
+
+
+def _stack(settings: Settings, tmp: Path) -> Iterator[Stack]:
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    st = Stack(settings, make_sessionmaker(engine), tmp, [])
+    try:
+        yield st
+    finally:
+        for w in st.workers:
+            w.stop()
+        engine.dispose()
+
+
+def _inputs(st: Stack) -> tuple[str, str]:
+    """Store a source checkpoint and a target dataset and make their rows, as an upload does."""
+    storage = Storage(st.settings.resolved_storage_dir)
+    ckpt_id, ds_id = new_id("ckpt"), new_id("ds")
+    src = write_checkpoint(st.tmp / "source.safetensors")
+    data = write_npz(st.tmp / "target.npz", n_train=1024)
+    storage.put_file(f"checkpoints/{ckpt_id}/source.safetensors", src)
+    storage.put_file(f"datasets/{ds_id}/target.npz", data)
+    with st.factory() as s, s.begin():
+        s.add(
+            Checkpoint(
+                id=ckpt_id, owner="alice", filename="source.safetensors", arch="small-cnn",
+                num_classes=3, num_blocks=5, input_shape=[1, 8, 8], description={},
+                sha256="0" * 64, size=src.stat().st_size,
+                storage_key=f"checkpoints/{ckpt_id}/source.safetensors",
+            )
+        )  # fmt: skip
+        s.add(
+            DatasetRow(
+                id=ds_id, owner="alice", filename="target.npz", format="npz", num_classes=4,
+                class_names=["0", "1", "2", "3"], train_size=1024, test_size=128,
+                input_shape=[1, 8, 8], sha256="0" * 64, size=data.stat().st_size,
+                storage_key=f"datasets/{ds_id}/target.npz",
+            )
+        )  # fmt: skip
+    return ckpt_id, ds_id
+
+
+def _job(st: Stack, ckpt: str, ds: str, **params: Any) -> str:
+    job_id = new_id("job")
+    defaults = {"method": "cartl", "k": 2, "epochs": 3, "batch_size": 64, "lr": 0.05,
+                "augment": "none", "audit_steps": 5}  # fmt: skip
+    with st.factory() as s, s.begin():
+        s.add(
+            Job(
+                id=job_id, owner="alice", kind="transfer", checkpoint_id=ckpt, dataset_id=ds,
+                params={**defaults, **params},
+            )
+        )  # fmt: skip
+    return job_id
+
+
+def test_transfer_job_runs_to_completion(stack: Stack) -> None:
+    ckpt, ds = _inputs(stack)
+    job_id = _job(stack, ckpt, ds)
+    stack.worker()
+    assert enqueue_job(stack.factory, stack.settings, job_id)
+    job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 1
+    assert [h["epoch"] for h in job.history] == [1, 2, 3]
+    assert job.metrics is not None
+    assert 0 <= job.metrics["robust_accuracy"] <= job.metrics["clean_accuracy"]
+    assert job.audit is not None
+    assert job.audit["attacks"][0]["steps"] == 5
+    weights = Storage(stack.settings.resolved_storage_dir).path(str(job.weights_key))
+    assert weights.is_file()
+    assert weights.stat().st_size == job.weights_size
+    assert not weights.with_name("state.pt").exists()
+
+    from cartl_core import read_description
+
+    description = read_description(weights)
+    assert description is not None
+    assert description["training"]["method"] == "cartl"
+    assert description["metrics"]["robust_accuracy"] == job.metrics["robust_accuracy"]
+
+
+def test_worker_killed_mid_job_is_redelivered_and_resumes(stack: Stack) -> None:
+    ckpt, ds = _inputs(stack)
+    job_id = _job(stack, ckpt, ds, epochs=12, method="neft")
+    first = stack.worker()
+    sweeper = Sweeper(stack.settings, stack.factory).start()
+    try:
+        assert enqueue_job(stack.factory, stack.settings, job_id)
+        wait_for(lambda: len(stack.job(job_id).history) >= 2, 120, "two finished epochs")
+        before = {h["epoch"]: h for h in stack.job(job_id).history}
+        first.kill()
+        assert stack.job(job_id).status == "running"  # nobody knows yet that it is lost
+
+        stack.worker()
+        job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed, timeout=180)
+    finally:
+        sweeper.stop()
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert [h["epoch"] for h in job.history] == list(range(1, 13))
+    # Epochs saved before the kill were not run again: their records are the saved ones.
+    saved = [e for e in before if e < max(before)]
+    assert saved, before
+    for epoch in saved:
+        assert job.history[epoch - 1] == before[epoch]
+
+
+def test_cancel_stops_a_running_job_at_the_next_batch(stack: Stack) -> None:
+    ckpt, ds = _inputs(stack)
+    job_id = _job(stack, ckpt, ds, epochs=50)
+    stack.worker()
+    assert enqueue_job(stack.factory, stack.settings, job_id)
+    wait_for(lambda: stack.job(job_id).progress.get("epoch", 0) >= 1, 120, "the job to start")
+    with stack.factory() as s, s.begin():
+        row = s.get(Job, job_id)
+        assert row is not None
+        row.cancel_requested = True
+    job = stack.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, JobStatus.failed)
+    assert job.status == "cancelled"
+    assert job.finished_at is not None
+    assert len(job.history) < 50
+
+
+def test_a_job_that_fails_records_a_readable_error(stack: Stack) -> None:
+    ckpt, ds = _inputs(stack)
+    job_id = _job(stack, ckpt, ds, k=4)
+    Storage(stack.settings.resolved_storage_dir).path(f"datasets/{ds}/target.npz").write_bytes(
+        b"not an npz"
+    )
+    stack.worker()
+    assert enqueue_job(stack.factory, stack.settings, job_id)
+    job = stack.wait_status(job_id, JobStatus.failed, JobStatus.succeeded)
+    assert job.status == "failed"
+    assert job.error
+    assert "npz" in job.error
+    assert "Traceback" not in job.error
+    assert job.finished_at is not None
+
+
+def test_jobs_created_while_the_broker_is_down_all_run_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    redis = PrivateRedis()  # not started: the broker is down
+    db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
+    for st in _stack(_settings(tmp_path, db, redis.url), tmp_path):
+        ckpt, ds = _inputs(st)
+        jobs = [_job(st, ckpt, ds, epochs=1) for _ in range(3)]
+        assert not any(enqueue_job(st.factory, st.settings, j) for j in jobs)
+        assert all(st.job(j).status == "queued" and st.job(j).enqueued_at is None for j in jobs)
+        assert sweep(st.factory, st.settings).sent == 0  # still down: nothing lost either
+
+        redis.start()
+        try:
+            st.worker()
+            sweeper = Sweeper(st.settings, st.factory).start()
+            try:
+                for j in jobs:
+                    job = st.wait_status(j, JobStatus.succeeded, JobStatus.failed)
+                    assert job.status == "succeeded", job.error
+                    assert job.attempts == 1
+            finally:
+                sweeper.stop()
+        finally:
+            for w in st.workers:
+                w.stop()
+            redis.stop()

@@ -1,0 +1,102 @@
+"""Nothing lost, whatever the broker does: a periodic sweep over the jobs table.
+
+* A job still ``queued`` with no ``enqueued_at`` was never handed to the broker (it was down when
+  the job was created, or the send failed): send it now.
+* A ``running`` job whose heartbeat is older than ``stale_after_s`` lost its worker (killed, out
+  of memory, machine gone) and the broker may never hand its message back (Redis waits for the
+  visibility timeout; kombu's SQL and file transports forget unacknowledged messages): put it
+  back to ``queued`` and send it again. The retry resumes from the last saved epoch.
+
+Every change is a conditional update, so any number of sweepers (API replicas, ``cartl serve``)
+can run at once. The worker's claim caps the attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.models import Job, JobStatus
+from app.services.queue import enqueue_job
+from app.settings import Settings
+
+__all__ = ["SweepResult", "Sweeper", "sweep"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued: int
+    sent: int
+
+
+def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
+    stale = utcnow() - timedelta(seconds=settings.stale_after_s)
+    with factory() as s, s.begin():
+        lost = s.scalars(
+            select(Job.id).where(Job.status == JobStatus.running.value, Job.heartbeat_at < stale)
+        ).all()
+        requeued = 0
+        for job_id in lost:
+            requeued += s.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.running.value,
+                    Job.heartbeat_at < stale,
+                )
+                .values(
+                    status=JobStatus.queued.value,
+                    enqueued_at=None,
+                    worker=None,
+                    progress={"stage": "requeued: the worker running it was lost"},
+                )
+            ).rowcount
+            log.warning("job %s: worker lost (no heartbeat since %s); requeued", job_id, stale)
+        unsent = s.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.queued.value, Job.enqueued_at.is_(None))
+            .order_by(Job.id)
+            .limit(1000)
+        ).all()
+    sent = 0
+    for job_id in unsent:
+        if not enqueue_job(factory, settings, job_id):
+            break  # the broker is still down: try the rest on the next sweep
+        sent += 1
+    return SweepResult(requeued, sent)
+
+
+class Sweeper:
+    """Runs :func:`sweep` every ``settings.sweep_interval_s`` in a daemon thread."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.factory = factory
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cartl-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_s):
+            try:
+                result = sweep(self.factory, self.settings)
+                if result.requeued or result.sent:
+                    log.info("sweep: %d requeued, %d sent", result.requeued, result.sent)
+            except Exception:
+                log.warning("sweep failed; trying again later", exc_info=True)

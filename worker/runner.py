@@ -1,0 +1,259 @@
+"""One job, from its row to its results: claim, run ``cartl_core``, record the outcome.
+
+The claim is a conditional update, so a message delivered twice (a redelivery, a sweep) runs the
+job once. While the job runs, a heartbeat thread stamps ``heartbeat_at`` and picks up cancel
+requests, so the training loop's ``should_stop`` is a flag check, not a query per batch. The
+resumable state lives in artifact storage (``jobs/ID/state.pt``): a retry after a lost worker
+continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
+from app.db.session import make_engine, make_sessionmaker
+from app.settings import Settings, get_settings
+from app.storage import Storage, sha256_file
+
+__all__ = ["execute"]
+
+log = logging.getLogger(__name__)
+
+
+def execute(job_id: str, settings: Settings | None = None) -> str:
+    """Run ``job_id`` if it can be claimed; returns what happened (for the worker's log)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        return _Run(job_id, settings, make_sessionmaker(engine)).run()
+    finally:
+        engine.dispose()
+
+
+class _Run:
+    def __init__(self, job_id: str, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self.job_id = job_id
+        self.settings = settings
+        self.factory = factory
+        self.storage = Storage(settings.resolved_storage_dir)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.last_progress = 0.0
+        self.first_fraction: float | None = None
+        self.progress: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ claim and finish
+
+    def _where_mine(self) -> Any:
+        return (
+            Job.id == self.job_id,
+            Job.status == JobStatus.running.value,
+            Job.worker == self.worker,
+        )
+
+    def _claim(self) -> Job | None:
+        now = utcnow()
+        stale = now - timedelta(seconds=self.settings.stale_after_s)
+        with self.factory() as s, s.begin():
+            claimed = s.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.cancel_requested.is_(False),
+                    or_(
+                        Job.status == JobStatus.queued.value,
+                        (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale),
+                    ),
+                )
+                .values(
+                    status=JobStatus.running.value,
+                    attempts=Job.attempts + 1,
+                    worker=self.worker,
+                    heartbeat_at=now,
+                    started_at=func.coalesce(Job.started_at, now),
+                    error=None,
+                    progress={"stage": "starting"},
+                )
+            ).rowcount
+            job = s.get(Job, self.job_id)
+            if job is None:
+                return None
+            if not claimed:
+                if job.status == JobStatus.queued.value and job.cancel_requested:
+                    job.status = JobStatus.cancelled.value
+                    job.finished_at = now
+                return None
+            s.refresh(job)
+            return job
+
+    def _finish(self, status: JobStatus, **values: Any) -> None:
+        with self.factory() as s, s.begin():
+            s.execute(
+                update(Job)
+                .where(*self._where_mine())
+                .values(status=status.value, finished_at=utcnow(), heartbeat_at=utcnow(), **values)
+            )
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> str:
+        job = self._claim()
+        if job is None:
+            log.info("job %s: not claimed (running elsewhere, finished or cancelled)", self.job_id)
+            return "skipped"
+        log.info("job %s: attempt %d on %s", self.job_id, job.attempts, self.worker)
+        if job.attempts > self.settings.max_attempts:
+            self._finish(
+                JobStatus.failed,
+                error=f"gave up after {job.attempts - 1} attempts: the worker running it was "
+                "lost each time (killed, or out of memory?)",
+            )
+            return "failed"
+        beat = threading.Thread(
+            target=self._heartbeat, name=f"heartbeat-{self.job_id}", daemon=True
+        )
+        beat.start()
+        try:
+            return self._run(job)
+        finally:
+            self.done.set()
+            beat.join()
+
+    def _run(self, job: Job) -> str:
+        from cartl_core import CancelledError, CartlError
+        from cartl_core.jobs import describe_error, parse_params, run_job
+
+        state = self.storage.path(f"jobs/{job.id}/state.pt")
+        out = self.storage.path(f"jobs/{job.id}/weights.safetensors")
+        try:
+            params = parse_params(job.kind, job.params)
+            dataset, checkpoint = self._inputs(job)
+            outcome = run_job(
+                job.kind,
+                params,
+                dataset_path=dataset,
+                checkpoint_path=checkpoint,
+                out_path=out,
+                state_path=state,
+                device=self.settings.device,
+                on_progress=self._on_progress,
+                on_audit_progress=self._on_audit_progress,
+                should_stop=self.cancel.is_set,
+                on_epoch=self._on_epoch,
+            )
+        except CancelledError:
+            self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})
+            state.unlink(missing_ok=True)
+            log.info("job %s: cancelled", job.id)
+            return "cancelled"
+        except Exception as exc:
+            if not isinstance(exc, CartlError):
+                log.exception("job %s failed", job.id)
+            self._finish(JobStatus.failed, error=describe_error(exc))
+            state.unlink(missing_ok=True)
+            return "failed"
+        values: dict[str, Any] = {
+            "metrics": outcome.metrics,
+            "audit": outcome.audit,
+            "progress": {**self.progress, "stage": "done", "fraction": 1.0, "eta_s": 0.0},
+        }
+        if outcome.history:
+            values["history"] = outcome.history
+        if outcome.weights is not None:
+            values.update(
+                weights_key=f"jobs/{job.id}/weights.safetensors",
+                weights_sha256=sha256_file(outcome.weights),
+                weights_size=outcome.weights.stat().st_size,
+            )
+        self._finish(JobStatus.succeeded, **values)
+        state.unlink(missing_ok=True)
+        log.info("job %s: succeeded %s", job.id, outcome.metrics.get("robust_accuracy"))
+        return "succeeded"
+
+    def _inputs(self, job: Job) -> tuple[Path, Path | None]:
+        from cartl_core import ConfigError
+
+        with self.factory() as s:
+            dataset = s.get(DatasetRow, job.dataset_id) if job.dataset_id else None
+            ckpt = s.get(Checkpoint, job.checkpoint_id) if job.checkpoint_id else None
+        if dataset is None:
+            raise ConfigError("the job's dataset was deleted", field="dataset_id")
+        if job.checkpoint_id and ckpt is None:
+            raise ConfigError("the job's checkpoint was deleted", field="checkpoint_id")
+        ckpt_path = self.storage.path(ckpt.storage_key) if ckpt is not None else None
+        return self.storage.path(dataset.storage_key), ckpt_path
+
+    # ------------------------------------------------------------------ reporting
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(self.settings.heartbeat_s):
+            try:
+                with self.factory() as s, s.begin():
+                    s.execute(update(Job).where(*self._where_mine()).values(heartbeat_at=utcnow()))
+                    cancel = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+                if cancel:
+                    self.cancel.set()
+            except Exception:
+                # A database blip must not kill the job; the next beat tries again.
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def _write_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_progress < self.settings.progress_interval_s:
+            return
+        self.last_progress = now
+        with self.factory() as s, s.begin():
+            s.execute(
+                update(Job)
+                .where(*self._where_mine())
+                .values(progress=dict(self.progress), heartbeat_at=utcnow())
+            )
+
+    def _on_progress(self, event: Any) -> None:
+        fraction = float(event.fraction)
+        if self.first_fraction is None:
+            self.first_fraction = max(0.0, fraction - 1.0 / max(1, event.epochs * event.batches))
+        done = fraction - self.first_fraction
+        eta = event.elapsed_s * (1.0 - fraction) / done if done > 0 else None
+        self.progress = {
+            "stage": event.stage,
+            "epoch": event.epoch + 1,
+            "epochs": event.epochs,
+            "batch": event.batch,
+            "batches": event.batches,
+            "fraction": round(fraction, 4),
+            "eta_s": None if eta is None else round(eta, 1),
+            "metrics": {k: round(v, 5) for k, v in event.metrics.items()},
+        }
+        self._write_progress(force=event.batch == event.batches)
+
+    def _on_audit_progress(self, attack: str, done: int, total: int) -> None:
+        self.progress = {
+            **self.progress,
+            "stage": "audit",
+            "attack": attack,
+            "audit_done": done,
+            "audit_total": total,
+        }
+        self._write_progress(force=done == total)
+
+    def _on_epoch(self, record: Any, _model: Any) -> None:
+        with self.factory() as s, s.begin():
+            job = s.get(Job, self.job_id)
+            if job is not None and job.worker == self.worker:
+                # An epoch re-run after a lost worker replaces its earlier record.
+                kept = [h for h in job.history if h.get("epoch", 0) < record.epoch]
+                job.history = [*kept, record.to_dict()]

@@ -28,7 +28,7 @@ from cartl_core.config import (
 from cartl_core.errors import CartlError
 from cartl_core.reproduction import DigitsSettings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_commands", "build_parser", "main", "run"]
 
 _ATTACK = AttackConfig()
 _SCHEDULE = ScheduleConfig()
@@ -144,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adversarially robust transfer learning (CARTL, ICML 2021): pre-train a "
         "robust source, fine-tune it without losing robustness, audit the result.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
 
+
+def add_commands(sub: Any) -> None:
+    """Add the library's commands to ``sub`` (the service's ``cartl`` adds its own beside them)."""
     p = sub.add_parser(
         "pretrain",
         help="FDM (or plain adversarial) pre-training of a source model",
@@ -347,7 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list architectures and their block counts")
     p.set_defaults(func=_cmd_models)
-    return parser
 
 
 def _schedule(args: argparse.Namespace, base: ScheduleConfig) -> ScheduleConfig:
@@ -635,8 +638,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: errors become one line on stderr and a non-zero exit."""
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

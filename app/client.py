@@ -1,0 +1,147 @@
+"""A small client for the REST API, used by ``cartl submit`` and ``cartl jobs``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cartl_core.errors import CartlError
+
+__all__ = ["Client", "ClientError"]
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class ClientError(CartlError):
+    """The server said no, or could not be reached; the message says which and why."""
+
+
+class Client:
+    def __init__(self, server: str, key: str | None, timeout: float = 60.0) -> None:
+        if not key:
+            raise ClientError("no API key: pass --key or set CARTL_API_KEY")
+        self.server = server.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the server at {self.server}: {exc}") from None
+        if response.is_error:
+            raise ClientError(_problem(response))
+        return response
+
+    def upload(self, what: str, path: Path, **form: str) -> dict[str, Any]:
+        """POST a checkpoint or dataset file; streams it from disk."""
+        if not path.is_file():
+            raise ClientError(f"file not found: {path}")
+        with path.open("rb") as f:
+            data = {k: v for k, v in form.items() if v is not None}
+            out: dict[str, Any] = self._call(
+                "POST", f"/v1/{what}", files={"file": (path.name, f)}, data=data
+            ).json()
+        return out
+
+    def submit(
+        self,
+        kind: str,
+        checkpoint_id: str | None,
+        dataset_id: str,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "kind": kind,
+            "checkpoint_id": checkpoint_id,
+            "dataset_id": dataset_id,
+            "params": params,
+        }
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        out: dict[str, Any] = self._call("POST", "/v1/jobs", json=body, headers=headers).json()
+        return out
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}").json()
+        return out
+
+    def jobs(self, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        out: dict[str, Any] = self._call("GET", "/v1/jobs", params=params).json()
+        return out
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/cancel").json()
+        return out
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/metrics").json()
+        return out
+
+    def watch(
+        self,
+        job_id: str,
+        interval: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job ends; returns its final state."""
+        for job in self._poll(job_id, interval):
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in FINISHED:
+                return job
+        raise AssertionError("unreachable")
+
+    def _poll(self, job_id: str, interval: float) -> Iterator[dict[str, Any]]:
+        while True:
+            yield self.job(job_id)
+            time.sleep(interval)
+
+    def download(self, job_id: str, out: Path) -> int:
+        """Stream the job's weights to ``out`` (atomically); returns the byte count."""
+        tmp = out.with_name(out.name + ".part")
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/weights") as response:
+                if response.is_error:
+                    response.read()
+                    raise ClientError(_problem(response))
+                size = 0
+                with tmp.open("wb") as f:
+                    for chunk in response.iter_bytes(1024**2):
+                        f.write(chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"download failed: {exc}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(out)
+        return size
+
+
+def _problem(response: httpx.Response) -> str:
+    """The server's problem+json as one line: status, detail and any field errors."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    detail = body.get("detail") or body.get("title") or response.reason_phrase
+    fields = "; ".join(
+        f"{e.get('field')}: {e.get('message')}"
+        for e in body.get("errors") or []
+        if isinstance(e, dict)
+    )
+    return f"HTTP {response.status_code}: {detail}" + (f" ({fields})" if fields else "")

@@ -1,0 +1,120 @@
+"""Flat job parameters: the names and defaults of the CLI options, and whole jobs end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cartl_core import AuditConfig, ConfigError, read_description
+from cartl_core.cli import build_parser
+from cartl_core.jobs import AuditParams, PretrainParams, TransferParams, parse_params, run_job
+
+
+def _cli_defaults(command: str) -> dict[str, Any]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return {a.dest: a.default for a in sub.choices[command]._actions}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("command", "cls"),
+    [("pretrain", PretrainParams), ("transfer", TransferParams), ("audit", AuditParams)],
+)
+def test_params_have_the_cli_option_names_and_defaults(command: str, cls: type) -> None:
+    cli = _cli_defaults(command)
+    for f in dataclasses.fields(cls):
+        if f.name not in cli or f.name == "arch":
+            continue
+        cli_default, default = cli[f.name], f.default
+        audit_name = f.name.removeprefix("audit_")
+        audit_option = command == "audit" or f.name.startswith("audit_")
+        if cli_default is None and audit_option and hasattr(AuditConfig(), audit_name):
+            # The CLI's audit options leave None to mean "AuditConfig's default".
+            cli_default = getattr(AuditConfig(), audit_name)
+        if isinstance(default, tuple) and not isinstance(cli_default, tuple):
+            cli_default = (cli_default,)
+        assert cli_default == default, f"{command} --{f.name}: CLI {cli_default!r}, job {default!r}"
+    shared = {f.name for f in dataclasses.fields(cls)} & set(cli)
+    assert len(shared) >= 5
+
+
+def test_parse_params_accepts_fractions_and_single_eps() -> None:
+    p = parse_params("audit", {"eps": "8/255", "steps": 10})
+    assert isinstance(p, AuditParams)
+    assert p.eps == (8 / 255,)
+    t = parse_params("transfer", {"audit_eps": ["4/255", 0.03], "method": "neft"})
+    assert isinstance(t, TransferParams)
+    assert t.audit_eps == (4 / 255, 0.03)
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "field"),
+    [
+        ("pretrain", {"eps": 0}, "eps"),
+        ("pretrain", {"eps": "a/b"}, "eps"),
+        ("transfer", {"method": "magic"}, "method"),
+        ("transfer", {"k": 0}, "k"),
+        ("transfer", {"bn": "nope"}, "bn"),
+        ("audit", {"steps": 0}, "steps"),
+        ("audit", {"wat": 1}, "wat"),
+        ("train", {}, "kind"),
+    ],
+)
+def test_bad_params_name_the_field(kind: str, raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_params(kind, raw)
+    assert info.value.field == field, str(info.value)
+
+
+def _npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    templates = rng.uniform(0.2, 0.8, (3, 8, 8, 1))
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3
+        x = templates[y] + 0.1 * rng.standard_normal((n, 8, 8, 1))
+        return (np.clip(x, 0, 1) * 255).astype(np.uint8), y
+
+    (xa, ya), (xb, yb) = split(192), split(48)
+    np.savez(path, x_train=xa, y_train=ya, x_test=xb, y_test=yb)
+    return path
+
+
+def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
+    data = _npz(tmp_path / "d.npz")
+    small = {"epochs": 1, "batch_size": 64, "augment": "none", "audit_steps": 3}
+    src = run_job(
+        "pretrain",
+        parse_params("pretrain", {"arch": "small-cnn", "k": 2, "steps": 2, **small}),
+        dataset_path=data,
+        checkpoint_path=None,
+        out_path=tmp_path / "src.safetensors",
+    )
+    assert src.weights is not None
+    assert [h["epoch"] for h in src.history] == [1]
+    tgt = run_job(
+        "transfer",
+        parse_params("transfer", {"method": "cartl", "k": 2, **small}),
+        dataset_path=data,
+        checkpoint_path=src.weights,
+        out_path=tmp_path / "tgt.safetensors",
+    )
+    assert tgt.audit is not None
+    assert 0 <= tgt.metrics["robust_accuracy"] <= tgt.metrics["clean_accuracy"] <= 1
+    description = read_description(tmp_path / "tgt.safetensors")
+    assert description is not None
+    assert description["metrics"]["robust_accuracy"] == tgt.metrics["robust_accuracy"]
+    audited = run_job(
+        "audit",
+        parse_params("audit", {"steps": 3, "limit": 20}),
+        dataset_path=data,
+        checkpoint_path=tmp_path / "tgt.safetensors",
+        out_path=tmp_path / "unused",
+    )
+    assert audited.weights is None
+    assert audited.metrics["samples"] == 20
+    assert audited.metrics["attacks"][0]["name"].startswith("pgd")

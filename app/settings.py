@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Least time between progress writes of one job."
     )
     log_level: str = Field(default="INFO", description="Python log level.")
+    run_sweeper: bool = Field(
+        default=True,
+        description="Run the re-enqueue sweeper inside the API process (turn off where another "
+        "process runs it).",
+    )
+    readiness_timeout_s: float = Field(
+        default=3.0, gt=0, description="Time /readyz gives the database and the broker each."
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ def queue_latency(url: str, key: str, ckpt: str, ds: str, factory: Any, n: int) 
 
         wait_for(running, 120, "the job to start", every=0.01)
         out.append(started[0] - posted)
-        wait_for(lambda j=job["id"]: _finished(factory, j), 120, "the job to end", every=0.05)
+        wait_for(partial(_finished, factory, job["id"]), 120, "the job to end", every=0.05)
         time.sleep(1.0)  # the worker's next child process is up and idle again
     return out
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
+from app.db.session import rows_changed
 from app.services.queue import enqueue_job
 from app.settings import Settings
 
@@ -45,20 +46,22 @@ def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
         ).all()
         requeued = 0
         for job_id in lost:
-            requeued += s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.running.value,
-                    Job.heartbeat_at < stale,
+            requeued += rows_changed(
+                s.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status == JobStatus.running.value,
+                        Job.heartbeat_at < stale,
+                    )
+                    .values(
+                        status=JobStatus.queued.value,
+                        enqueued_at=None,
+                        worker=None,
+                        progress={"stage": "requeued: the worker running it was lost"},
+                    )
                 )
-                .values(
-                    status=JobStatus.queued.value,
-                    enqueued_at=None,
-                    worker=None,
-                    progress={"stage": "requeued: the worker running it was lost"},
-                )
-            ).rowcount
+            )
             log.warning("job %s: worker lost (no heartbeat since %s); requeued", job_id, stale)
         unsent = s.scalars(
             select(Job.id)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import make_engine, make_sessionmaker, rows_changed
 from app.settings import Settings, get_settings
 from app.storage import Storage, sha256_file
 
@@ -68,26 +68,28 @@ class _Run:
         now = utcnow()
         stale = now - timedelta(seconds=self.settings.stale_after_s)
         with self.factory() as s, s.begin():
-            claimed = s.execute(
-                update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.cancel_requested.is_(False),
-                    or_(
-                        Job.status == JobStatus.queued.value,
-                        (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale),
-                    ),
+            claimed = rows_changed(
+                s.execute(
+                    update(Job)
+                    .where(
+                        Job.id == self.job_id,
+                        Job.cancel_requested.is_(False),
+                        or_(
+                            Job.status == JobStatus.queued.value,
+                            (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale),
+                        ),
+                    )
+                    .values(
+                        status=JobStatus.running.value,
+                        attempts=Job.attempts + 1,
+                        worker=self.worker,
+                        heartbeat_at=now,
+                        started_at=func.coalesce(Job.started_at, now),
+                        error=None,
+                        progress={"stage": "starting"},
+                    )
                 )
-                .values(
-                    status=JobStatus.running.value,
-                    attempts=Job.attempts + 1,
-                    worker=self.worker,
-                    heartbeat_at=now,
-                    started_at=func.coalesce(Job.started_at, now),
-                    error=None,
-                    progress={"stage": "starting"},
-                )
-            ).rowcount
+            )
             job = s.get(Job, self.job_id)
             if job is None:
                 return None

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
+from app.db.session import rows_changed
 from app.settings import Settings
 
 __all__ = ["enqueue_job"]
@@ -25,16 +26,18 @@ def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str)
     # Claiming the send first keeps two sweepers (API replicas, the API and `cartl serve`) from
     # sending the same job twice in the common case; a duplicate would still be harmless.
     with factory() as session, session.begin():
-        claimed = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.queued.value,
-                Job.enqueued_at.is_(None),
-                Job.cancel_requested.is_(False),
+        claimed = rows_changed(
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.queued.value,
+                    Job.enqueued_at.is_(None),
+                    Job.cancel_requested.is_(False),
+                )
+                .values(enqueued_at=utcnow())
             )
-            .values(enqueued_at=utcnow())
-        ).rowcount
+        )
     if not claimed:
         return False
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from cartl_core.jobs import AuditParams, PretrainParams, TransferParams, parse_p
 
 def _cli_defaults(command: str) -> dict[str, Any]:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return {a.dest: a.default for a in sub.choices[command]._actions}  # type: ignore[union-attr]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices[command]._actions}
 
 
 @pytest.mark.parametrize(

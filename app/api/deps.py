@@ -1,0 +1,96 @@
+"""Request dependencies: settings, a database session per request, storage, the caller's owner.
+
+Everything comes from ``app.state``, filled in by the lifespan (:mod:`app.main`); nothing here
+reads the environment or makes an engine at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.services.auth import authenticate
+from app.settings import Settings
+from app.storage import Storage
+
+__all__ = [
+    "CursorQuery",
+    "EnqueueDep",
+    "Enqueuer",
+    "LimitQuery",
+    "OwnerDep",
+    "SessionDep",
+    "SessionFactoryDep",
+    "SettingsDep",
+    "StorageDep",
+    "get_enqueuer",
+]
+
+#: Sends a committed job to the broker: ``(session_factory, settings, job_id) -> sent``.
+Enqueuer = Callable[[sessionmaker[Session], Settings, str], bool]
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Commit when the endpoint returns, roll back if it raises, before the response is sent."""
+    with get_session_factory(request)() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_enqueuer() -> Enqueuer:
+    # Imported on first use: the queue module pulls in Celery, which the rest of the API does
+    # not need (and tests may swap this dependency for their own sender).
+    from app.services.queue import enqueue_job
+
+    return enqueue_job
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+EnqueueDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from `cartl keys create --name NAME`.",
+)
+
+
+def get_owner(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The name of the caller's key: the owner of what it makes, and the filter on what it sees."""
+    return authenticate(session, credentials.credentials if credentials else None).name
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+
+LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=500, description="`next_cursor` of the previous page.")
+]

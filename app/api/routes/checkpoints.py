@@ -1,0 +1,79 @@
+"""``/v1/checkpoints``: upload, list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from app.api.deps import CursorQuery, LimitQuery, OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.problems import problem_responses
+from app.api.uploads import multipart_body, receiver
+from app.schemas.checkpoints import CheckpointOut
+from app.schemas.common import Page
+from app.services import checkpoints as service
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload a checkpoint",
+    description="Streams the file to storage, then loads it safely in a separate process: a "
+    "pickle that would run code, an unknown architecture or weights that do not fit it are "
+    "refused with 422 naming the problem, and nothing is kept. Self-describing CARTL "
+    "safetensors need no other field; plain state dicts (`.pt`, `.pth`, `.safetensors` "
+    "without a CARTL header) need `arch`.",
+    responses=problem_responses(400, 413, 415, 422),
+    openapi_extra=multipart_body(
+        {
+            "arch": "Architecture of plain weights: small-cnn, resnet18-cifar, wrn-D-W, "
+            "torchvision:NAME.",
+            "num_classes": "Class count of plain weights [default: size of the last layer].",
+            "in_channels": "Input channels of plain weights [default: from the first convolution].",
+            "input_size": "Input side of plain weights [default: 32].",
+        }
+    ),
+)
+async def upload_checkpoint(
+    request: Request,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> CheckpointOut:
+    row = await service.create_checkpoint(
+        session, settings, storage, owner, receiver(request, storage, settings)
+    )
+    return CheckpointOut.model_validate(row)
+
+
+@router.get("", summary="List checkpoints, newest first")
+def list_checkpoints(
+    owner: OwnerDep,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+) -> Page[CheckpointOut]:
+    page = service.list_checkpoints(session, owner, limit=limit, cursor=cursor)
+    return Page[CheckpointOut](
+        items=[CheckpointOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{checkpoint_id}", summary="Get a checkpoint", responses=problem_responses(404))
+def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> CheckpointOut:
+    return CheckpointOut.model_validate(service.get_checkpoint(session, owner, checkpoint_id))
+
+
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a checkpoint and its file",
+    responses=problem_responses(404, 409, s409="A queued or running job uses it."),
+)
+def delete_checkpoint(
+    checkpoint_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    service.delete_checkpoint(session, storage, owner, checkpoint_id)
+    return Response(status_code=204)

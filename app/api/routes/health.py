@@ -1,0 +1,70 @@
+"""``/healthz`` (the process answers), ``/readyz`` (database and broker reachable), ``/metrics``.
+
+None of them needs an API key: they are for load balancers, orchestrators and Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import SettingsDep
+from app.api.problems import problem, problem_responses
+from app.schemas.health import Health, Readiness
+from app.services.health import check_broker, check_database
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the database and the broker are reachable",
+    response_class=Response,
+    responses={
+        200: {"model": Readiness, "description": "Both are reachable."},
+        **problem_responses(503, s503="One is not; `checks` says which."),
+    },
+)
+async def readyz(request: Request, settings: SettingsDep) -> Response:
+    engine = request.app.state.engine
+    timeout = settings.readiness_timeout_s
+    database, broker = await asyncio.gather(
+        _within(timeout, lambda: check_database(engine)),
+        _within(timeout, lambda: check_broker(settings.resolved_broker_url, timeout)),
+    )
+    checks = {"database": database, "broker": broker}
+    down = {name: state for name, state in checks.items() if state != "ok"}
+    if down:
+        detail = "; ".join(f"{name}: {state}" for name, state in down.items())
+        return problem(503, f"not ready: {detail}", extra={"checks": checks})
+    body = Readiness(status="ok", checks=checks)
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+async def _within(timeout: float, check: Callable[[], str]) -> str:
+    try:
+        return await asyncio.wait_for(
+            anyio.to_thread.run_sync(check, abandon_on_cancel=True), timeout + 1
+        )
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

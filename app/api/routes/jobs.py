@@ -1,0 +1,166 @@
+"""``/v1/jobs``: create, list, get, metrics, weights, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Response
+from fastapi.responses import FileResponse
+
+from app.api.deps import (
+    CursorQuery,
+    EnqueueDep,
+    LimitQuery,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StorageDep,
+)
+from app.api.problems import problem_responses
+from app.db.models import JobKind, JobStatus
+from app.errors import ConflictError
+from app.schemas.common import Page
+from app.schemas.jobs import CREATE_EXAMPLES, JobCreate, JobMetricsOut, JobOut
+from app.services import jobs as service
+from app.services.ids import KEY_PATTERN
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="Any unique string (visible ASCII, at most 200 characters): a retry with "
+        "the same key and body returns the job the first request made (200) instead of making "
+        "another; the same key with another body is a 409.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Start a job",
+    description="Validates `params` (names, types, ranges) and checks them against the "
+    "checkpoint and dataset (k within the model's block count, matching input channels, ...), "
+    "records the job as `queued` and hands it to the workers. Unknown or another owner's "
+    "`checkpoint_id` / `dataset_id` are a 422 on that field. Poll `links.self`.",
+    responses={
+        200: {"model": JobOut, "description": "An idempotent replay: the job made earlier."},
+        **problem_responses(
+            409,
+            422,
+            s409="The Idempotency-Key was used before with a different request.",
+        ),
+    },
+)
+def create_job(
+    body: Annotated[JobCreate, Body(openapi_examples=CREATE_EXAMPLES)],
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    factory: SessionFactoryDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+    background: BackgroundTasks,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    request = service.JobRequest(body.kind, body.checkpoint_id, body.dataset_id, body.params)
+    job, created = service.create_job(session, owner, request, idempotency_key)
+    if created:
+        # The row is committed: a worker given this id will find it. The send happens after
+        # the response, so a broker that is down (its client retries for seconds) does not
+        # hold the request; the job then stays queued and the sweeper sends it later.
+        background.add_task(enqueue, factory, settings, job.id)
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_job(job)
+
+
+@router.get("", summary="List jobs, newest first")
+def list_jobs(
+    owner: OwnerDep,
+    session: SessionDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+) -> Page[JobOut]:
+    page = service.list_jobs(session, owner, limit=limit, cursor=cursor, status=status, kind=kind)
+    return Page[JobOut](
+        items=[JobOut.from_job(j) for j in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{job_id}", summary="Get a job's status", responses=problem_responses(404))
+def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
+    return JobOut.from_job(service.get_job(session, owner, job_id))
+
+
+@router.get(
+    "/{job_id}/metrics",
+    summary="Per-epoch history and the audit report",
+    description="The history grows while the job runs; the audit report is there once the "
+    "job's audit has finished.",
+    responses=problem_responses(404, 409, s409="The job has not started yet."),
+)
+def get_job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetricsOut:
+    job = service.get_job(session, owner, job_id)
+    if job.status == JobStatus.queued:
+        raise ConflictError(f"job {job_id} is queued; its metrics appear once it runs")
+    return JobMetricsOut(history=job.history or [], audit=job.audit)
+
+
+@router.get(
+    "/{job_id}/weights",
+    summary="Download the trained weights",
+    description="The self-describing safetensors file (architecture, classes, training "
+    "settings and metrics in its header). `ETag` and `X-Checksum-SHA256` carry its sha256.",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The safetensors file.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **problem_responses(
+            404, 409, s409="The job has no weights (an audit, or not finished yet)."
+        ),
+    },
+)
+def get_job_weights(
+    job_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep
+) -> FileResponse:
+    job = service.get_job(session, owner, job_id)
+    if job.kind == JobKind.audit:
+        raise ConflictError(f"job {job_id} is an audit; audits produce no weights")
+    if job.weights_key is None or not storage.exists(job.weights_key):
+        raise ConflictError(
+            f"job {job_id} has no weights yet (status {job.status}); they are there once it "
+            "has succeeded"
+        )
+    headers = {}
+    if job.weights_sha256:
+        headers = {"ETag": f'"{job.weights_sha256}"', "X-Checksum-SHA256": job.weights_sha256}
+    return FileResponse(
+        storage.path(job.weights_key),
+        media_type="application/octet-stream",
+        filename=f"{job.id}.safetensors",
+        headers=headers,
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job",
+    description="A queued job is cancelled at once. A running job gets `cancel_requested`: "
+    "the worker stops at the next batch and the job ends `cancelled`.",
+    responses=problem_responses(404, 409, s409="The job has already finished."),
+)
+def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
+    return JobOut.from_job(service.cancel_job(session, owner, job_id))

@@ -1,0 +1,211 @@
+"""Job requests and responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.db.models import Job, JobKind, JobStatus
+from app.schemas.common import UtcDateTime
+from app.services.ids import ID_PATTERN
+
+__all__ = ["JobCreate", "JobLinks", "JobMetricsOut", "JobOut", "ProgressOut"]
+
+log = logging.getLogger(__name__)
+
+PARAMS_SCHEMAS = {
+    JobKind.pretrain: "PretrainParams",
+    JobKind.transfer: "TransferParams",
+    JobKind.audit: "AuditParams",
+}
+
+CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "transfer": {
+        "summary": "CARTL transfer of the last 4 blocks",
+        "value": {
+            "kind": "transfer",
+            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
+            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
+            "params": {"method": "cartl", "k": 4, "epochs": 20, "audit_eps": "8/255"},
+        },
+    },
+    "pretrain": {
+        "summary": "FDM pre-training of a new resnet18-cifar",
+        "value": {
+            "kind": "pretrain",
+            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
+            "params": {"arch": "resnet18-cifar", "k": 4, "fdm_lambda": 0.005, "eps": "8/255"},
+        },
+    },
+    "audit": {
+        "summary": "PGD-20 audit at two radii",
+        "value": {
+            "kind": "audit",
+            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
+            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
+            "params": {"eps": ["4/255", "8/255"], "steps": 20},
+        },
+    },
+}
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [e["value"] for e in CREATE_EXAMPLES.values()]},
+    )
+
+    kind: JobKind = Field(description="pretrain, transfer or audit.")
+    checkpoint_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Source model: required for transfer and audit; for pretrain, optional "
+        "initial weights.",
+    )
+    dataset_id: str | None = Field(
+        default=None, pattern=ID_PATTERN, description="Data to train on or audit with (required)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Named like the `cartl` CLI options (`--fdm-lambda` is `fdm_lambda`), with "
+        "the same defaults; see PretrainParams, TransferParams and AuditParams. Radii and step "
+        'sizes accept fractions as text (`"8/255"`).',
+        json_schema_extra={
+            "anyOf": [{"$ref": f"#/components/schemas/{n}"} for n in PARAMS_SCHEMAS.values()]
+        },
+    )
+
+
+class ProgressOut(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    stage: str | None = Field(
+        default=None, description="What the job is doing, e.g. train, audit, save."
+    )
+    epoch: int | None = Field(default=None, description="Current epoch (1-based).")
+    epochs: int | None = Field(default=None, description="Total epochs.")
+    fraction: float | None = Field(default=None, description="Done so far, 0..1.")
+    eta_s: float | None = Field(default=None, description="Estimated seconds left.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Latest training metrics (loss, accuracy, ...)."
+    )
+
+
+class JobLinks(BaseModel):
+    self: str
+    metrics: str
+    weights: str | None = Field(description="Null for audits, which produce no weights.")
+
+
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "job_019abc3f2e11c0ffee1234",
+    "kind": "transfer",
+    "status": "running",
+    "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
+    "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
+    "params": {"method": "cartl", "k": 4, "epochs": 20, "seed": 0, "no_audit": False},
+    "progress": {
+        "stage": "train",
+        "epoch": 3,
+        "epochs": 20,
+        "fraction": 0.15,
+        "eta_s": 412.0,
+        "metrics": {"loss": 1.23, "train_accuracy": 0.61},
+    },
+    "attempts": 1,
+    "cancel_requested": False,
+    "error": None,
+    "metrics": None,
+    "created_at": "2026-11-25T10:02:00Z",
+    "enqueued_at": "2026-11-25T10:02:00Z",
+    "started_at": "2026-11-25T10:02:01Z",
+    "finished_at": None,
+    "links": {
+        "self": "/v1/jobs/job_019abc3f2e11c0ffee1234",
+        "metrics": "/v1/jobs/job_019abc3f2e11c0ffee1234/metrics",
+        "weights": "/v1/jobs/job_019abc3f2e11c0ffee1234/weights",
+    },
+}
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    checkpoint_id: str | None
+    dataset_id: str | None
+    params: dict[str, Any] = Field(description="Every parameter, defaults filled in.")
+    progress: ProgressOut
+    attempts: int = Field(description="Times a worker has started the job.")
+    cancel_requested: bool = Field(description="Cancel asked; the worker stops at the next batch.")
+    error: str | None = Field(description="Why the job failed.")
+    metrics: dict[str, Any] | None = Field(description="Final metrics (clean, robust accuracy).")
+    created_at: UtcDateTime
+    enqueued_at: UtcDateTime | None
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    links: JobLinks
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id,
+            kind=JobKind(job.kind),
+            status=JobStatus(job.status),
+            checkpoint_id=job.checkpoint_id,
+            dataset_id=job.dataset_id,
+            params=job.params,
+            progress=_progress(job),
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            error=job.error,
+            metrics=job.metrics,
+            created_at=job.created_at,
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            links=JobLinks(
+                self=base,
+                metrics=f"{base}/metrics",
+                weights=None if job.kind == JobKind.audit else f"{base}/weights",
+            ),
+        )
+
+
+def _progress(job: Job) -> ProgressOut:
+    try:
+        progress = ProgressOut.model_validate(job.progress or {})
+    except ValidationError as exc:
+        log.warning("job %s: unreadable progress %r: %s", job.id, job.progress, exc)
+        progress = ProgressOut()
+    if job.status == JobStatus.succeeded and progress.fraction is None:
+        progress.fraction = 1.0
+    return progress
+
+
+class JobMetricsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "history": [
+                        {"epoch": 1, "loss": 1.9, "train_accuracy": 0.31, "lr": 0.01},
+                        {"epoch": 2, "loss": 1.4, "train_accuracy": 0.52, "lr": 0.01},
+                    ],
+                    "audit": {
+                        "clean_accuracy": 0.81,
+                        "robust_accuracy": 0.42,
+                        "attacks": [{"name": "pgd", "eps": 0.0314, "accuracy": 0.42}],
+                    },
+                }
+            ]
+        }
+    )
+
+    history: list[dict[str, Any]] = Field(description="One record per finished epoch.")
+    audit: dict[str, Any] | None = Field(description="The audit report, once there is one.")

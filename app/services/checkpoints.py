@@ -1,0 +1,124 @@
+"""Checkpoints: upload (stream, validate in a child process, record), list, get, delete."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id
+from app.db.models import Checkpoint, Job
+from app.errors import NotFoundError, UnprocessableError
+from app.services.ids import ARCH_PATTERN, is_id
+from app.services.pagination import Page, paginate
+from app.services.probe import ProbeError, probe_checkpoint
+from app.services.uploads import (
+    ReceivedUpload,
+    Receiver,
+    commit_new,
+    display_name,
+    ensure_unused,
+    int_field,
+    store_then,
+    unknown_fields,
+)
+from app.settings import Settings
+from app.storage import Storage
+
+__all__ = [
+    "FORM_FIELDS",
+    "create_checkpoint",
+    "delete_checkpoint",
+    "get_checkpoint",
+    "list_checkpoints",
+]
+
+# For a file part without a name; loaders then judge the file by its content.
+DEFAULT_NAME = "checkpoint.bin"
+
+#: Form fields besides ``file``: for plain state dicts, which do not describe themselves.
+FORM_FIELDS = {"arch", "num_classes", "in_channels", "input_size"}
+
+
+async def create_checkpoint(
+    session: Session, settings: Settings, storage: Storage, owner: str, receive: Receiver
+) -> Checkpoint:
+    checkpoint_id = new_id("ckpt")
+
+    async def register(upload: ReceivedUpload) -> Checkpoint:
+        errors = unknown_fields(upload.fields, FORM_FIELDS)
+        if errors:
+            raise UnprocessableError(errors)
+        arch = upload.fields.get("arch", "").strip() or None
+        if arch is not None and not re.match(ARCH_PATTERN, arch):
+            raise UnprocessableError.one(
+                "arch", "an architecture name such as small-cnn, wrn-34-10 or torchvision:resnet50"
+            )
+        try:
+            summary = await probe_checkpoint(
+                upload.stored.path,
+                timeout_s=settings.probe_timeout_s,
+                arch=arch,
+                num_classes=int_field(upload.fields, "num_classes", minimum=2),
+                in_channels=int_field(upload.fields, "in_channels", minimum=1),
+                input_size=int_field(upload.fields, "input_size", minimum=8),
+            )
+        except ProbeError as exc:
+            if exc.kind == "ArchitectureError" and arch is not None:
+                raise ProbeError(exc.message, exc.kind, "arch") from None
+            raise
+        row = Checkpoint(
+            id=checkpoint_id,
+            owner=owner,
+            filename=display_name(upload.filename, DEFAULT_NAME),
+            arch=summary["arch"],
+            num_classes=summary["num_classes"],
+            num_blocks=summary["num_blocks"],
+            input_shape=summary["input_shape"],
+            description=summary["description"],
+            sha256=upload.stored.sha256,
+            size=upload.stored.size,
+            storage_key=upload.key,
+        )
+        await commit_new(session, row)
+        return row
+
+    return await store_then(
+        storage, f"checkpoints/{checkpoint_id}", receive, DEFAULT_NAME, register
+    )
+
+
+def list_checkpoints(
+    session: Session, owner: str, *, limit: int, cursor: str | None
+) -> Page[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.owner == owner)
+    return paginate(session, query, Checkpoint.id, limit=limit, cursor=cursor)
+
+
+def get_checkpoint(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
+    row = None
+    if is_id(checkpoint_id):
+        row = session.scalar(
+            select(Checkpoint).where(Checkpoint.owner == owner, Checkpoint.id == checkpoint_id)
+        )
+    if row is None:
+        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
+    return row
+
+
+def delete_checkpoint(session: Session, storage: Storage, owner: str, checkpoint_id: str) -> None:
+    """Delete the row (unless a live job uses it), commit, then the file."""
+    row = None
+    if is_id(checkpoint_id):
+        row = session.scalar(
+            select(Checkpoint)
+            .where(Checkpoint.owner == owner, Checkpoint.id == checkpoint_id)
+            .with_for_update()
+        )
+    if row is None:
+        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
+    ensure_unused(session, "checkpoint", checkpoint_id, Job.checkpoint_id)
+    session.delete(row)
+    session.commit()
+    storage.delete_prefix(f"checkpoints/{checkpoint_id}")

@@ -1,0 +1,98 @@
+"""Datasets: upload (stream, validate in a child process, record), list, get, delete."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id
+from app.db.models import DatasetRow, Job
+from app.errors import NotFoundError, UnprocessableError
+from app.services.ids import is_id
+from app.services.pagination import Page, paginate
+from app.services.probe import probe_dataset
+from app.services.uploads import (
+    ReceivedUpload,
+    Receiver,
+    commit_new,
+    display_name,
+    ensure_unused,
+    store_then,
+    unknown_fields,
+)
+from app.settings import Settings
+from app.storage import Storage
+
+__all__ = ["create_dataset", "delete_dataset", "get_dataset", "list_datasets"]
+
+# For a file part without a name; loaders then judge the file by its content.
+DEFAULT_NAME = "dataset.bin"
+
+
+async def create_dataset(
+    session: Session, settings: Settings, storage: Storage, owner: str, receive: Receiver
+) -> DatasetRow:
+    dataset_id = new_id("ds")
+
+    async def register(upload: ReceivedUpload) -> DatasetRow:
+        errors = unknown_fields(upload.fields, set())
+        if errors:
+            raise UnprocessableError(errors)
+        summary = await probe_dataset(
+            upload.stored.path,
+            timeout_s=settings.probe_timeout_s,
+            max_extract_bytes=settings.max_extract_bytes,
+        )
+        row = DatasetRow(
+            id=dataset_id,
+            owner=owner,
+            filename=display_name(upload.filename, DEFAULT_NAME),
+            format=summary["format"],
+            num_classes=summary["num_classes"],
+            class_names=summary["class_names"],
+            train_size=summary["train_size"],
+            test_size=summary["test_size"],
+            input_shape=summary["input_shape"],
+            sha256=upload.stored.sha256,
+            size=upload.stored.size,
+            storage_key=upload.key,
+        )
+        await commit_new(session, row)
+        return row
+
+    return await store_then(storage, f"datasets/{dataset_id}", receive, DEFAULT_NAME, register)
+
+
+def list_datasets(
+    session: Session, owner: str, *, limit: int, cursor: str | None
+) -> Page[DatasetRow]:
+    query = select(DatasetRow).where(DatasetRow.owner == owner)
+    return paginate(session, query, DatasetRow.id, limit=limit, cursor=cursor)
+
+
+def get_dataset(session: Session, owner: str, dataset_id: str) -> DatasetRow:
+    row = None
+    if is_id(dataset_id):
+        row = session.scalar(
+            select(DatasetRow).where(DatasetRow.owner == owner, DatasetRow.id == dataset_id)
+        )
+    if row is None:
+        raise NotFoundError(f"no dataset with id {dataset_id!r}")
+    return row
+
+
+def delete_dataset(session: Session, storage: Storage, owner: str, dataset_id: str) -> None:
+    """Delete the row (unless a live job uses it), commit, then the files."""
+    row = None
+    if is_id(dataset_id):
+        row = session.scalar(
+            select(DatasetRow)
+            .where(DatasetRow.owner == owner, DatasetRow.id == dataset_id)
+            .with_for_update()
+        )
+    if row is None:
+        raise NotFoundError(f"no dataset with id {dataset_id!r}")
+    ensure_unused(session, "dataset", dataset_id, Job.dataset_id)
+    session.delete(row)
+    session.commit()
+    storage.delete_prefix(f"datasets/{dataset_id}")

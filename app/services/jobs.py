@@ -1,0 +1,307 @@
+"""Jobs: create (validated up front against the checkpoint and dataset), read, list, cancel.
+
+A job is committed as ``queued`` and only then handed to the queue (by the caller, see
+:func:`app.services.queue.enqueue_job`), so a worker never receives an id it cannot read. With an
+``Idempotency-Key``, a retry of the same request returns the job the first one made, and the
+same key with a different request is a 409.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import CursorResult, Select, Update, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id, utcnow
+from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
+from app.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.services.ids import is_id
+from app.services.models import model_info
+from app.services.pagination import Page, paginate
+from app.services.params import jsonable_params, resolve_params
+from cartl_core import CartlError
+from cartl_core.checkpoints import FORMAT
+from cartl_core.jobs import AuditParams, Params, PretrainParams, TransferParams
+
+__all__ = [
+    "JobRequest",
+    "cancel_job",
+    "create_job",
+    "get_job",
+    "list_jobs",
+]
+
+M = TypeVar("M", Checkpoint, DatasetRow)
+
+# Params the service fills in from the checkpoint when the request leaves them out.
+_FILLED = frozenset({"arch", "source_classes"})
+_NEEDS = {
+    JobKind.pretrain: {"dataset_id"},
+    JobKind.transfer: {"checkpoint_id", "dataset_id"},
+    JobKind.audit: {"checkpoint_id", "dataset_id"},
+}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    kind: JobKind
+    checkpoint_id: str | None = None
+    dataset_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def create_job(
+    session: Session, owner: str, request: JobRequest, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """The committed job, and whether this call made it (False: an idempotent replay)."""
+    if idempotency_key is not None:
+        existing = _by_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _replay(existing, request), False
+    params = resolve_params(request.kind, request.params)
+    checkpoint, dataset = _inputs(session, owner, request)
+    params = _fit(request, params, checkpoint, dataset)
+    job = Job(
+        id=new_id("job"),
+        owner=owner,
+        kind=request.kind.value,
+        status=JobStatus.queued.value,
+        checkpoint_id=request.checkpoint_id,
+        dataset_id=request.dataset_id,
+        params=jsonable_params(params),
+        idempotency_key=idempotency_key,
+        progress={},
+        history=[],
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one key raced; the other one's job is the answer.
+        session.rollback()
+        existing = _by_key(session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, request), False
+    return job, True
+
+
+def get_job(session: Session, owner: str, job_id: str) -> Job:
+    job = None
+    if is_id(job_id):
+        job = session.scalar(select(Job).where(Job.owner == owner, Job.id == job_id))
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    owner: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+) -> Page[Job]:
+    query: Select[Job] = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if kind is not None:
+        query = query.where(Job.kind == kind.value)
+    return paginate(session, query, Job.id, limit=limit, cursor=cursor)
+
+
+def cancel_job(session: Session, owner: str, job_id: str) -> Job:
+    """A queued job ends ``cancelled`` now; a running one is asked to stop at its next batch."""
+    job = get_job(session, owner, job_id)
+    cancelled = _rowcount(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+        .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=utcnow()),
+    )
+    if not cancelled:
+        cancelled = _rowcount(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running.value)
+            .values(cancel_requested=True),
+        )
+    session.commit()
+    session.refresh(job)
+    if not cancelled:
+        raise ConflictError(f"job {job_id} has already finished ({job.status}); nothing to cancel")
+    return job
+
+
+def _rowcount(session: Session, statement: Update) -> int:
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _by_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _replay(job: Job, request: JobRequest) -> Job:
+    if not _same_request(job, request):
+        raise ConflictError(
+            f"the Idempotency-Key was already used for job {job.id} with a different request; "
+            "use a new key for a new job"
+        )
+    return job
+
+
+def _same_request(job: Job, request: JobRequest) -> bool:
+    if (job.kind, job.checkpoint_id, job.dataset_id) != (
+        request.kind.value,
+        request.checkpoint_id,
+        request.dataset_id,
+    ):
+        return False
+    try:
+        resolved = jsonable_params(resolve_params(request.kind, request.params))
+    except UnprocessableError:
+        return False
+    filled = _FILLED - set(request.params)
+    return all(job.params.get(k) == v for k, v in resolved.items() if k not in filled)
+
+
+def _inputs(
+    session: Session, owner: str, request: JobRequest
+) -> tuple[Checkpoint | None, DatasetRow | None]:
+    """The request's checkpoint and dataset, locked against deletion until the commit."""
+    errors: list[FieldError] = []
+    needs = _NEEDS[request.kind]
+    for name in ("checkpoint_id", "dataset_id"):
+        if getattr(request, name) is None and name in needs:
+            errors.append(FieldError(name, f"required for a {request.kind.value} job"))
+    checkpoint = dataset = None
+    if request.checkpoint_id is not None:
+        checkpoint = session.scalar(_owned(Checkpoint, owner, request.checkpoint_id))
+        if checkpoint is None:
+            errors.append(
+                FieldError("checkpoint_id", f"no checkpoint with id {request.checkpoint_id!r}")
+            )
+    if request.dataset_id is not None:
+        dataset = session.scalar(_owned(DatasetRow, owner, request.dataset_id))
+        if dataset is None:
+            errors.append(FieldError("dataset_id", f"no dataset with id {request.dataset_id!r}"))
+    if errors:
+        raise UnprocessableError(errors)
+    return checkpoint, dataset
+
+
+def _owned(model: type[M], owner: str, object_id: str) -> Select[M]:
+    # FOR SHARE: a concurrent delete waits for this transaction, then sees the job and refuses.
+    return (
+        select(model).where(model.owner == owner, model.id == object_id).with_for_update(read=True)
+    )
+
+
+def _fit(
+    request: JobRequest,
+    params: Params,
+    checkpoint: Checkpoint | None,
+    dataset: DatasetRow | None,
+) -> Params:
+    """Check the params against the model and data they will meet, filling in what the
+    checkpoint knows (the architecture of plain weights)."""
+    assert dataset is not None  # every kind needs one (checked by _inputs)
+    errors: list[FieldError] = []
+    given = set(request.params)
+    channels, size = int(dataset.input_shape[0]), int(dataset.input_shape[1])
+    blocks: int | None = None
+    if checkpoint is not None:
+        params = _fill_from_checkpoint(params, given, checkpoint, errors)
+        blocks = checkpoint.num_blocks
+        if int(checkpoint.input_shape[0]) != channels:
+            errors.append(
+                FieldError(
+                    "dataset_id",
+                    f"checkpoint {checkpoint.id} takes {checkpoint.input_shape[0]}-channel images "
+                    f"but dataset {dataset.id} has {channels} channels",
+                )
+            )
+        if not isinstance(params, TransferParams) and dataset.num_classes > checkpoint.num_classes:
+            errors.append(
+                FieldError(
+                    "dataset_id",
+                    f"dataset {dataset.id} has {dataset.num_classes} classes but checkpoint "
+                    f"{checkpoint.id} classifies {checkpoint.num_classes}",
+                )
+            )
+    elif isinstance(params, PretrainParams):
+        try:
+            blocks = model_info(params.arch, max(dataset.num_classes, 2), channels, size).num_blocks
+        except CartlError as exc:
+            errors.append(FieldError("params.arch", str(exc)))
+    if (
+        isinstance(params, PretrainParams | TransferParams)
+        and blocks is not None
+        and not 1 <= params.k <= blocks
+    ):
+        errors.append(
+            FieldError("params.k", f"must be between 1 and {blocks} (the model's block count)")
+        )
+    if isinstance(params, TransferParams) and checkpoint is not None:
+        errors += _residual_scale_errors(params, checkpoint)
+    if errors:
+        raise UnprocessableError(errors)
+    return params
+
+
+def _fill_from_checkpoint(
+    params: Params, given: set[str], checkpoint: Checkpoint, errors: list[FieldError]
+) -> Params:
+    if "arch" in given and params.arch is not None and params.arch != checkpoint.arch:
+        errors.append(
+            FieldError(
+                "params.arch",
+                f"checkpoint {checkpoint.id} is a {checkpoint.arch}; leave arch out or set it "
+                "to that",
+            )
+        )
+        return params
+    plain = checkpoint.description.get("format") != FORMAT
+    if isinstance(params, PretrainParams):
+        return dataclasses.replace(params, arch=checkpoint.arch)
+    if isinstance(params, TransferParams) and plain:
+        if params.source_classes not in (None, checkpoint.num_classes):
+            errors.append(
+                FieldError(
+                    "params.source_classes",
+                    f"checkpoint {checkpoint.id} has {checkpoint.num_classes} classes",
+                )
+            )
+            return params
+        return dataclasses.replace(
+            params, arch=checkpoint.arch, source_classes=checkpoint.num_classes
+        )
+    if isinstance(params, AuditParams) and plain:
+        return dataclasses.replace(params, arch=checkpoint.arch)
+    return params
+
+
+def _residual_scale_errors(params: TransferParams, checkpoint: Checkpoint) -> list[FieldError]:
+    scale = params.config().resolved_residual_scale()
+    if scale == 1.0:
+        return []
+    shape = checkpoint.input_shape
+    try:
+        info = model_info(checkpoint.arch, checkpoint.num_classes, int(shape[0]), int(shape[1]))
+    except CartlError:
+        return []
+    if info.residual_scalable:
+        return []
+    return [
+        FieldError(
+            "params.residual_scale",
+            f"{checkpoint.arch} has residual sums that cannot be rescaled; set residual_scale to 1",
+        )
+    ]

@@ -1,0 +1,143 @@
+"""Job parameters: the API's ``params`` object, checked in three steps.
+
+1. Names: every key must be a field of the kind's dataclass in :mod:`cartl_core.jobs` (the CLI
+   options' names).
+2. Types: pydantic validates the values against those same dataclasses (strict JSON rules: ``"3"``
+   is not an integer). Fractions written as text (``"8/255"``) are turned into numbers first.
+3. Ranges and consistency: :func:`cartl_core.jobs.parse_params`, the same check the CLI and the
+   worker use.
+
+The dataclasses are the single source of the defaults; nothing here restates one. Errors name the
+field as ``params.NAME``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from app.errors import FieldError, UnprocessableError
+from cartl_core import ConfigError
+from cartl_core.jobs import FRACTION_FIELDS, Params, params_class, parse_params
+
+__all__ = ["jsonable_params", "params_json_schema", "resolve_params"]
+
+
+@cache
+def _adapter(kind: str) -> TypeAdapter[Any]:
+    return TypeAdapter(params_class(kind))
+
+
+def params_json_schema(kind: str) -> dict[str, Any]:
+    """The JSON schema of ``kind``'s params, defaults included; fractions may be text."""
+    schema = _adapter(kind).json_schema(mode="validation")
+    schema["additionalProperties"] = False
+    for name, prop in schema.get("properties", {}).items():
+        if name in FRACTION_FIELDS:
+            prop["description"] = 'a number, or a fraction written as text such as "8/255"'
+    return schema
+
+
+def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
+    """Validate ``raw`` for a ``kind`` job; the result has every default filled in."""
+    cls = params_class(kind)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UnprocessableError(
+            [
+                FieldError(
+                    f"params.{name}",
+                    f"unknown parameter for a {kind} job; known: {', '.join(sorted(known))}",
+                )
+                for name in unknown
+            ]
+        )
+    # One radius where several are allowed (the audit's eps) is a list of one, as in the CLI.
+    lists = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
+    values = {
+        name: [value] if name in lists and not isinstance(value, list) else value
+        for name, value in raw.items()
+    }
+    values = {name: _fractions(name, value) for name, value in values.items()}
+    infinite = sorted(name for name, value in values.items() if not _finite(value))
+    if infinite:
+        raise UnprocessableError(
+            [FieldError(f"params.{name}", "must be a finite number") for name in infinite]
+        )
+    try:
+        typed = _adapter(kind).validate_json(json.dumps(values), strict=True)
+    except ValidationError as exc:
+        raise UnprocessableError(
+            [
+                FieldError(".".join(["params", *(str(p) for p in err["loc"])]), err["msg"])
+                for err in exc.errors(include_url=False)
+            ]
+        ) from None
+    try:
+        return parse_params(kind, _as_raw(typed))
+    except ConfigError as exc:
+        raise UnprocessableError.one(_param_field(kind, exc.field, typed), str(exc)) from None
+
+
+def jsonable_params(params: Params) -> dict[str, Any]:
+    """Plain JSON values (tuples become lists) for the job row and the response."""
+    out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(params)))
+    return out
+
+
+def _fractions(name: str, value: Any) -> Any:
+    if name not in FRACTION_FIELDS:
+        return value
+    if isinstance(value, list):
+        return [_fraction(name, v) for v in value]
+    return _fraction(name, value)
+
+
+def _fraction(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(Fraction(value.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise UnprocessableError.one(
+            f"params.{name}", f"must be a number or a fraction like 8/255; got {value!r}"
+        ) from None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _as_raw(params: Params) -> dict[str, Any]:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+def _param_field(kind: str, field: str | None, typed: Params) -> str:
+    """The params name behind a config error: the config's names are not always the CLI's."""
+    known = {f.name for f in dataclasses.fields(typed)}
+    if field is None:
+        return "params"
+    # A training job builds two configs that share names (eps, steps, ...): the training one,
+    # then the final audit's. If the training config is fine, the audit's was at fault.
+    if f"audit_{field}" in known and field in known:
+        try:
+            typed.config()
+        except ConfigError:
+            return f"params.{field}"
+        return f"params.audit_{field}"
+    for name in (field, f"audit_{field}", f"fdm_{field}"):
+        if name in known:
+            return f"params.{name}"
+    return "params"

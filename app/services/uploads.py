@@ -1,0 +1,141 @@
+"""What checkpoint and dataset uploads share: file names on disk, form fields, the upload flow.
+
+The web layer knows how to read a request; the services only see a :data:`Receiver`, a callable
+that streams the upload's file part to storage under a key the service chooses (from the
+sanitised file name) and returns what it wrote plus the small form fields. The flow is then the
+same for both kinds of upload: receive, probe in a child process, insert the row and commit; on
+any failure (a bad file, a timeout, the client going away, the database) the object's folder is
+deleted and no row remains.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.base import Base
+from app.db.models import Job, JobStatus
+from app.errors import ConflictError, FieldError, UnprocessableError
+from app.storage import Storage, StoredFile
+
+__all__ = [
+    "ReceivedUpload",
+    "Receiver",
+    "commit_new",
+    "display_name",
+    "ensure_unused",
+    "int_field",
+    "safe_filename",
+    "store_then",
+    "unknown_fields",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Suffixes that loaders dispatch on, kept whole when a long name is shortened.
+_COMPOUND = (".tar.gz", ".tar.bz2", ".tar.xz")
+_MAX_NAME = 120
+
+R = TypeVar("R", bound=Base)
+
+
+@dataclass(frozen=True)
+class ReceivedUpload:
+    stored: StoredFile
+    key: str
+    filename: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Streams the file part to the storage key made from its file name; returns what it wrote.
+Receiver = Callable[[Callable[[str], str]], Awaitable[ReceivedUpload]]
+
+
+def safe_filename(name: str | None, default: str) -> str:
+    """A file name safe on any file system that keeps the suffix loaders dispatch on.
+
+    Only the last path component is used; runs of other characters become ``_``; no leading dot.
+    """
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("_", base).lstrip("._")
+    if not base:
+        return default
+    if len(base) > _MAX_NAME:
+        lower = base.lower()
+        suffix = next((s for s in _COMPOUND if lower.endswith(s)), "")
+        if not suffix and "." in base[-16:]:
+            suffix = base[base.rindex(".") :]
+        base = base[: _MAX_NAME - len(suffix)] + base[len(base) - len(suffix) :]
+    return base
+
+
+def display_name(name: str, default: str) -> str:
+    """The client's file name as shown back to it: printable, at most 255 characters."""
+    return "".join(c for c in name if c.isprintable()).strip()[:255] or default
+
+
+def int_field(fields: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UnprocessableError.one(name, f"must be an integer; got {raw!r}") from None
+    if value < minimum:
+        raise UnprocessableError.one(name, f"must be >= {minimum}; got {value}")
+    return value
+
+
+async def store_then(
+    storage: Storage,
+    prefix: str,
+    receive: Receiver,
+    default_name: str,
+    register: Callable[[ReceivedUpload], Awaitable[R]],
+) -> R:
+    """Receive the upload under ``prefix/`` and hand it to ``register``; on any failure, delete
+    the folder so nothing is left behind."""
+    try:
+        upload = await receive(lambda filename: f"{prefix}/{safe_filename(filename, default_name)}")
+        return await register(upload)
+    except BaseException:
+        storage.delete_prefix(prefix)
+        raise
+
+
+async def commit_new(session: Session, row: Base) -> None:
+    """Insert and commit in a worker thread: the database call must not block the event loop."""
+
+    def insert() -> None:
+        session.add(row)
+        session.commit()
+
+    await anyio.to_thread.run_sync(insert)
+
+
+def ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:
+    """A 409 if a queued or running job uses the object (it would lose its input)."""
+    job = session.execute(
+        select(Job.id, Job.status)
+        .where(column == object_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        .limit(1)
+    ).first()
+    if job is not None:
+        raise ConflictError(
+            f"{what} {object_id} is used by job {job.id}, which is {job.status}; cancel the job "
+            "or wait for it to finish, then delete again"
+        )
+
+
+def unknown_fields(fields: Mapping[str, str], allowed: set[str]) -> list[FieldError]:
+    return [
+        FieldError(name, f"unknown form field; accepted: file, {', '.join(sorted(allowed))}")
+        for name in fields
+        if name not in allowed
+    ]

@@ -1,0 +1,98 @@
+"""Every /v1 request needs a live key; another owner's objects do not exist for the caller."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import utcnow
+from app.db.models import ApiKey
+from app.services.auth import hash_key
+from tests.api.helpers import problem
+from tests.api.test_jobs import add_checkpoint, add_dataset, post_job
+
+Auth = dict[str, str]
+
+ROUTES = [
+    ("GET", "/v1/checkpoints"),
+    ("POST", "/v1/checkpoints"),
+    ("GET", "/v1/checkpoints/ckpt_x"),
+    ("DELETE", "/v1/checkpoints/ckpt_x"),
+    ("GET", "/v1/datasets"),
+    ("POST", "/v1/datasets"),
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/job_x"),
+    ("GET", "/v1/jobs/job_x/metrics"),
+    ("GET", "/v1/jobs/job_x/weights"),
+    ("POST", "/v1/jobs/job_x/cancel"),
+]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer cartl_not-a-key"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer"},
+    ],
+    ids=["none", "wrong", "basic", "empty"],
+)
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_no_valid_key_is_401(
+    client: TestClient, alice: Auth, headers: dict[str, str], method: str, path: str
+) -> None:
+    r = client.request(method, path, headers=headers)
+    problem(r, 401)
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_revoked_key_is_401(client: TestClient, alice: Auth, db: sessionmaker[Session]) -> None:
+    assert client.get("/v1/jobs", headers=alice).status_code == 200
+    secret = alice["Authorization"].removeprefix("Bearer ")
+    with db() as session, session.begin():
+        session.execute(
+            update(ApiKey).where(ApiKey.key_hash == hash_key(secret)).values(revoked_at=utcnow())
+        )
+    assert "revoked" in problem(client.get("/v1/jobs", headers=alice), 401)["detail"]
+
+
+def test_keys_are_stored_hashed(alice: Auth, db: sessionmaker[Session]) -> None:
+    secret = alice["Authorization"].removeprefix("Bearer ")
+    assert secret.startswith("cartl_")
+    with db() as session:
+        (key,) = session.query(ApiKey).all()
+    assert (key.name, key.key_hash) == ("alice", hash_key(secret))
+    assert secret not in key.key_hash
+
+
+def test_other_owners_objects_are_404(
+    client: TestClient, alice: Auth, bob: Auth, db: sessionmaker[Session]
+) -> None:
+    checkpoint_id, dataset_id = add_checkpoint(db), add_dataset(db)
+    job_id = post_job(client, alice, "transfer", checkpoint_id, dataset_id).json()["id"]
+    for method, path in [
+        ("GET", f"/v1/checkpoints/{checkpoint_id}"),
+        ("DELETE", f"/v1/checkpoints/{checkpoint_id}"),
+        ("GET", f"/v1/datasets/{dataset_id}"),
+        ("DELETE", f"/v1/datasets/{dataset_id}"),
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/metrics"),
+        ("GET", f"/v1/jobs/{job_id}/weights"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+    ]:
+        problem(client.request(method, path, headers=bob), 404)
+    for path in ("/v1/checkpoints", "/v1/datasets", "/v1/jobs"):
+        assert client.get(path, headers=bob).json() == {"items": [], "next_cursor": None}
+        assert len(client.get(path, headers=alice).json()["items"]) == 1
+    # Bob cannot build on alice's uploads either.
+    r = post_job(client, bob, "transfer", checkpoint_id, dataset_id)
+    assert {e["field"] for e in problem(r, 422)["errors"]} == {
+        "checkpoint_id",
+        "dataset_id",
+    }
+    # And alice's job is untouched.
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).json()["status"] == "queued"

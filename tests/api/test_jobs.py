@@ -1,0 +1,481 @@
+"""Jobs: validation up front, idempotency, listing, cancel, metrics and weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.base import new_id, utcnow
+from app.db.models import Checkpoint, DatasetRow, Job
+from cartl_core.jobs import AuditParams, PretrainParams, TransferParams
+from tests.api import files
+from tests.api.conftest import REDIS_URL, ClientFactory
+from tests.api.helpers import fields, problem, upload
+
+Auth = dict[str, str]
+
+
+def add_checkpoint(
+    db: sessionmaker[Session],
+    owner: str = "alice",
+    *,
+    channels: int = 1,
+    classes: int = 10,
+    plain: bool = False,
+) -> str:
+    """A checkpoint row as an upload of a small-cnn would record it (the file is not needed)."""
+    checkpoint_id = new_id("ckpt")
+    fmt = "plain-state-dict" if plain else "cartl-checkpoint/1"
+    with db() as session, session.begin():
+        session.add(
+            Checkpoint(
+                id=checkpoint_id,
+                owner=owner,
+                filename="m.safetensors",
+                arch="small-cnn",
+                num_classes=classes,
+                num_blocks=5,
+                input_shape=[channels, 8, 8],
+                description={"format": fmt},
+                sha256="0" * 64,
+                size=1,
+                storage_key=f"checkpoints/{checkpoint_id}/m.safetensors",
+            )
+        )
+    return checkpoint_id
+
+
+def add_dataset(
+    db: sessionmaker[Session], owner: str = "alice", *, channels: int = 1, classes: int = 4
+) -> str:
+    dataset_id = new_id("ds")
+    with db() as session, session.begin():
+        session.add(
+            DatasetRow(
+                id=dataset_id,
+                owner=owner,
+                filename="d.npz",
+                format="npz",
+                num_classes=classes,
+                class_names=[str(i) for i in range(classes)],
+                train_size=32,
+                test_size=16,
+                input_shape=[channels, 8, 8],
+                sha256="0" * 64,
+                size=1,
+                storage_key=f"datasets/{dataset_id}/d.npz",
+            )
+        )
+    return dataset_id
+
+
+@pytest.fixture
+def inputs(db: sessionmaker[Session]) -> tuple[str, str]:
+    return add_checkpoint(db), add_dataset(db)
+
+
+def post_job(
+    client: TestClient,
+    auth: Auth,
+    kind: str,
+    checkpoint_id: str | None = None,
+    dataset_id: str | None = None,
+    key: str | None = None,
+    **params: Any,
+) -> Any:
+    body: dict[str, Any] = {"kind": kind, "params": params}
+    if checkpoint_id is not None:
+        body["checkpoint_id"] = checkpoint_id
+    if dataset_id is not None:
+        body["dataset_id"] = dataset_id
+    headers = {**auth, "Idempotency-Key": key} if key else auth
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def set_job(db: sessionmaker[Session], job_id: str, **values: Any) -> None:
+    with db() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    values: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(cls())))
+    return values
+
+
+# --- creating ----------------------------------------------------------------------------------
+
+
+def test_transfer_with_defaults_is_queued_and_sent(
+    client: TestClient, alice: Auth, inputs: tuple[str, str]
+) -> None:
+    queue = redis.Redis.from_url(REDIS_URL)
+    before = queue.llen("cartl-api-tests")
+    r = post_job(client, alice, "transfer", *inputs)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert (job["kind"], job["status"]) == ("transfer", "queued")
+    assert (job["checkpoint_id"], job["dataset_id"]) == inputs
+    # Every default resolved, straight from cartl_core's dataclass.
+    assert job["params"] == defaults(TransferParams)
+    assert job["enqueued_at"] is None  # sent right after the response
+    assert job["attempts"] == 0
+    assert job["progress"]["fraction"] is None
+    assert job["links"] == {
+        "self": f"/v1/jobs/{job['id']}",
+        "metrics": f"/v1/jobs/{job['id']}/metrics",
+        "weights": f"/v1/jobs/{job['id']}/weights",
+    }
+    # The message went to the broker, carrying the id only.
+    assert queue.llen("cartl-api-tests") == before + 1
+    message = json.loads(queue.lindex("cartl-api-tests", 0) or b"{}")
+    assert message["headers"]["argsrepr"] == repr([job["id"]])
+    queue.close()
+    again = client.get(job["links"]["self"], headers=alice).json()
+    assert again["enqueued_at"] is not None
+    assert {**again, "enqueued_at": None} == job
+
+
+def test_broker_down_leaves_the_job_queued(
+    make_client: ClientFactory, alice: Auth, inputs: tuple[str, str]
+) -> None:
+    client = make_client(broker_url="redis://127.0.0.1:1/0")
+    r = post_job(client, alice, "audit", *inputs)
+    assert r.status_code == 202, r.text
+    assert (r.json()["status"], r.json()["enqueued_at"]) == ("queued", None)
+    assert r.json()["params"] == defaults(AuditParams)
+    later = client.get(f"/v1/jobs/{r.json()['id']}", headers=alice).json()
+    assert (later["status"], later["enqueued_at"]) == ("queued", None)  # for the sweeper
+
+
+def test_params_keep_their_given_values(
+    client: TestClient, alice: Auth, inputs: tuple[str, str]
+) -> None:
+    r = post_job(
+        client,
+        alice,
+        "transfer",
+        *inputs,
+        method="neft",
+        k=2,
+        epochs=3,
+        audit_eps=["4/255", 0.05],
+        no_audit=False,
+    )
+    assert r.status_code == 202, r.text
+    params = r.json()["params"]
+    assert (params["method"], params["k"], params["epochs"]) == ("neft", 2, 3)
+    assert params["audit_eps"] == pytest.approx([4 / 255, 0.05])
+
+
+def test_pretrain_without_checkpoint_checks_k_against_the_arch(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    dataset_id = add_dataset(db)
+    r = post_job(client, alice, "pretrain", dataset_id=dataset_id, arch="small-cnn", k=3)
+    assert r.status_code == 202, r.text
+    assert r.json()["params"] == {**defaults(PretrainParams), "arch": "small-cnn", "k": 3}
+    r = post_job(client, alice, "pretrain", dataset_id=dataset_id, arch="small-cnn", k=6)
+    assert "between 1 and 5" in fields(problem(r, 422))["params.k"]
+    r = post_job(client, alice, "pretrain", dataset_id=dataset_id, arch="resnet9000")
+    assert "unknown architecture" in fields(problem(r, 422))["params.arch"]
+
+
+def test_pretrain_from_a_checkpoint_takes_its_arch(
+    client: TestClient, alice: Auth, inputs: tuple[str, str]
+) -> None:
+    r = post_job(client, alice, "pretrain", *inputs)
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["arch"] == "small-cnn"
+    r = post_job(client, alice, "pretrain", *inputs, arch="resnet18-cifar")
+    assert "small-cnn" in fields(problem(r, 422))["params.arch"]
+
+
+def test_plain_weights_get_arch_and_classes_from_the_checkpoint(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    checkpoint_id, dataset_id = add_checkpoint(db, plain=True), add_dataset(db)
+    r = post_job(client, alice, "transfer", checkpoint_id, dataset_id)
+    assert r.status_code == 202, r.text
+    assert (r.json()["params"]["arch"], r.json()["params"]["source_classes"]) == ("small-cnn", 10)
+    r = post_job(client, alice, "audit", checkpoint_id, dataset_id)
+    assert r.json()["params"]["arch"] == "small-cnn"
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field", "text"),
+    [
+        ("transfer", {"k": 6}, "params.k", "between 1 and 5"),
+        ("transfer", {"k": 0}, "params.k", ">= 1"),
+        ("transfer", {"k": "3"}, "params.k", "valid integer"),
+        ("transfer", {"k": 2.5}, "params.k", "valid integer"),
+        ("transfer", {"method": "magic"}, "params.method", "'cartl'"),
+        ("transfer", {"bogus": 1}, "params.bogus", "unknown parameter"),
+        ("transfer", {"audit_eps": -0.1}, "params.audit_eps", "> 0"),
+        ("transfer", {"audit_eps": "8/0"}, "params.audit_eps", "fraction"),
+        ("transfer", {"norm_beta": 0}, "params.norm_beta", "> 0"),
+        ("transfer", {"bn": "weird"}, "params.bn", "BN preset"),
+        ("transfer", {"epochs": 0}, "params.epochs", ">= 1"),
+        ("pretrain", {"eps": 0, "arch": "small-cnn"}, "params.eps", "> 0"),
+        ("pretrain", {"eps": "-8/255", "arch": "small-cnn"}, "params.eps", "> 0"),
+        ("pretrain", {"fdm_reduction": "max", "arch": "small-cnn"}, "params.fdm_reduction", ""),
+        ("pretrain", {"audit_steps": 0, "arch": "small-cnn"}, "params.audit_steps", ">= 1"),
+        ("audit", {"eps": []}, "params.eps", "at least one"),
+        ("audit", {"norm": "l3"}, "params.norm", "'linf'"),
+        ("audit", {"no_cw": "yes"}, "params.no_cw", "valid boolean"),
+    ],
+)
+def test_bad_params_are_422_on_their_field(
+    client: TestClient,
+    alice: Auth,
+    inputs: tuple[str, str],
+    db: sessionmaker[Session],
+    kind: str,
+    params: dict[str, Any],
+    field: str,
+    text: str,
+) -> None:
+    checkpoint_id, dataset_id = inputs
+    r = post_job(client, alice, kind, checkpoint_id, dataset_id, **params)
+    body = problem(r, 422)
+    errors = fields(body)
+    assert field in errors, body
+    assert text in errors[field]
+    with db() as session:
+        assert session.query(Job).count() == 0
+
+
+def test_inputs_are_checked(
+    client: TestClient, alice: Auth, bob: Auth, db: sessionmaker[Session]
+) -> None:
+    mine, theirs = add_dataset(db), add_checkpoint(db, owner="bob")
+    r = post_job(client, alice, "transfer", dataset_id=mine)
+    assert fields(problem(r, 422)) == {"checkpoint_id": "required for a transfer job"}
+    r = post_job(client, alice, "audit", theirs, "ds_nope")
+    assert set(fields(problem(r, 422))) == {"checkpoint_id", "dataset_id"}
+    r = post_job(client, alice, "pretrain")
+    assert "dataset_id" in fields(problem(r, 422))
+    r = client.post("/v1/jobs", json={"kind": "finetune"}, headers=alice)
+    assert "kind" in fields(problem(r, 422))
+    r = client.post("/v1/jobs", json={"kind": "audit", "colour": 1}, headers=alice)
+    assert fields(problem(r, 422))["colour"] == "unknown field"
+
+
+def test_checkpoint_and_dataset_must_fit_each_other(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    rgb, gray = add_checkpoint(db, channels=3), add_dataset(db, channels=1)
+    r = post_job(client, alice, "transfer", rgb, gray)
+    assert "3-channel" in fields(problem(r, 422))["dataset_id"]
+    few, many = add_checkpoint(db, classes=2), add_dataset(db, classes=4)
+    r = post_job(client, alice, "audit", few, many)
+    assert "4 classes" in fields(problem(r, 422))["dataset_id"]
+    # A transfer replaces the classifier: any class count will do.
+    assert post_job(client, alice, "transfer", few, many).status_code == 202
+
+
+def test_uploaded_inputs_make_a_job(client: TestClient, alice: Auth, tmp_path: Path) -> None:
+    checkpoint = upload(
+        client, "/v1/checkpoints", alice, "m.safetensors", files.safetensors_checkpoint(tmp_path)
+    ).json()
+    dataset = upload(client, "/v1/datasets", alice, "d.npz", files.npz()).json()
+    r = post_job(client, alice, "transfer", checkpoint["id"], dataset["id"], k=5)
+    assert r.status_code == 202, r.text
+    r = post_job(client, alice, "transfer", checkpoint["id"], dataset["id"], k=6)
+    assert fields(problem(r, 422))["params.k"].startswith("must be between 1 and 5")
+
+
+# --- idempotency -------------------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_same_job(
+    client: TestClient, alice: Auth, bob: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    first = post_job(client, alice, "transfer", *inputs, key="retry-1", k=3)
+    assert first.status_code == 202
+    again = post_job(client, alice, "transfer", *inputs, key="retry-1", k=3)
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    # Spelling out a default is the same request.
+    same = post_job(client, alice, "transfer", *inputs, key="retry-1", k=3, method="cartl")
+    assert same.json()["id"] == first.json()["id"]
+
+    other = post_job(client, alice, "transfer", *inputs, key="retry-1", k=2)
+    assert "different request" in problem(other, 409)["detail"]
+    # Keys are per owner.
+    bobs = post_job(client, bob, "pretrain", dataset_id=add_dataset(db, "bob"), key="retry-1")
+    assert bobs.status_code == 202, bobs.text
+    with db() as session:
+        assert session.query(Job).count() == 2
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_list_filters_and_pages(
+    client: TestClient, alice: Auth, bob: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    made = [post_job(client, alice, kind, *inputs).json()["id"] for kind in ("transfer",) * 3]
+    audit = post_job(client, alice, "audit", *inputs).json()["id"]
+    set_job(db, made[0], status="succeeded")
+    post_job(client, bob, "pretrain", dataset_id=add_dataset(db, "bob"))
+
+    everything = client.get("/v1/jobs", headers=alice).json()
+    assert [j["id"] for j in everything["items"]] == [audit, *made[::-1]]
+    assert everything["next_cursor"] is None
+
+    seen, cursor = [], None
+    while True:
+        page = client.get(
+            "/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=alice
+        ).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [audit, *made[::-1]]
+
+    audits = client.get("/v1/jobs", params={"kind": "audit"}, headers=alice).json()
+    assert [j["id"] for j in audits["items"]] == [audit]
+    done = client.get("/v1/jobs", params={"status": "succeeded"}, headers=alice).json()
+    assert [j["id"] for j in done["items"]] == [made[0]]
+    queued = client.get(
+        "/v1/jobs", params={"status": "queued", "kind": "transfer"}, headers=alice
+    ).json()
+    assert [j["id"] for j in queued["items"]] == made[:0:-1]
+    r = client.get("/v1/jobs", params={"status": "lost"}, headers=alice)
+    assert "status" in fields(problem(r, 422))
+
+
+def test_progress_and_metrics_are_shown(
+    client: TestClient, alice: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
+    r = client.get(f"/v1/jobs/{job_id}/metrics", headers=alice)
+    assert "queued" in problem(r, 409)["detail"]
+    history = [{"epoch": 1, "loss": 1.5}, {"epoch": 2, "loss": 1.1}]
+    progress = {"stage": "train", "epoch": 2, "epochs": 4, "fraction": 0.5, "eta_s": 30.0}
+    set_job(db, job_id, status="running", progress=progress, history=history, started_at=utcnow())
+    job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert job["progress"] == {**progress, "metrics": {}}
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics", headers=alice).json()
+    assert metrics == {"history": history, "audit": None}
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+def test_weights_only_once_there_are_some(
+    client: TestClient,
+    alice: Auth,
+    inputs: tuple[str, str],
+    db: sessionmaker[Session],
+    storage_dir: Path,
+) -> None:
+    job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
+    r = client.get(f"/v1/jobs/{job_id}/weights", headers=alice)
+    assert "no weights yet" in problem(r, 409)["detail"]
+
+    content = b"pretend safetensors"
+    key = f"jobs/{job_id}/weights.safetensors"
+    (storage_dir / "jobs" / job_id).mkdir(parents=True)
+    (storage_dir / key).write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    set_job(
+        db,
+        job_id,
+        status="succeeded",
+        weights_key=key,
+        weights_sha256=digest,
+        weights_size=len(content),
+        finished_at=utcnow(),
+    )
+    r = client.get(f"/v1/jobs/{job_id}/weights", headers=alice)
+    assert r.status_code == 200
+    assert r.content == content
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert f'filename="{job_id}.safetensors"' in r.headers["content-disposition"]
+    assert r.headers["etag"] == f'"{digest}"'
+    assert r.headers["x-checksum-sha256"] == digest
+    assert client.get(f"/v1/jobs/{job_id}", headers=alice).json()["progress"]["fraction"] == 1.0
+
+    audit = post_job(client, alice, "audit", *inputs).json()
+    assert audit["links"]["weights"] is None
+    r = client.get(f"/v1/jobs/{audit['id']}/weights", headers=alice)
+    assert "audit" in problem(r, 409)["detail"]
+
+
+# --- cancelling --------------------------------------------------------------------------------
+
+
+def test_cancel(
+    client: TestClient, alice: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    queued = post_job(client, alice, "transfer", *inputs).json()["id"]
+    r = client.post(f"/v1/jobs/{queued}/cancel", headers=alice)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["finished_at"] is not None
+    problem(client.post(f"/v1/jobs/{queued}/cancel", headers=alice), 409)
+
+    running = post_job(client, alice, "transfer", *inputs).json()["id"]
+    set_job(db, running, status="running", started_at=utcnow())
+    r = client.post(f"/v1/jobs/{running}/cancel", headers=alice)
+    assert (r.json()["status"], r.json()["cancel_requested"]) == ("running", True)
+    assert r.json()["finished_at"] is None
+
+    done = post_job(client, alice, "audit", *inputs).json()["id"]
+    set_job(db, done, status="succeeded", finished_at=utcnow())
+    assert (
+        "succeeded" in problem(client.post(f"/v1/jobs/{done}/cancel", headers=alice), 409)["detail"]
+    )
+
+
+def test_inputs_of_live_jobs_cannot_be_deleted(
+    client: TestClient, alice: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    checkpoint_id, dataset_id = inputs
+    job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
+    r = client.delete(f"/v1/checkpoints/{checkpoint_id}", headers=alice)
+    assert job_id in problem(r, 409)["detail"]
+    r = client.delete(f"/v1/datasets/{dataset_id}", headers=alice)
+    assert job_id in problem(r, 409)["detail"]
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+    assert client.delete(f"/v1/checkpoints/{checkpoint_id}", headers=alice).status_code == 204
+    job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert (job["status"], job["checkpoint_id"]) == ("cancelled", None)
+
+
+def test_job_durations_reach_the_metrics(
+    client: TestClient, alice: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
+) -> None:
+    job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
+    post_job(client, alice, "audit", *inputs)
+    start = utcnow()
+    set_job(
+        db, job_id, status="succeeded", started_at=start, finished_at=start + timedelta(seconds=42)
+    )
+    text = client.get("/metrics").text
+    assert 'cartl_jobs{status="queued"} 1.0' in text
+    assert 'cartl_jobs{status="succeeded"} 1.0' in text
+    assert "cartl_queue_depth 1.0" in text
+    assert (
+        'cartl_job_duration_seconds_bucket{kind="transfer",le="30.0",status="succeeded"} 0.0'
+        in text
+    )
+    assert (
+        'cartl_job_duration_seconds_bucket{kind="transfer",le="60.0",status="succeeded"} 1.0'
+        in text
+    )
+    assert 'cartl_job_duration_seconds_sum{kind="transfer",status="succeeded"} 42.0' in text

@@ -101,7 +101,7 @@ def make_key(settings: Settings) -> str:
 def upload_inputs(url: str, key: str, tmp: Path) -> tuple[str, str]:
     h = {"Authorization": f"Bearer {key}"}
     src = write_checkpoint(tmp / "source.safetensors")
-    data = write_npz(tmp / "target.npz", n_train=256, n_test=64)
+    data = write_npz(tmp / "target.npz", classes=3, n_train=256, n_test=64)
     with src.open("rb") as f:
         ckpt = httpx.post(f"{url}/v1/checkpoints", headers=h, files={"file": f}, timeout=120)
     with data.open("rb") as f:

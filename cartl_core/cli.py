@@ -7,13 +7,14 @@ step sizes accept fractions (``8/255``). Every default comes from :mod:`cartl_co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cartl_core.config import (
     BN_PRESETS,
@@ -26,6 +27,7 @@ from cartl_core.config import (
     TransferConfig,
 )
 from cartl_core.errors import CartlError
+from cartl_core.jobs import AuditParams, PretrainParams, TransferParams
 from cartl_core.reproduction import DigitsSettings
 
 __all__ = ["add_commands", "build_parser", "main", "run"]
@@ -35,6 +37,7 @@ _SCHEDULE = ScheduleConfig()
 _FDM = FDMConfig()
 _TRANSFER = TransferConfig()
 _AUDIT = AuditConfig()
+P = TypeVar("P", PretrainParams, TransferParams, AuditParams)
 
 
 def fraction(text: str) -> float:
@@ -353,20 +356,14 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-def _schedule(args: argparse.Namespace, base: ScheduleConfig) -> ScheduleConfig:
-    changes = {
-        name: getattr(args, name)
-        for name in ("epochs", "batch_size", "lr", "weight_decay")
-        if getattr(args, name) is not None
-    }
-    return base.with_(**changes)
-
-
-def _audit_config(args: argparse.Namespace, prefix: str = "", **extra: Any) -> AuditConfig:
+def _params(cls: type[P], args: argparse.Namespace) -> P:
+    """The job parameters (:mod:`cartl_core.jobs`) from the options; None keeps the default."""
     values = {
-        name: getattr(args, prefix + name) for name in ("eps", "steps", "alpha", "restarts", "norm")
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
     }
-    return AuditConfig(**{k: v for k, v in values.items() if v is not None}, **extra)
+    return cls(**values)
 
 
 class _Bars:
@@ -422,7 +419,9 @@ def _epoch_line(record: Any) -> str:
     return f"epoch {record.epoch:>3}  lr {record.lr:.4g}  {record.seconds:6.1f}s  {metrics}"
 
 
-def _finish(result: Any, data: Any, args: argparse.Namespace, bars: _Bars) -> None:
+def _finish(
+    result: Any, data: Any, args: argparse.Namespace, bars: _Bars, audit_config: AuditConfig
+) -> None:
     from cartl_core import audit, save_checkpoint
 
     for record in result.history:
@@ -433,7 +432,7 @@ def _finish(result: Any, data: Any, args: argparse.Namespace, bars: _Bars) -> No
         report = audit(
             result.model,
             data.test,
-            _audit_config(args, "audit_"),
+            audit_config,
             class_names=data.class_names,
             on_progress=bars.audit,
         )
@@ -467,15 +466,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from cartl_core import load_dataset, pretrain
 
     data = load_dataset(args.data)
-    attack = AttackConfig(eps=args.eps, alpha=args.alpha, steps=args.steps)
-    config = FDMConfig(
-        k=args.k,
-        fdm_lambda=args.fdm_lambda,
-        reduction=args.fdm_reduction,
-        attack=attack,
-        schedule=_schedule(args, ScheduleConfig()),
-        augmentation=args.augment,
-    )
+    params = _params(PretrainParams, args)
+    config = params.config()
     bars = _Bars(args.quiet)
     state = _state_path(args.out)
     result = pretrain(
@@ -488,7 +480,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         on_progress=bars.training,
     )
     bars.close()
-    _finish(result, data, args, bars)
+    _finish(result, data, args, bars, params.audit_config())
     state.unlink(missing_ok=True)
     return 0
 
@@ -501,20 +493,8 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     source = load_model(
         args.source, arch=args.arch, num_classes=args.source_classes, in_channels=c, input_size=h
     )
-    lwf = LwFConfig(lwf_lambda=args.lwf_lambda)
-    base = TransferConfig(method=args.method).resolved_schedule()
-    config = TransferConfig(
-        method=args.method,
-        k=args.k,
-        norm_beta=args.norm_beta,
-        spectral_mode=args.spectral_mode,
-        spectral_estimate=args.spectral_estimate,
-        residual_scale=args.residual_scale,
-        bn=args.bn,
-        schedule=_schedule(args, base),
-        lwf=lwf,
-        augmentation=args.augment,
-    )
+    params = _params(TransferParams, args)
+    config = params.config()
     bars = _Bars(args.quiet)
     state = _state_path(args.out)
     result = transfer(
@@ -527,7 +507,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         on_progress=bars.training,
     )
     bars.close()
-    _finish(result, data, args, bars)
+    _finish(result, data, args, bars, params.audit_config())
     state.unlink(missing_ok=True)
     return 0
 
@@ -548,9 +528,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         split = split.subset(torch.arange(min(args.limit, len(split))))
     torch.manual_seed(args.seed)
     bars = _Bars(args.quiet or args.json)
-    config = _audit_config(
-        args, fgsm=not args.no_fgsm, cw=not args.no_cw, batch_size=args.batch_size
-    )
+    config = _params(AuditParams, args).config()
     report = audit(model, split, config, class_names=data.class_names, on_progress=bars.audit)
     bars.close()
     if args.json:

@@ -170,28 +170,32 @@ def _load_into(model: BlockModel, sd: dict[str, torch.Tensor], name: str) -> Non
     # Normalisation buffers are ours; weights trained elsewhere do not carry them.
     for key in ("normalize.mean", "normalize.std"):
         sd.setdefault(key, own[key])
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", shapes),
-        ):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    parts = _mismatch(own, sd)
+    if parts:
         raise CheckpointError(
             f"{name} does not fit {model.spec.arch} with {model.spec.num_classes} classes; "
             + "; ".join(parts)
         )
     model.load_state_dict(sd, strict=False)
+
+
+def _mismatch(
+    own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], shapes: bool = True
+) -> list[str]:
+    """The keys that keep ``sd`` from loading into a model with state ``own``, a few of each."""
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if shapes and k in sd and sd[k].shape != own[k].shape
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    return parts
 
 
 def load_model(
@@ -228,9 +232,11 @@ def load_model(
     fc_key = f"blocks.{probe.num_blocks - 1}.fc.weight"
     if num_classes is None:
         if fc_key not in sd:
+            # Normalisation buffers are ours, not the file's.
+            own = {k: v for k, v in probe.state_dict().items() if not k.startswith("normalize.")}
+            parts = _mismatch(own, sd, shapes=False)
             raise CheckpointError(
-                f"{p.name}: cannot find the classifier ({fc_key}); give "
-                "num_classes and check the architecture"
+                f"{p.name} does not fit {arch}: " + "; ".join(parts) + "; check the architecture"
             )
         num_classes = int(sd[fc_key].shape[0])
     model = create_model(

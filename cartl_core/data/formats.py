@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import warnings
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -57,6 +58,9 @@ def _dispatch(p: Path, limits: ArchiveLimits, resize: int | None) -> Dataset:
     if p.is_dir():
         return _from_directory(p, resize)
     name = p.name.lower()
+    if name.endswith((".npz", ".zip")) and not zipfile.is_zipfile(p):
+        what = "an .npz file (a zip of .npy arrays)" if name.endswith(".npz") else "a zip archive"
+        raise DataError(f"{p.name} is not {what}: it is truncated, corrupt or another format")
     if name.endswith(".npz"):
         return _npz(p)
     if name.endswith(".mat"):

@@ -118,6 +118,11 @@ def test_mismatch_lists_offending_keys(tmp_path: Path) -> None:
     assert "missing:" in msg
     assert "unexpected:" in msg
     assert "\n" not in msg
+    # Without num_classes the classifier cannot be found: the same listing, not a guess.
+    with pytest.raises(
+        CheckpointError, match=r"does not fit resnet18-cifar: missing: .*unexpected:"
+    ):
+        load_model(path, arch="resnet18-cifar")
 
 
 def test_shape_mismatch_named(tmp_path: Path) -> None:

@@ -217,7 +217,14 @@ def test_truncated_archives(tmp_path: Path, kind: str) -> None:
     write_zip(path, files) if kind == "zip" else write_tar(path, files)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset(path)
+
+
+def test_random_bytes_named_npz(tmp_path: Path) -> None:
+    path = tmp_path / "noise.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError, match=r"not an \.npz file .*truncated, corrupt or another"):
         load_dataset(path)
 
 

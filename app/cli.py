@@ -136,12 +136,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"admin API key (shown once, keep it): {key}", flush=True)
         print(f"  export CARTL_SERVER={url} CARTL_API_KEY={key}", flush=True)
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down; turning them into a normal exit
+    # here lets the worker below be stopped instead of outliving the server.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    except KeyboardInterrupt:
+        pass
     finally:
         if worker is not None:
             _stop_worker(worker)
     return 0
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def _start_worker(settings: Any) -> subprocess.Popen[bytes]:

@@ -236,6 +236,17 @@ def _client_commands(sub: Any) -> None:
         q.add_argument("id")
         _client_args(q)
         q.set_defaults(func=func)
+    q = jsub.add_parser(
+        "plot",
+        help="a PNG: one job's training curves and audit, or several jobs side by side",
+        description="With one job: loss and accuracy per epoch beside its audit (clean, PGD, "
+        "FGSM, CW). With several: their clean and robust accuracy side by side, e.g. a "
+        "standard and a CARTL transfer of the same source. Needs matplotlib (cartl[plot]).",
+    )
+    q.add_argument("ids", nargs="+", metavar="ID")
+    q.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
+    _client_args(q)
+    q.set_defaults(func=_cmd_jobs_plot)
     q = jsub.add_parser("download", help="the job's weights (self-describing safetensors)")
     q.add_argument("id")
     q.add_argument("-o", "--out", type=Path, required=True, help="output file")
@@ -338,6 +349,46 @@ def _watch(client: Any, job_id: str) -> int:
             f"robust accuracy {metrics['robust_accuracy']:.4f}"
         )
     return 0
+
+
+def _cmd_jobs_plot(args: argparse.Namespace) -> int:
+    from cartl_core import plots
+    from cartl_core.audit import AuditReport
+    from cartl_core.training.loop import EpochRecord
+
+    client = _client(args)
+    if len(args.ids) == 1:
+        job, metrics = client.job(args.ids[0]), client.metrics(args.ids[0])
+        history = [EpochRecord.from_dict(h) for h in metrics.get("history") or []]
+        report = AuditReport.from_dict(metrics["audit"]) if metrics.get("audit") else None
+        if history:
+            plots.plot_training(history, args.out, title=_label(job), report=report)
+        elif report is not None:
+            plots.plot_audit(report, args.out)
+        else:
+            raise CartlError(f"job {job['id']} has no metrics yet ({job['status']})")
+    else:
+        rows = []
+        for job_id in args.ids:
+            job = client.job(job_id)
+            m = job.get("metrics") or {}
+            if "robust_accuracy" not in m:
+                raise CartlError(f"job {job_id} has no audit to compare ({job['status']})")
+            rows.append(
+                (f"{_label(job)}\n{job_id[-6:]}", m["clean_accuracy"], m["robust_accuracy"])
+            )
+        plots.plot_comparison(rows, args.out, robust_label="PGD robust (main attack)")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _label(job: dict[str, Any]) -> str:
+    p = job.get("params") or {}
+    if job["kind"] == "transfer":
+        return f"transfer {p.get('method')} k={p.get('k')}"
+    if job["kind"] == "pretrain":
+        return f"pretrain {p.get('arch')} lambda={p.get('fdm_lambda')}"
+    return "audit"
 
 
 def _cmd_jobs_download(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ AutoAttack's ``checks.py``: FGSM beating PGD, zero input gradients, and softmax-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -64,6 +64,17 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AuditReport:
+        """The inverse of :meth:`to_dict` (e.g. for a report read back from JSON)."""
+        return cls(
+            **{
+                **d,
+                "attacks": [AttackResult(**a) for a in d["attacks"]],
+                "checks": [SanityCheck(**c) for c in d["checks"]],
+            }
+        )
 
     def table(self) -> str:
         lines = [

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from cartl_core.reproduction import ReproductionRow
     from cartl_core.training.loop import EpochRecord
 
-__all__ = ["plot_audit", "plot_reproduction", "plot_training"]
+__all__ = ["plot_audit", "plot_comparison", "plot_reproduction", "plot_training"]
 
 
 def _pyplot() -> Any:
@@ -82,24 +82,38 @@ def plot_training(
     return _save(fig, path)
 
 
-def plot_reproduction(rows: Sequence[ReproductionRow], path: str | Path) -> Path:
-    """Clean and robust accuracy side by side for every source/transfer combination."""
+def plot_comparison(
+    rows: Sequence[tuple[str, float, float]],
+    path: str | Path,
+    *,
+    title: str = "clean and robust accuracy",
+    robust_label: str = "robust",
+) -> Path:
+    """Clean and robust accuracy side by side for each labelled model."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"{r.source}\n{r.transfer or '(source)'}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows)), 4))
     xs = range(len(rows))
     width = 0.38
-    clean = ax.bar(
-        [x - width / 2 for x in xs], [r.clean_accuracy for r in rows], width, label="clean"
-    )
-    robust = ax.bar(
-        [x + width / 2 for x in xs], [r.robust_accuracy for r in rows], width, label="PGD-20 robust"
-    )
+    clean = ax.bar([x - width / 2 for x in xs], [r[1] for r in rows], width, label="clean")
+    robust = ax.bar([x + width / 2 for x in xs], [r[2] for r in rows], width, label=robust_label)
     ax.bar_label(clean, fmt="%.2f", fontsize=8)
     ax.bar_label(robust, fmt="%.2f", fontsize=8)
-    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("accuracy")
-    ax.set_title("digits 0-4 -> 5-9: robustness kept by each transfer")
+    ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_reproduction(rows: Sequence[ReproductionRow], path: str | Path) -> Path:
+    """Clean and robust accuracy side by side for every source/transfer combination."""
+    return plot_comparison(
+        [
+            (f"{r.source}\n{r.transfer or '(source)'}", r.clean_accuracy, r.robust_accuracy)
+            for r in rows
+        ],
+        path,
+        title="digits 0-4 -> 5-9: robustness kept by each transfer",
+        robust_label="PGD-20 robust",
+    )

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,11 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "lr": self.lr, "seconds": self.seconds, **self.metrics}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
+        metrics = {k: float(v) for k, v in d.items() if k not in ("epoch", "lr", "seconds")}
+        return cls(int(d["epoch"]), float(d["lr"]), float(d["seconds"]), metrics)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], s: ScheduleConfig) -> torch.optim.SGD:
@@ -222,13 +227,8 @@ class TrainLoop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.history = [_record(d) for d in json.loads(state["history"])]
+        self.history = [EpochRecord.from_dict(d) for d in json.loads(state["history"])]
         return int(state["next_epoch"])
-
-
-def _record(d: dict[str, Any]) -> EpochRecord:
-    metrics = {k: float(v) for k, v in d.items() if k not in ("epoch", "lr", "seconds")}
-    return EpochRecord(int(d["epoch"]), float(d["lr"]), float(d["seconds"]), metrics)
 
 
 def per_sample_feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

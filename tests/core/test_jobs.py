@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cartl_core import AuditConfig, ConfigError, read_description
+from cartl_core import AuditConfig, AuditReport, ConfigError, read_description
 from cartl_core.cli import build_parser
 from cartl_core.jobs import AuditParams, PretrainParams, TransferParams, parse_params, run_job
 
@@ -117,5 +117,7 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
         out_path=tmp_path / "unused",
     )
     assert audited.weights is None
+    assert audited.audit is not None
+    assert AuditReport.from_dict(audited.audit).to_dict() == audited.audit
     assert audited.metrics["samples"] == 20
     assert audited.metrics["attacks"][0]["name"].startswith("pgd")

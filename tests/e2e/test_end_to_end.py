@@ -121,6 +121,12 @@ def _run_job_as_a_user(url: str, key: str, tmp: Path, env: dict[str, str]) -> No
     assert audited["metrics"]["robust_accuracy"] == local["robust_accuracy"]
     assert 0 <= local["robust_accuracy"] <= local["clean_accuracy"]
 
+    # Plots: one job's curves and audit; two jobs side by side.
+    _cli(["jobs", "plot", job_id, "-o", str(tmp / "job.png")], env)
+    _cli(["jobs", "plot", job_id, audit_id, "-o", str(tmp / "compare.png")], env)
+    for png in ("job.png", "compare.png"):
+        assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:

@@ -72,6 +72,11 @@ def _serve_commands(sub: Any) -> None:
     create.add_argument("--name", required=True, help="owner name; keys of one name share data")
     create.add_argument("--admin", action="store_true", help="mark the key as an admin key")
     create.set_defaults(func=_cmd_keys_create)
+    listing = ksub.add_parser("list", help="the keys: id, owner, created, revoked (no secrets)")
+    listing.set_defaults(func=_cmd_keys_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key by its id (from `cartl keys list`)")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=_cmd_keys_revoke)
 
 
 def _session_factory() -> Any:
@@ -100,10 +105,41 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     from app.db.session import transaction
     from app.services.auth import create_key
 
+    if not args.name.strip():
+        raise CartlError("--name must not be empty: it names the owner of what the key creates")
     _, factory = _session_factory()
     with transaction(factory) as session:
         key = create_key(session, args.name, admin=args.admin)
     print(key)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+
+    _, factory = _session_factory()
+    with factory() as session:
+        for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            admin = " admin" if key.admin else ""
+            print(f"{key.id}  {key.name:<20} {key.created_at:%Y-%m-%d %H:%M}  {state}{admin}")
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from app.db.session import transaction
+    from app.errors import NotFoundError
+    from app.services.auth import revoke_key
+
+    _, factory = _session_factory()
+    try:
+        with transaction(factory) as session:
+            revoke_key(session, args.id)
+    except NotFoundError as exc:
+        raise CartlError(f"{exc}; `cartl keys list` shows the ids") from None
+    print(f"revoked {args.id}", file=sys.stderr)
     return 0
 
 

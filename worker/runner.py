@@ -68,16 +68,19 @@ class _Run:
         now = utcnow()
         stale = now - timedelta(seconds=self.settings.stale_after_s)
         with self.factory() as s, s.begin():
+            holder = s.scalar(select(Job.worker).where(Job.id == self.job_id))
+            lost = (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale)
+            if _died_here(holder):
+                # The pool child that held it on this machine is gone (killed, out of memory) and
+                # Celery handed the message back: no need to wait for the heartbeat to go stale.
+                lost = lost | ((Job.status == JobStatus.running.value) & (Job.worker == holder))
             claimed = rows_changed(
                 s.execute(
                     update(Job)
                     .where(
                         Job.id == self.job_id,
                         Job.cancel_requested.is_(False),
-                        or_(
-                            Job.status == JobStatus.queued.value,
-                            (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale),
-                        ),
+                        or_(Job.status == JobStatus.queued.value, lost),
                     )
                     .values(
                         status=JobStatus.running.value,
@@ -259,3 +262,17 @@ class _Run:
                 # An epoch re-run after a lost worker replaces its earlier record.
                 kept = [h for h in job.history if h.get("epoch", 0) < record.epoch]
                 job.history = [*kept, record.to_dict()]
+
+
+def _died_here(worker: str | None) -> bool:
+    """Whether ``worker`` ("host:pid") was a process on this host that no longer exists."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False

@@ -7,6 +7,8 @@ and the job finishes from its last saved epoch.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +202,30 @@ def test_worker_killed_mid_job_is_redelivered_and_resumes(stack: Stack) -> None:
     assert saved, before
     for epoch in saved:
         assert job.history[epoch - 1] == before[epoch]
+
+
+def test_pool_child_killed_is_retried_at_once(stack: Stack, tmp_path: Path) -> None:
+    """The out-of-memory case: only the process running the job dies. Celery hands the message
+    back (reject on worker lost) and the job is retried without waiting for a stale heartbeat."""
+    st = Stack(
+        stack.settings.model_copy(update={"stale_after_s": 3600.0}),
+        stack.factory,
+        tmp_path,
+        stack.workers,
+    )
+    ckpt, ds = _inputs(st)
+    job_id = _job(st, ckpt, ds, epochs=12)
+    st.worker()
+    assert enqueue_job(st.factory, st.settings, job_id)
+    wait_for(lambda: len(st.job(job_id).history) >= 2, 120, "two finished epochs")
+    holder = st.job(job_id).worker
+    assert holder is not None
+    os.kill(int(holder.rpartition(":")[2]), signal.SIGKILL)
+
+    job = st.wait_status(job_id, JobStatus.succeeded, JobStatus.failed, timeout=120)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert [h["epoch"] for h in job.history] == list(range(1, 13))
 
 
 def test_cancel_stops_a_running_job_at_the_next_batch(stack: Stack) -> None:

@@ -4,6 +4,8 @@ is unreachable the job stays ``queued`` with no ``enqueued_at``, and the sweeper
 from __future__ import annotations
 
 import logging
+import socket
+from urllib.parse import urlsplit
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +43,7 @@ def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str)
     if not claimed:
         return False
     try:
+        _check_reachable(settings.resolved_broker_url)
         sender_for(settings).send_task(TASK_NAME, args=[job_id], queue=settings.queue, retry=False)
     except Exception as exc:  # kombu raises several types for "broker unreachable"
         log.warning(
@@ -51,3 +54,16 @@ def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str)
         return False
     log.info("job %s: enqueued on %s", job_id, settings.queue)
     return True
+
+
+def _check_reachable(url: str, timeout: float = 1.0) -> None:
+    """Fail in a second when a network broker does not answer: its client retries with backoff
+    for several seconds first, which would hold the sweeper (and tests) for nothing."""
+    parts = urlsplit(url)
+    if parts.scheme in _NETWORK_PORTS:
+        port = parts.port or _NETWORK_PORTS[parts.scheme]
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout):
+            pass
+
+
+_NETWORK_PORTS = {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}

@@ -419,120 +419,77 @@ def _epoch_line(record: Any) -> str:
     return f"epoch {record.epoch:>3}  lr {record.lr:.4g}  {record.seconds:6.1f}s  {metrics}"
 
 
-def _finish(
-    result: Any, data: Any, args: argparse.Namespace, bars: _Bars, audit_config: AuditConfig
-) -> None:
-    from cartl_core import audit, save_checkpoint
-
-    for record in result.history:
-        print(_epoch_line(record), file=sys.stderr)
-    metrics: dict[str, Any] = {"history": [h.to_dict() for h in result.history]}
-    report = None
-    if not args.no_audit:
-        report = audit(
-            result.model,
-            data.test,
-            audit_config,
-            class_names=data.class_names,
-            on_progress=bars.audit,
-        )
-        bars.close()
-        metrics.update(
-            clean_accuracy=report.clean_accuracy,
-            robust_accuracy=report.robust_accuracy,
-            audit=report.to_dict(),
-        )
-        print(report.table())
-    save_checkpoint(
-        result.model,
-        args.out,
-        class_names=data.class_names,
-        training=result.training,
-        metrics=metrics,
-    )
-    print(f"saved {args.out}", file=sys.stderr)
-    if args.plot is not None:
-        from cartl_core.plots import plot_training
-
-        plot_training(result.history, args.plot, title=result.training["kind"], report=report)
-        print(f"plot {args.plot}", file=sys.stderr)
-
-
 def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from cartl_core import load_dataset, pretrain
-
-    data = load_dataset(args.data)
-    params = _params(PretrainParams, args)
-    config = params.config()
-    bars = _Bars(args.quiet)
-    state = _state_path(args.out)
-    result = pretrain(
-        data,
-        args.arch,
-        config,
-        device=args.device,
-        seed=args.seed,
-        state_path=state,
-        on_progress=bars.training,
-    )
-    bars.close()
-    _finish(result, data, args, bars, params.audit_config())
-    state.unlink(missing_ok=True)
-    return 0
+    return _train("pretrain", _params(PretrainParams, args), None, args)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
-    from cartl_core import load_dataset, load_model, transfer
+    return _train("transfer", _params(TransferParams, args), args.source, args)
 
-    data = load_dataset(args.data)
-    c, h, _ = data.input_shape
-    source = load_model(
-        args.source, arch=args.arch, num_classes=args.source_classes, in_channels=c, input_size=h
-    )
-    params = _params(TransferParams, args)
-    config = params.config()
+
+def _train(
+    kind: str,
+    params: PretrainParams | TransferParams,
+    checkpoint: Path | None,
+    args: argparse.Namespace,
+) -> int:
+    """The same job the service's worker runs, with progress bars and a table instead."""
+    from cartl_core.audit import AuditReport
+    from cartl_core.jobs import run_job
+    from cartl_core.training.loop import EpochRecord
+
     bars = _Bars(args.quiet)
     state = _state_path(args.out)
-    result = transfer(
-        source,
-        data,
-        config,
-        device=args.device,
-        seed=args.seed,
+    outcome = run_job(
+        kind,
+        params,
+        dataset_path=args.data,
+        checkpoint_path=checkpoint,
+        out_path=args.out,
         state_path=state,
+        device=args.device,
         on_progress=bars.training,
+        on_audit_progress=bars.audit,
     )
     bars.close()
-    _finish(result, data, args, bars, params.audit_config())
+    history = [EpochRecord.from_dict(h) for h in outcome.history]
+    for record in history:
+        print(_epoch_line(record), file=sys.stderr)
+    report = AuditReport.from_dict(outcome.audit) if outcome.audit is not None else None
+    if report is not None:
+        print(report.table())
+    print(f"saved {args.out}", file=sys.stderr)
     state.unlink(missing_ok=True)
+    if args.plot is not None:
+        from cartl_core.plots import plot_training
+
+        plot_training(history, args.plot, title=kind, report=report)
+        print(f"plot {args.plot}", file=sys.stderr)
     return 0
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    import torch
+    from cartl_core.audit import AuditReport
+    from cartl_core.jobs import run_job
 
-    from cartl_core import audit, load_dataset, load_model
-    from cartl_core._runtime import prepare_model, resolve_device
-
-    data = load_dataset(args.data)
-    c, h, _ = data.input_shape
-    model = load_model(args.checkpoint, arch=args.arch, in_channels=c, input_size=h)
-    model.check_input(c)
-    prepare_model(model, resolve_device(args.device))
-    split = data.test
-    if args.limit is not None:
-        split = split.subset(torch.arange(min(args.limit, len(split))))
-    torch.manual_seed(args.seed)
     bars = _Bars(args.quiet or args.json)
-    config = _params(AuditParams, args).config()
-    report = audit(model, split, config, class_names=data.class_names, on_progress=bars.audit)
+    outcome = run_job(
+        "audit",
+        _params(AuditParams, args),
+        dataset_path=args.data,
+        checkpoint_path=args.checkpoint,
+        device=args.device,
+        on_audit_progress=bars.audit,
+    )
     bars.close()
+    assert outcome.audit is not None
+    report = AuditReport.from_dict(outcome.audit)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(outcome.audit, indent=2))
     else:
         print(report.table())
         for check in report.checks:

@@ -250,7 +250,7 @@ def run_job(
     *,
     dataset_path: Path,
     checkpoint_path: Path | None,
-    out_path: Path,
+    out_path: Path | None = None,
     state_path: Path | None = None,
     device: str = "auto",
     on_progress: ProgressFn | None = None,
@@ -258,7 +258,10 @@ def run_job(
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[Any, Any], None] | None = None,
 ) -> JobOutcome:
-    """Run one job end to end; training jobs write a self-describing checkpoint to ``out_path``."""
+    """Run one job end to end; training jobs write a self-describing checkpoint to ``out_path``.
+
+    The ``cartl`` CLI and the service's worker both run jobs through here.
+    """
     from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
     from cartl_core._runtime import prepare_model, resolve_device
 
@@ -286,6 +289,8 @@ def run_job(
             metrics=_summary(rep),
             audit=rep,
         )
+    if out_path is None:
+        raise ConfigError(f"a {kind} job needs an output path for its weights", field="out")
     kw: dict[str, Any] = {
         "device": device,
         "seed": params.seed,

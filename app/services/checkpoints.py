@@ -8,17 +8,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id
-from app.db.models import Checkpoint, Job
-from app.errors import NotFoundError, UnprocessableError
-from app.services.ids import ARCH_PATTERN, is_id
+from app.db.models import Checkpoint
+from app.errors import UnprocessableError
+from app.services.ids import ARCH_PATTERN
 from app.services.pagination import Page, paginate
 from app.services.probe import ProbeError, probe_checkpoint
 from app.services.uploads import (
     ReceivedUpload,
     Receiver,
     commit_new,
+    delete_owned,
     display_name,
-    ensure_unused,
+    get_owned,
     int_field,
     store_then,
     unknown_fields,
@@ -97,28 +98,8 @@ def list_checkpoints(
 
 
 def get_checkpoint(session: Session, owner: str, checkpoint_id: str) -> Checkpoint:
-    row = None
-    if is_id(checkpoint_id):
-        row = session.scalar(
-            select(Checkpoint).where(Checkpoint.owner == owner, Checkpoint.id == checkpoint_id)
-        )
-    if row is None:
-        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
-    return row
+    return get_owned(session, Checkpoint, owner, checkpoint_id, "checkpoint")
 
 
 def delete_checkpoint(session: Session, storage: Storage, owner: str, checkpoint_id: str) -> None:
-    """Delete the row (unless a live job uses it), commit, then the file."""
-    row = None
-    if is_id(checkpoint_id):
-        row = session.scalar(
-            select(Checkpoint)
-            .where(Checkpoint.owner == owner, Checkpoint.id == checkpoint_id)
-            .with_for_update()
-        )
-    if row is None:
-        raise NotFoundError(f"no checkpoint with id {checkpoint_id!r}")
-    ensure_unused(session, "checkpoint", checkpoint_id, Job.checkpoint_id)
-    session.delete(row)
-    session.commit()
-    storage.delete_prefix(f"checkpoints/{checkpoint_id}")
+    delete_owned(session, storage, Checkpoint, owner, checkpoint_id, "checkpoint")

@@ -6,17 +6,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id
-from app.db.models import DatasetRow, Job
-from app.errors import NotFoundError, UnprocessableError
-from app.services.ids import is_id
+from app.db.models import DatasetRow
+from app.errors import UnprocessableError
 from app.services.pagination import Page, paginate
 from app.services.probe import probe_dataset
 from app.services.uploads import (
     ReceivedUpload,
     Receiver,
     commit_new,
+    delete_owned,
     display_name,
-    ensure_unused,
+    get_owned,
     store_then,
     unknown_fields,
 )
@@ -71,28 +71,8 @@ def list_datasets(
 
 
 def get_dataset(session: Session, owner: str, dataset_id: str) -> DatasetRow:
-    row = None
-    if is_id(dataset_id):
-        row = session.scalar(
-            select(DatasetRow).where(DatasetRow.owner == owner, DatasetRow.id == dataset_id)
-        )
-    if row is None:
-        raise NotFoundError(f"no dataset with id {dataset_id!r}")
-    return row
+    return get_owned(session, DatasetRow, owner, dataset_id, "dataset")
 
 
 def delete_dataset(session: Session, storage: Storage, owner: str, dataset_id: str) -> None:
-    """Delete the row (unless a live job uses it), commit, then the files."""
-    row = None
-    if is_id(dataset_id):
-        row = session.scalar(
-            select(DatasetRow)
-            .where(DatasetRow.owner == owner, DatasetRow.id == dataset_id)
-            .with_for_update()
-        )
-    if row is None:
-        raise NotFoundError(f"no dataset with id {dataset_id!r}")
-    ensure_unused(session, "dataset", dataset_id, Job.dataset_id)
-    session.delete(row)
-    session.commit()
-    storage.delete_prefix(f"datasets/{dataset_id}")
+    delete_owned(session, storage, DatasetRow, owner, dataset_id, "dataset")

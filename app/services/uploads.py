@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from app.db.base import Base
 from app.db.models import Job, JobStatus
-from app.errors import ConflictError, FieldError, UnprocessableError
+from app.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.services.ids import is_id
 from app.storage import Storage, StoredFile
 
 __all__ = [
@@ -117,6 +118,34 @@ async def commit_new(session: Session, row: Base) -> None:
         session.commit()
 
     await anyio.to_thread.run_sync(insert)
+
+
+U = TypeVar("U", bound=Base)
+
+
+def get_owned(
+    session: Session, model: type[U], owner: str, object_id: str, what: str, *, lock: bool = False
+) -> U:
+    """``owner``'s row ``object_id`` of ``model``; another owner's is as missing as no row."""
+    row = None
+    if is_id(object_id):
+        table: Any = model
+        query = select(model).where(table.owner == owner, table.id == object_id)
+        row = session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        raise NotFoundError(f"no {what} with id {object_id!r}")
+    return row
+
+
+def delete_owned(
+    session: Session, storage: Storage, model: type[U], owner: str, object_id: str, what: str
+) -> None:
+    """Delete the row (unless a live job uses it), commit, then its files (``<table>/<id>``)."""
+    row = get_owned(session, model, owner, object_id, what, lock=True)
+    ensure_unused(session, what, object_id, getattr(Job, f"{what}_id"))
+    session.delete(row)
+    session.commit()
+    storage.delete_prefix(f"{model.__tablename__}/{object_id}")
 
 
 def ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:

@@ -45,6 +45,7 @@ from app.settings import Settings  # noqa: E402
 from tests.services import (  # noqa: E402
     free_port,
     postgres_database,
+    redis_url,
     service_env,
     wait_for,
     write_checkpoint,
@@ -256,7 +257,7 @@ def main() -> None:
 
     rows: list[list[str]] = []
     with postgres_database() as db:
-        settings = Settings(data_dir=args.tmp, database_url=db, broker_url="redis://127.0.0.1:6379/12",
+        settings = Settings(data_dir=args.tmp, database_url=db, broker_url=redis_url(12),
                             storage_dir=args.tmp / "artifacts", device="cpu",
                             queue=f"bench-{secrets.token_hex(3)}")  # fmt: skip
         factory = make_sessionmaker(make_engine(db))

@@ -25,10 +25,19 @@ import pytest
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "CARTL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+# Where the local servers are; any database the URL names works as the admin connection.
+POSTGRES_URL = os.environ.get(
+    "CARTL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("CARTL_TEST_REDIS", "redis://127.0.0.1:6379/14")
+REDIS_BASE = os.environ.get("CARTL_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_url(db: int) -> str:
+    """A Redis database of its own for each suite (api 15, worker 14, e2e 13, bench 12)."""
+    return f"{REDIS_BASE}/{db}"
+
+
+REDIS_URL = redis_url(14)
 
 
 def unavailable(what: str) -> None:
@@ -40,20 +49,26 @@ def unavailable(what: str) -> None:
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh, empty database; dropped afterwards. Yields its SQLAlchemy URL."""
-    try:
-        import psycopg
+    import sqlalchemy as sa
 
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        unavailable(f"Postgres not reachable at {PG_ADMIN_URL}: {exc}")
+    admin = sa.create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        unavailable(f"Postgres is not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
     name = f"cartl_test_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-        try:
-            yield f"{base}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def redis_ready(url: str = REDIS_URL) -> None:

@@ -10,8 +10,6 @@ Without Postgres or Redis the tests are skipped, saying why, unless ``CARTL_REQU
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,44 +25,19 @@ from app.db.session import make_engine, make_sessionmaker
 from app.main import create_app
 from app.services.auth import create_key
 from app.settings import Settings
+from tests.services import postgres_database, redis_url, unavailable
 
-POSTGRES_URL = os.environ.get(
-    "CARTL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("CARTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = redis_url(15)
 TABLES = ("jobs", "checkpoints", "datasets", "api_keys")
 
 ClientFactory = Callable[..., TestClient]
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CARTL_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (CARTL_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    admin = sa.create_engine(
-        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        unavailable(f"Postgres is not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
-    name = f"cartl_test_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    try:
+    with postgres_database() as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

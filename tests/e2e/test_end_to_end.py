@@ -27,6 +27,7 @@ from tests.services import (
     free_port,
     postgres_database,
     redis_ready,
+    redis_url,
     service_env,
     wait_for,
     write_checkpoint,
@@ -186,14 +187,14 @@ def _command(service: dict[str, Any]) -> list[str]:
 
 def test_compose_services_run_natively_end_to_end(tmp_path: Path) -> None:
     """The compose file's migrate, api and worker commands, against local Postgres and Redis."""
-    redis_ready("redis://127.0.0.1:6379/13")
+    redis_ready(redis_url(13))
     services = _compose()["services"]
     with postgres_database() as db:
         port = free_port()
         settings = Settings(
             data_dir=tmp_path,
             database_url=db,
-            broker_url="redis://127.0.0.1:6379/13",
+            broker_url=redis_url(13),
             storage_dir=tmp_path / "artifacts",
             device="cpu",
         )

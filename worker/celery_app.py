@@ -51,8 +51,8 @@ def _transport_options(url: str) -> dict[str, Any]:
 
 class _CartlCelery(Celery):  # type: ignore[misc]
     def on_configure(self) -> None:
-        if not getattr(self, "_cartl_configured", False):
-            self.conf.update(celery_config(get_settings()))
+        # Celery calls this when the configuration is first needed, not at import.
+        self.conf.update(celery_config(get_settings()))
 
 
 celery_app = _CartlCelery("cartl", set_as_current=False)

@@ -43,6 +43,11 @@ RUN mkdir cartl_core app worker \
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e .
 
+# The commit every job's provenance names (the image is not a git checkout):
+#   --build-arg CARTL_COMMIT=$(git rev-parse HEAD)
+ARG CARTL_COMMIT=""
+ENV CARTL_COMMIT=$CARTL_COMMIT
+
 # By number, so that a runtime that checks for non-root (Kubernetes runAsNonRoot) can tell.
 USER 10001:10001
 

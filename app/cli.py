@@ -2,8 +2,8 @@
 
 Library: ``pretrain``, ``transfer``, ``audit``, ``demo``, ``inspect``, ``models`` (see
 :mod:`cartl_core.cli`). Service: ``serve``, ``db upgrade``, ``keys create``. Client of a running
-server: ``submit``, ``jobs list|get|watch|cancel|download``, with the server and key from
-``--server``/``--key`` or ``CARTL_SERVER``/``CARTL_API_KEY``.
+server: ``submit``, ``jobs list|get|watch|cancel|plot|report|download``, with the server and key
+from ``--server``/``--key`` or ``CARTL_SERVER``/``CARTL_API_KEY``.
 """
 
 from __future__ import annotations
@@ -283,6 +283,14 @@ def _client_commands(sub: Any) -> None:
     q.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_plot)
+    q = jsub.add_parser(
+        "report",
+        help="the job's HTML report: charts, checks, inherited robustness, provenance",
+    )
+    q.add_argument("id")
+    q.add_argument("-o", "--out", type=Path, required=True, help="output HTML file")
+    _client_args(q)
+    q.set_defaults(func=_cmd_jobs_report)
     q = jsub.add_parser("download", help="the job's weights (self-describing safetensors)")
     q.add_argument("id")
     q.add_argument("-o", "--out", type=Path, required=True, help="output file")
@@ -425,6 +433,14 @@ def _label(job: dict[str, Any]) -> str:
     if job["kind"] == "pretrain":
         return f"pretrain {p.get('arch')} lambda={p.get('fdm_lambda')}"
     return "audit"
+
+
+def _cmd_jobs_report(args: argparse.Namespace) -> int:
+    page = _client(args).report(args.id)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def _cmd_jobs_download(args: argparse.Namespace) -> int:

@@ -90,6 +90,10 @@ class Client:
         out: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/metrics").json()
         return out
 
+    def report(self, job_id: str) -> str:
+        """The job's HTML report page."""
+        return self._call("GET", f"/v1/jobs/{job_id}/report").text
+
     def watch(
         self,
         job_id: str,

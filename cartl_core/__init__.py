@@ -16,6 +16,7 @@ from cartl_core.config import (
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
+    TraceConfig,
     TransferConfig,
 )
 from cartl_core.data import Dataset, Split, load_dataset
@@ -54,6 +55,7 @@ __all__ = [
     "ProgressEvent",
     "ScheduleConfig",
     "Split",
+    "TraceConfig",
     "TrainResult",
     "TransferConfig",
     "UnsafeArchiveError",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cartl_core.config import (
+    ATTACK_NAMES,
     BN_PRESETS,
     TRANSFER_METHODS,
     AttackConfig,
@@ -24,6 +25,7 @@ from cartl_core.config import (
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
+    TraceConfig,
     TransferConfig,
 )
 from cartl_core.errors import CartlError
@@ -37,6 +39,7 @@ _SCHEDULE = ScheduleConfig()
 _FDM = FDMConfig()
 _TRANSFER = TransferConfig()
 _AUDIT = AuditConfig()
+_TRACE = TraceConfig()
 P = TypeVar("P", PretrainParams, TransferParams, AuditParams)
 
 
@@ -78,6 +81,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _report_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write a self-contained HTML report here (charts, checks, provenance)",
+    )
+
+
 def _schedule_args(p: argparse.ArgumentParser, epochs_default: int | None = None) -> None:
     g = p.add_argument_group("schedule (SGD, one warm-up epoch, x0.2 at 40%%/70%%/90%% of epochs)")
     g.add_argument(
@@ -108,6 +121,23 @@ def _schedule_args(p: argparse.ArgumentParser, epochs_default: int | None = None
         help="training augmentation: paper = crop 4 + flip + rotate 15 deg (CIFAR), "
         "crop-flip, or none (SVHN, digits) [default: paper]",
     )
+    t = p.add_argument_group(
+        "robust trace (early-exit PGD on a fixed test subset after every epoch; monitoring only)"
+    )
+    t.add_argument(
+        "--trace-samples",
+        type=int,
+        default=_TRACE.samples,
+        help="test samples attacked after each epoch, cut to stay under ~10%% of an epoch's "
+        f"cost (at least {_TRACE.min_samples}); 0 turns the trace off "
+        f"[default: {_TRACE.samples}]",
+    )
+    t.add_argument(
+        "--trace-steps",
+        type=int,
+        default=_TRACE.steps,
+        help=f"PGD steps of the trace, step eps/4 [default: {_TRACE.steps}]",
+    )
 
 
 def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -119,10 +149,20 @@ def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help=f"attack radius, or several separated by commas [default: {_fmt(_AUDIT.eps[0])}]",
     )
     g.add_argument(
+        f"--{prefix}attacks",
+        default=None,
+        metavar="ENSEMBLE",
+        help="the attacks behind the robust accuracy, run in sequence on the samples still "
+        "robust: standard (APGD-CE, APGD-T, Square: AutoAttack-grade), fast (APGD-CE, APGD-T), "
+        f"paper (PGD with --{prefix}steps) or a comma-separated list of "
+        f"{', '.join(ATTACK_NAMES)} [default: {_AUDIT.attacks}]",
+    )
+    g.add_argument(
         f"--{prefix}steps",
         type=int,
         default=None,
-        help=f"PGD steps [default: {_AUDIT.steps}; the paper's protocol: 100]",
+        help=f"steps of the paper's PGD, always reported as a named attack "
+        f"[default: {_AUDIT.steps}; the paper's main protocol: 100]",
     )
     g.add_argument(
         f"--{prefix}alpha",
@@ -212,6 +252,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
     _audit_args(p, prefix="audit-")
     _common(p)
+    _report_arg(p)
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
@@ -285,19 +326,45 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
     _audit_args(p, prefix="audit-")
     _common(p)
+    _report_arg(p)
     p.set_defaults(func=_cmd_transfer)
 
     p = sub.add_parser(
         "audit",
-        help="clean and PGD robust accuracy of a checkpoint",
-        description="PGD (early exit, any-iterate), FGSM and CW-margin PGD, "
-        "per-class accuracy and gradient-masking checks.",
+        help="clean and robust accuracy of a checkpoint (AutoAttack-grade ensemble)",
+        description="Robust accuracy against an attack ensemble (by default APGD-CE, APGD-T "
+        "and Square, per-sample worst case, early exit), the paper's PGD and FGSM as named "
+        "attacks, robustness against eps, per-class accuracy, and gradient-masking checks "
+        "that warn when the numbers cannot be trusted.",
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint to audit")
     p.add_argument("--data", required=True, type=Path, help="dataset; its test split is used")
     _audit_args(p)
     p.add_argument("--no-fgsm", action="store_true", help="skip FGSM")
-    p.add_argument("--no-cw", action="store_true", help="skip CW-margin PGD")
+    p.add_argument(
+        "--apgd-steps",
+        type=int,
+        default=_AUDIT.apgd_steps,
+        help=f"APGD iterations per run [default: {_AUDIT.apgd_steps}, AutoAttack's]",
+    )
+    p.add_argument(
+        "--apgd-targets",
+        type=int,
+        default=_AUDIT.apgd_targets,
+        help=f"APGD-T target classes, at most classes - 1 [default: {_AUDIT.apgd_targets}]",
+    )
+    p.add_argument(
+        "--square-queries",
+        type=int,
+        default=_AUDIT.square_queries,
+        help=f"Square Attack query budget per sample [default: {_AUDIT.square_queries}]",
+    )
+    p.add_argument(
+        "--check-samples",
+        type=int,
+        default=_AUDIT.check_samples,
+        help=f"samples the masking checks attack at other radii [default: {_AUDIT.check_samples}]",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -308,6 +375,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--arch", default=None, help="architecture, for plain weights")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _common(p)
+    _report_arg(p)
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser(
@@ -315,7 +383,7 @@ def add_commands(sub: Any) -> None:
         help="reproduce the paper's claim on scikit-learn's digits (~1 min)",
         description="Adversarially train on digits 0-4 (plain AT and FDM), transfer "
         "to digits 5-9 with standard fine-tuning and with CARTL, and "
-        "audit every model with PGD-20.",
+        "audit every model with the attack ensemble (and the paper's PGD-20 beside it).",
     )
     demo = DigitsSettings()
     p.add_argument(
@@ -336,6 +404,12 @@ def add_commands(sub: Any) -> None:
         type=int,
         default=demo.epochs,
         help=f"epochs for each run [default: {demo.epochs}]",
+    )
+    p.add_argument(
+        "--attacks",
+        default=demo.attacks,
+        metavar="ENSEMBLE",
+        help=f"the audit's ensemble: standard, fast, paper or a list [default: {demo.attacks}]",
     )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument(
@@ -419,6 +493,18 @@ def _epoch_line(record: Any) -> str:
     return f"epoch {record.epoch:>3}  lr {record.lr:.4g}  {record.seconds:6.1f}s  {metrics}"
 
 
+def _warning_line(warning: dict[str, Any]) -> str:
+    """One line for a job warning ``{name, meaning, detail[, source]}``; detail may be a dict."""
+    detail = warning.get("detail")
+    if isinstance(detail, dict):
+        detail = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in detail.items()
+        )
+    source = f" ({warning['source']})" if warning.get("source") else ""
+    text = f"WARNING {warning['name']}{source}: {warning.get('meaning', '')}"
+    return f"{text} [{detail}]" if detail else text
+
+
 def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
@@ -462,6 +548,8 @@ def _train(
     report = AuditReport.from_dict(outcome.audit) if outcome.audit is not None else None
     if report is not None:
         print(report.table())
+    for warning in outcome.metrics.get("warnings", []):
+        print(_warning_line(warning), file=sys.stderr)
     print(f"saved {args.out}", file=sys.stderr)
     state.unlink(missing_ok=True)
     if args.plot is not None:
@@ -469,7 +557,25 @@ def _train(
 
         plot_training(history, args.plot, title=kind, report=report)
         print(f"plot {args.plot}", file=sys.stderr)
+    if args.report is not None:
+        facts = {"dataset": args.data, "source": checkpoint, "weights": args.out}
+        _write_report(args.report, outcome, f"cartl {kind}: {args.out.name}", facts)
     return 0
+
+
+def _write_report(path: Path, outcome: Any, title: str, facts: dict[str, Any]) -> None:
+    from cartl_core.report import render_job_report
+
+    page = render_job_report(
+        audit=outcome.audit,
+        history=outcome.history,
+        metrics=outcome.metrics,
+        title=title,
+        facts={k: str(v) for k, v in facts.items() if v is not None},
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    print(f"report {path}", file=sys.stderr)
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -493,11 +599,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     else:
         print(report.table())
         for check in report.checks:
-            print(f"[{'ok' if check.passed else 'WARNING'}] {check.name}: {check.detail}")
+            verdict = {True: "ok", False: "WARNING", None: "skipped"}[check.passed]
+            print(f"[{verdict}] {check.name}: {check.detail}")
+    for warning in report.warnings:
+        print(_warning_line(warning), file=sys.stderr)
     if args.plot is not None:
         from cartl_core.plots import plot_audit
 
         plot_audit(report, args.plot)
+    if args.report is not None:
+        facts = {"checkpoint": args.checkpoint, "dataset": args.data}
+        _write_report(args.report, outcome, f"cartl audit: {args.checkpoint.name}", facts)
     return 0
 
 
@@ -505,7 +617,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from cartl_core.reproduction import digits_reproduction, format_table
 
     settings = DigitsSettings(
-        eps=args.eps, k=args.k, fdm_lambda=args.fdm_lambda, epochs=args.epochs, seed=args.seed
+        eps=args.eps,
+        k=args.k,
+        fdm_lambda=args.fdm_lambda,
+        epochs=args.epochs,
+        seed=args.seed,
+        attacks=args.attacks,
     )
     if args.export_data is not None:
         from cartl_core.data.digits import digits_task, save_npz

@@ -8,12 +8,16 @@ and validation. Every default comes from :mod:`cartl_core.config`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 import torch
 
@@ -23,6 +27,7 @@ from cartl_core.config import (
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
+    TraceConfig,
     TransferConfig,
 )
 from cartl_core.errors import CartlError, ConfigError
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 _A, _S, _F, _T, _AU = AttackConfig(), ScheduleConfig(), FDMConfig(), TransferConfig(), AuditConfig()
+_TR = TraceConfig()
 Augment = Literal["paper", "crop-flip", "none"]
 Norm = Literal["linf", "l2"]
 
@@ -68,10 +74,22 @@ class _Schedule:
 
 
 @dataclass(frozen=True)
+class _Trace:
+    """The robust trace run after every epoch (``trace_samples`` 0 turns it off)."""
+
+    trace_samples: int = _TR.samples
+    trace_steps: int = _TR.steps
+
+    def trace(self, eps: float | None = None, norm: Norm | None = None) -> TraceConfig:
+        return TraceConfig(samples=self.trace_samples, steps=self.trace_steps, eps=eps, norm=norm)
+
+
+@dataclass(frozen=True)
 class _FinalAudit:
     """The audit that ends a training job (``no_audit`` skips it)."""
 
     audit_eps: tuple[float, ...] = _AU.eps
+    audit_attacks: str = _AU.attacks
     audit_steps: int = _AU.steps
     audit_alpha: float | None = _AU.alpha
     audit_restarts: int = _AU.restarts
@@ -81,6 +99,7 @@ class _FinalAudit:
     def audit_config(self) -> AuditConfig:
         return AuditConfig(
             eps=tuple(self.audit_eps),
+            attacks=self.audit_attacks,
             steps=self.audit_steps,
             alpha=self.audit_alpha,
             restarts=self.audit_restarts,
@@ -89,7 +108,7 @@ class _FinalAudit:
 
 
 @dataclass(frozen=True)
-class PretrainParams(_Schedule, _FinalAudit):
+class PretrainParams(_Schedule, _Trace, _FinalAudit):
     """``cartl pretrain``: FDM (or, with ``fdm_lambda`` 0, plain adversarial) training."""
 
     arch: str = "resnet18-cifar"
@@ -108,11 +127,12 @@ class PretrainParams(_Schedule, _FinalAudit):
             attack=AttackConfig(eps=self.eps, alpha=self.alpha, steps=self.steps),
             schedule=self.schedule(ScheduleConfig()),
             augmentation=self.augment,
+            trace=self.trace(),  # in the training attack's threat model
         )
 
 
 @dataclass(frozen=True)
-class TransferParams(_Schedule, _FinalAudit):
+class TransferParams(_Schedule, _Trace, _FinalAudit):
     """``cartl transfer``: fine-tune a source on the target with one of the four methods."""
 
     method: Literal["standard", "neft", "cartl", "lwf"] = _T.method
@@ -139,20 +159,27 @@ class TransferParams(_Schedule, _FinalAudit):
             schedule=self.schedule(base),
             lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
             augmentation=self.augment,
+            # The threat model the final audit will judge it by (its first radius).
+            trace=self.trace(self.audit_eps[0] if self.audit_eps else None, self.audit_norm),
         )
 
 
 @dataclass(frozen=True)
 class AuditParams:
-    """``cartl audit``: clean, PGD (at each eps), FGSM and CW-margin PGD on the test split."""
+    """``cartl audit``: clean accuracy, the attack ensemble (per-sample worst case), the paper's
+    PGD and FGSM as named attacks, and the masking checks, on the test split."""
 
     eps: tuple[float, ...] = _AU.eps
+    attacks: str = _AU.attacks
     steps: int = _AU.steps
     alpha: float | None = _AU.alpha
     restarts: int = _AU.restarts
     norm: Norm = _AU.norm
+    apgd_steps: int = _AU.apgd_steps
+    apgd_targets: int = _AU.apgd_targets
+    square_queries: int = _AU.square_queries
+    check_samples: int = _AU.check_samples
     no_fgsm: bool = False
-    no_cw: bool = False
     batch_size: int = _AU.batch_size
     limit: int | None = None
     seed: int = 0
@@ -165,8 +192,12 @@ class AuditParams:
             alpha=self.alpha,
             restarts=self.restarts,
             norm=self.norm,
+            attacks=self.attacks,
+            apgd_steps=self.apgd_steps,
+            apgd_targets=self.apgd_targets,
+            square_queries=self.square_queries,
+            check_samples=self.check_samples,
             fgsm=not self.no_fgsm,
-            cw=not self.no_cw,
             batch_size=self.batch_size,
         )
 
@@ -232,18 +263,70 @@ def _fraction(name: str, value: Any) -> Any:
 
 @dataclass
 class JobOutcome:
-    """What a job produced: final metrics, per-epoch history, the audit, the weights written."""
+    """What a job produced: final metrics, per-epoch history, the audit, the weights written.
+
+    ``provenance`` (:func:`cartl_core.provenance.collect`) and, for a transfer, ``source`` (the
+    source checkpoint's own robustness) are also in ``metrics``, which the service stores.
+    """
 
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] | None = None
     weights: Path | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
 
 
 ProgressFn = Callable[[Any], None]
 AuditProgressFn = Callable[[str, int, int], None]
+_P = ParamSpec("_P")
 
 
+def _with_provenance(run: Callable[_P, JobOutcome]) -> Callable[_P, JobOutcome]:
+    """``run``, with where its outcome came from attached (see :mod:`cartl_core.provenance`)."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> JobOutcome:
+        started, t0 = datetime.now(UTC), time.monotonic()
+        outcome = run(*args, **kwargs)
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        _add_provenance(outcome, call.arguments, started, time.monotonic() - t0)
+        return outcome
+
+    return wrapper
+
+
+def _add_provenance(
+    outcome: JobOutcome, call: Mapping[str, Any], started: datetime, wall_seconds: float
+) -> None:
+    from cartl_core._runtime import resolve_device
+    from cartl_core.checkpoints import read_description
+    from cartl_core.provenance import collect, source_summary
+
+    params, checkpoint = call["params"], call["checkpoint_path"]
+    dev = resolve_device(call["device"])
+    outcome.provenance = collect(
+        kind=call["kind"],
+        params=_jsonable(dataclasses.asdict(params)),
+        device=str(dev),
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        started=started,
+        wall_seconds=wall_seconds,
+        dataset_path=Path(call["dataset_path"]),
+        checkpoint_path=None if checkpoint is None else Path(checkpoint),
+        weights_path=outcome.weights,
+        attack_settings=(outcome.audit or {}).get("config"),
+    )
+    outcome.metrics["provenance"] = outcome.provenance
+    if isinstance(params, TransferParams) and checkpoint is not None:
+        outcome.source = source_summary(read_description(checkpoint))
+        if outcome.source is not None:
+            outcome.metrics["source"] = outcome.source
+
+
+@_with_provenance
 def run_job(
     kind: str,
     params: Params,
@@ -335,6 +418,10 @@ def run_job(
     outcome.metrics = _summary(outcome.audit) if outcome.audit else {}
     if history:
         outcome.metrics["final_epoch"] = history[-1]
+    # One list of {name, meaning, detail, source} for every source; others append to it too.
+    outcome.metrics.setdefault("warnings", []).extend(
+        {**w, "source": "training"} for w in result.warnings
+    )
     save_checkpoint(
         result.model,
         out_path,
@@ -346,16 +433,33 @@ def run_job(
     return outcome
 
 
+_ATTACK_SUMMARY = (
+    "name",
+    "role",
+    "norm",
+    "eps",
+    "alpha",
+    "steps",
+    "restarts",
+    "accuracy",
+    "seconds",
+)
+
+
 def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's headline metrics: the ensemble's robust accuracy, which ensemble ran, each
+    attack's own numbers, and the failed checks as warnings."""
     return {
         "clean_accuracy": report["clean_accuracy"],
         "robust_accuracy": report["robust_accuracy"],
         "worst_case_accuracy": report["worst_case_accuracy"],
+        "ensemble": report.get("ensemble"),
+        "ensemble_attacks": report.get("ensemble_attacks", []),
+        "eps": report.get("eps"),
+        "norm": report.get("norm"),
         "samples": report["samples"],
-        "attacks": [
-            {k: a[k] for k in ("name", "norm", "eps", "alpha", "steps", "restarts", "accuracy")}
-            for a in report["attacks"]
-        ],
+        "attacks": [{k: a.get(k) for k in _ATTACK_SUMMARY} for a in report["attacks"]],
+        "warnings": list(report.get("warnings", [])),
     }
 
 

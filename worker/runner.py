@@ -54,6 +54,7 @@ class _Run:
         self.last_progress = 0.0
         self.first_fraction: float | None = None
         self.progress: dict[str, Any] = {}
+        self.trace: dict[str, float] = {}
 
     # ------------------------------------------------------------------ claim and finish
 
@@ -241,9 +242,17 @@ class _Run:
             "batches": event.batches,
             "fraction": round(fraction, 4),
             "eta_s": None if eta is None else round(eta, 1),
-            "metrics": {k: round(v, 5) for k, v in event.metrics.items()},
+            "metrics": {k: round(v, 5) for k, v in self._with_trace(event.metrics).items()},
         }
         self._write_progress(force=event.batch == event.batches)
+
+    def _with_trace(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The robust trace arrives with each epoch's last event; keep showing the latest one
+        (``trace_robust_accuracy`` ...) while the next epoch runs."""
+        latest = {k: v for k, v in metrics.items() if k.startswith("trace_")}
+        if latest:
+            self.trace = latest
+        return {**self.trace, **metrics}
 
     def _on_audit_progress(self, attack: str, done: int, total: int) -> None:
         self.progress = {

@@ -96,6 +96,7 @@ class ProgressOut(BaseModel):
 class JobLinks(BaseModel):
     self: str
     metrics: str
+    report: str = Field(description="The HTML report for a person to read.")
     weights: str | None = Field(description="Null for audits, which produce no weights.")
 
 
@@ -125,6 +126,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "links": {
         "self": "/v1/jobs/job_019abc3f2e11c0ffee1234",
         "metrics": "/v1/jobs/job_019abc3f2e11c0ffee1234/metrics",
+        "report": "/v1/jobs/job_019abc3f2e11c0ffee1234/report",
         "weights": "/v1/jobs/job_019abc3f2e11c0ffee1234/weights",
     },
 }
@@ -143,7 +145,10 @@ class JobOut(BaseModel):
     attempts: int = Field(description="Times a worker has started the job.")
     cancel_requested: bool = Field(description="Cancel asked; the worker stops at the next batch.")
     error: str | None = Field(description="Why the job failed.")
-    metrics: dict[str, Any] | None = Field(description="Final metrics (clean, robust accuracy).")
+    metrics: dict[str, Any] | None = Field(
+        description="Final metrics (clean, robust accuracy), the job's `provenance` and, for a "
+        "transfer, the `source` checkpoint's own robustness."
+    )
     created_at: UtcDateTime
     enqueued_at: UtcDateTime | None
     started_at: UtcDateTime | None
@@ -172,6 +177,7 @@ class JobOut(BaseModel):
             links=JobLinks(
                 self=base,
                 metrics=f"{base}/metrics",
+                report=f"{base}/report",
                 weights=None if job.kind == JobKind.audit else f"{base}/weights",
             ),
         )

@@ -1,4 +1,4 @@
-"""Attack objectives, maximised by the attacker. Both return one value per sample."""
+"""Attack objectives, maximised by the attacker. Each returns one value per sample, in fp32."""
 
 from __future__ import annotations
 
@@ -18,7 +18,34 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
-LOSSES = {"ce": ce_loss, "cw": cw_margin_loss}
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Croce & Hein's Difference of Logits Ratio: -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3).
+
+    Dividing by a spread of the logits makes the loss invariant to their scale and shift, which
+    defeats defences that only rescale logits (and needs at least three classes).
+    """
+    z = logits.float()
+    top = z.sort(dim=1, descending=True).values
+    spread = top[:, 0] - top[:, min(2, z.shape[1] - 1)]
+    return cw_margin_loss(z, y) / (spread + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+
+    With fewer than four classes the missing order statistics fall back to the last logit, so the
+    denominator stays a positive spread.
+    """
+    z = logits.float()
+    top = z.sort(dim=1, descending=True).values
+    c = z.shape[1]
+    spread = top[:, 0] - 0.5 * (top[:, min(2, c - 1)] + top[:, min(3, c - 1)])
+    true = z.gather(1, y[:, None]).squeeze(1)
+    tgt = z.gather(1, target[:, None]).squeeze(1)
+    return (tgt - true) / (spread + 1e-12)
+
+
+LOSSES = {"ce": ce_loss, "cw": cw_margin_loss, "dlr": dlr_loss}
 
 
 def get_loss(name: str):  # type: ignore[no-untyped-def]

@@ -22,7 +22,9 @@ class ThreatModel(Protocol):
     eps: float
 
     def random_init(self, x: torch.Tensor) -> torch.Tensor: ...
-    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor: ...
+    def step(
+        self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float | torch.Tensor
+    ) -> torch.Tensor: ...
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -34,7 +36,9 @@ class LinfBall:
         noise = torch.empty_like(x).uniform_(-self.eps, self.eps)
         return (x + noise).clamp_(0.0, 1.0)
 
-    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    def step(
+        self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float | torch.Tensor
+    ) -> torch.Tensor:
         return x_adv + alpha * grad.sign()
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,9 @@ class L2Ball:
         radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d) * self.eps
         return (x + direction * radius.view(-1, *([1] * (x.ndim - 1)))).clamp_(0.0, 1.0)
 
-    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    def step(
+        self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float | torch.Tensor
+    ) -> torch.Tensor:
         return x_adv + alpha * grad / _per_sample_norm(grad)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,11 @@ from cartl_core.training.loop import (
     ProgressFn,
     StopFn,
     TrainLoop,
-    evaluate_accuracy,
     make_optimizer,
     make_scheduler,
     per_sample_feature_distance,
 )
+from cartl_core.training.trace import build_trace, epoch_evaluation
 
 
 @dataclass
@@ -41,6 +41,11 @@ class TrainResult:
     model: BlockModel
     history: list[EpochRecord]
     training: dict[str, Any]
+
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """What went wrong during training (e.g. catastrophic overfitting), in epoch order."""
+        return [w for record in self.history for w in record.warnings]
 
 
 def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMConfig) -> Any:
@@ -89,6 +94,8 @@ def pretrain(
     """FDM (or, with ``fdm_lambda=0``, plain adversarial) training of a source model.
 
     The model normalises its inputs with the source training set's per-channel mean and std.
+    Each epoch ends with the test accuracy and the robust trace (``config.trace``, in the
+    training attack's threat model unless it names its own; monitoring only).
     """
     config = config or FDMConfig()
     dev = resolve_device(device)
@@ -111,6 +118,16 @@ def pretrain(
         channels_last=dev.type == "cuda",
     )
     optimizer = make_optimizer(model.parameters(), s)
+    a = config.attack
+    trace = build_trace(
+        model,
+        data.test,
+        config.trace.resolved(a.eps, a.norm),
+        train_samples=len(data.train),
+        # The attack's steps, the adversarial forward-backward, FDM's clean features.
+        passes_per_sample=a.steps * a.restarts + 1 + int(config.fdm_lambda > 0),
+        device=dev,
+    )
     training = {
         "kind": "pretrain",
         "method": "fdm" if config.fdm_lambda > 0 else "adversarial-training",
@@ -118,6 +135,8 @@ def pretrain(
         "data": {"format": data.format, "classes": data.num_classes, "train": len(data.train)},
         **config.to_dict(),
     }
+    if trace is not None:
+        training["trace"] = trace.describe()
     loop = TrainLoop(
         model=model,
         loader=loader,
@@ -133,7 +152,8 @@ def pretrain(
         should_stop=should_stop,
         on_epoch=on_epoch,
         before_epoch=lambda _epoch: _set_train(model),
-        after_epoch=lambda _epoch: {"test_accuracy": evaluate_accuracy(model, data.test)},
+        after_epoch=epoch_evaluation(model, data.test, trace),
+        warn=trace.warnings if trace is not None else None,
     )
     history = loop.run()
     model.eval()

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "ProgressFn",
     "StopFn",
     "TrainLoop",
+    "WarnFn",
     "evaluate_accuracy",
     "make_optimizer",
     "make_scheduler",
@@ -62,18 +63,29 @@ StopFn = Callable[[], bool]
 
 @dataclass
 class EpochRecord:
+    """One finished epoch: its numbers, and the warnings first raised at this epoch (each a dict
+    with ``name``, ``meaning`` and ``detail``; the key is left out of :meth:`to_dict` when
+    there are none)."""
+
     epoch: int
     lr: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "lr": self.lr, "seconds": self.seconds, **self.metrics}
+        out: dict[str, Any] = {"epoch": self.epoch, "lr": self.lr, "seconds": self.seconds}
+        out.update(self.metrics)
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
-        metrics = {k: float(v) for k, v in d.items() if k not in ("epoch", "lr", "seconds")}
-        return cls(int(d["epoch"]), float(d["lr"]), float(d["seconds"]), metrics)
+        fixed = ("epoch", "lr", "seconds", "warnings")
+        metrics = {k: float(v) for k, v in d.items() if k not in fixed}
+        warnings = [dict(w) for w in d.get("warnings", [])]
+        return cls(int(d["epoch"]), float(d["lr"]), float(d["seconds"]), metrics, warnings)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], s: ScheduleConfig) -> torch.optim.SGD:
@@ -120,12 +132,18 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> 
 
 EpochFn = Callable[[EpochRecord, nn.Module], None]
 StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+WarnFn = Callable[[Sequence[EpochRecord]], list[dict[str, Any]]]
 
 
 @dataclass
 class TrainLoop:
     """Runs epochs of ``step`` over ``loader``; ``step`` returns per-batch SUMS as tensors
-    (e.g. ``loss_sum``, ``correct``), so nothing syncs with the device except for progress."""
+    (e.g. ``loss_sum``, ``correct``), so nothing syncs with the device except for progress.
+
+    ``after_epoch`` adds metrics to the epoch (test accuracy, the robust trace); a last progress
+    event per epoch carries them. ``warn`` reads the history after each epoch; a warning is
+    recorded on the first epoch that raises it and not again (resumed runs included).
+    """
 
     model: nn.Module
     loader: DeviceLoader
@@ -142,6 +160,7 @@ class TrainLoop:
     before_epoch: Callable[[int], None] | None = None
     after_epoch: Callable[[int], dict[str, float]] | None = None
     on_epoch: EpochFn | None = None
+    warn: WarnFn | None = None
     progress_interval_s: float = 0.5
     history: list[EpochRecord] = field(default_factory=list)
 
@@ -189,6 +208,21 @@ class TrainLoop:
         lr = float(self.optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch + 1, lr, time.monotonic() - t0, metrics)
         self.history.append(record)
+        if self.warn is not None:
+            raised = {w["name"] for h in self.history[:-1] for w in h.warnings}
+            record.warnings = [w for w in self.warn(self.history) if w["name"] not in raised]
+        if self.on_progress is not None:
+            self.on_progress(
+                ProgressEvent(
+                    self.stage,
+                    epoch,
+                    self.epochs,
+                    batches,
+                    batches,
+                    dict(metrics),
+                    time.monotonic() - started,
+                )
+            )
         if self.on_epoch is not None:
             self.on_epoch(record, self.model)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core._runtime import autocast, prepare_model, resolve_device
-from cartl_core.config import TransferConfig
+from cartl_core.config import AuditConfig, TransferConfig
 from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split
 from cartl_core.errors import ConfigError
 from cartl_core.models import BlockModel
@@ -31,11 +31,11 @@ from cartl_core.training.loop import (
     ProgressFn,
     StopFn,
     TrainLoop,
-    evaluate_accuracy,
     make_optimizer,
     make_scheduler,
 )
 from cartl_core.training.spectral import apply_spectral_norm, fold_spectral_norm
+from cartl_core.training.trace import build_trace, epoch_evaluation
 
 
 def _check_fit(model: BlockModel, data: Dataset, config: TransferConfig) -> None:
@@ -122,7 +122,11 @@ def transfer(
     should_stop: StopFn | None = None,
     on_epoch: EpochFn | None = None,
 ) -> TrainResult:
-    """Fine-tune a copy of ``source`` on ``data``; ``source`` itself is left untouched."""
+    """Fine-tune a copy of ``source`` on ``data``; ``source`` itself is left untouched.
+
+    Each epoch ends with the test accuracy and the robust trace (``config.trace``; its threat
+    model defaults to the audit's first radius, and jobs pass the final audit's; monitoring only).
+    """
     config = config or TransferConfig()
     _check_fit(source, data, config)
     dev = resolve_device(device)
@@ -169,6 +173,16 @@ def transfer(
         channels_last=dev.type == "cuda",
     )
 
+    default_audit = AuditConfig()
+    trace = build_trace(
+        model,
+        data.test,
+        config.trace.resolved(default_audit.eps[0], default_audit.norm),
+        train_samples=len(data.train),
+        passes_per_sample=1,  # clean fine-tuning: one forward-backward per sample
+        device=dev,
+    )
+
     def before_epoch(epoch: int) -> None:
         bn_policy.set_modes(model, k, policy)
         if config.method == "lwf":
@@ -186,6 +200,8 @@ def transfer(
         "bn_policy": policy.to_dict(),
         "schedule": s.to_dict(),
     }
+    if trace is not None:
+        training["trace"] = trace.describe()
     loop = TrainLoop(
         model=model,
         loader=loader,
@@ -201,7 +217,8 @@ def transfer(
         should_stop=should_stop,
         on_epoch=on_epoch,
         before_epoch=before_epoch,
-        after_epoch=lambda _epoch: {"test_accuracy": evaluate_accuracy(model, data.test)},
+        after_epoch=epoch_evaluation(model, data.test, trace),
+        warn=trace.warnings if trace is not None else None,
     )
     history = loop.run()
     fold_spectral_norm(model)

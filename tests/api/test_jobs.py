@@ -134,6 +134,7 @@ def test_transfer_with_defaults_is_queued_and_sent(
     assert job["links"] == {
         "self": f"/v1/jobs/{job['id']}",
         "metrics": f"/v1/jobs/{job['id']}/metrics",
+        "report": f"/v1/jobs/{job['id']}/report",
         "weights": f"/v1/jobs/{job['id']}/weights",
     }
     # The message went to the broker, carrying the id only.
@@ -232,7 +233,7 @@ def test_plain_weights_get_arch_and_classes_from_the_checkpoint(
         ("pretrain", {"audit_steps": 0, "arch": "small-cnn"}, "params.audit_steps", ">= 1"),
         ("audit", {"eps": []}, "params.eps", "at least one"),
         ("audit", {"norm": "l3"}, "params.norm", "'linf'"),
-        ("audit", {"no_cw": "yes"}, "params.no_cw", "valid boolean"),
+        ("audit", {"no_fgsm": "yes"}, "params.no_fgsm", "valid boolean"),
     ],
 )
 def test_bad_params_are_422_on_their_field(

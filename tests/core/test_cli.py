@@ -30,7 +30,8 @@ def _npz(path: Path, seed: int = 0, classes: int = 4) -> Path:
     return path
 
 
-FAST = ["--epochs", "1", "--batch-size", "32", "--augment", "none", "--quiet", "--device", "cpu"]
+FAST = ["--epochs", "1", "--batch-size", "32", "--augment", "none", "--quiet", "--device", "cpu",
+        "--audit-attacks", "fast"]  # fmt: skip
 
 
 def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,6 +108,10 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
                 "8/255,16/255",
                 "--steps",
                 "3",
+                "--apgd-steps",
+                "20",
+                "--square-queries",
+                "200",
                 "--json",
                 "--device",
                 "cpu",
@@ -116,10 +121,19 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     report = json.loads(capsys.readouterr().out)
     assert {"clean_accuracy", "robust_accuracy", "attacks", "per_class", "checks"} <= set(report)
-    names = [(a["name"], round(a["eps"] * 255)) for a in report["attacks"]]
-    assert names == [("pgd-3-linf", 8), ("pgd-3-linf", 16), ("fgsm", 8), ("pgd-3-linf-cw", 8)]
-    assert report["robust_accuracy"] == report["attacks"][0]["accuracy"]
-    assert report["attacks"][0]["alpha"] == pytest.approx(2 / 255)
+
+    def runs(role: str) -> list[tuple[str, int]]:
+        return [(a["name"], round(a["eps"] * 255)) for a in report["attacks"] if a["role"] == role]
+
+    assert report["ensemble"] == "standard"
+    assert runs("ensemble") == [("apgd-ce", 8), ("apgd-t", 8), ("square", 8)]
+    assert runs("named") == [("pgd-3", 8), ("fgsm", 8)]
+    assert runs("eps-curve") == [("apgd-ce", 16), ("apgd-t", 16), ("square", 16)]
+    at_eps = [a["accuracy"] for a in report["attacks"] if a["role"] != "check" and a["eps"] < 0.04]
+    assert report["robust_accuracy"] <= min(at_eps)
+    assert [round(p["eps"] * 255) for p in report["by_eps"] if not p["subset"]] == [8, 16]
+    pgd = next(a for a in report["attacks"] if a["name"] == "pgd-3")
+    assert pgd["alpha"] == pytest.approx(2 / 255)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

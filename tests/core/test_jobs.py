@@ -87,7 +87,8 @@ def _npz(path: Path) -> Path:
 
 def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     data = _npz(tmp_path / "d.npz")
-    small = {"epochs": 1, "batch_size": 64, "augment": "none", "audit_steps": 3}
+    small = {"epochs": 1, "batch_size": 64, "augment": "none", "audit_steps": 3,
+             "audit_attacks": "fast"}  # fmt: skip
     src = run_job(
         "pretrain",
         parse_params("pretrain", {"arch": "small-cnn", "k": 2, "steps": 2, **small}),
@@ -111,7 +112,7 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     assert description["metrics"]["robust_accuracy"] == tgt.metrics["robust_accuracy"]
     audited = run_job(
         "audit",
-        parse_params("audit", {"steps": 3, "limit": 20}),
+        parse_params("audit", {"steps": 3, "limit": 20, "square_queries": 200}),
         dataset_path=data,
         checkpoint_path=tmp_path / "tgt.safetensors",
         out_path=tmp_path / "unused",
@@ -120,4 +121,10 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     assert audited.audit is not None
     assert AuditReport.from_dict(audited.audit).to_dict() == audited.audit
     assert audited.metrics["samples"] == 20
-    assert audited.metrics["attacks"][0]["name"].startswith("pgd")
+    assert audited.metrics["ensemble"] == "standard"
+    assert [a["name"] for a in audited.metrics["attacks"] if a["role"] == "ensemble"] == [
+        "apgd-ce",
+        "apgd-t",
+        "square",
+    ]
+    assert audited.metrics["robust_accuracy"] <= audited.metrics["clean_accuracy"]

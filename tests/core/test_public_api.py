@@ -27,6 +27,7 @@ EXPECTED = {
     "ProgressEvent",
     "ScheduleConfig",
     "Split",
+    "TraceConfig",
     "TrainResult",
     "TransferConfig",
     "UnsafeArchiveError",

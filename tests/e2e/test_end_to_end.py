@@ -6,6 +6,7 @@ and audit them locally, and check that the numbers match what the API reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.timeout(420)
 
 CARTL = [sys.executable, "-m", "app.cli"]
 TRANSFER = ["-p", "method=cartl", "-p", "k=2", "-p", "epochs=3", "-p", "batch_size=64",
-            "-p", "lr=0.05", "-p", "augment=none", "-p", "audit_steps=5"]  # fmt: skip
+            "-p", "lr=0.05", "-p", "augment=none", "-p", "audit_steps=5",
+            "-p", "audit_attacks=fast"]  # fmt: skip
 
 
 class Proc:
@@ -105,7 +107,8 @@ def _run_job_as_a_user(url: str, key: str, tmp: Path, env: dict[str, str]) -> No
 
     # Locally: the clean accuracy is deterministic and must equal the API's exactly.
     local = json.loads(
-        _cli(["audit", "--checkpoint", str(out), "--data", str(data), "--steps", "5", "--json",
+        _cli(["audit", "--checkpoint", str(out), "--data", str(data), "--steps", "5",
+              "--square-queries", "200", "--json",
               "--device", "cpu"], env)
     )  # fmt: skip
     assert local["clean_accuracy"] == job["metrics"]["clean_accuracy"]
@@ -113,6 +116,7 @@ def _run_job_as_a_user(url: str, key: str, tmp: Path, env: dict[str, str]) -> No
     # An audit job on the server with the same settings and seed gives the local numbers.
     audit_id = _cli(
         ["submit", "audit", "--checkpoint", str(out), "--dataset", str(data), "-p", "steps=5",
+         "-p", "square_queries=200",
          "--watch"], env,
     ).splitlines()[0]  # fmt: skip
     audited = httpx.get(
@@ -127,6 +131,12 @@ def _run_job_as_a_user(url: str, key: str, tmp: Path, env: dict[str, str]) -> No
     _cli(["jobs", "plot", job_id, audit_id, "-o", str(tmp / "compare.png")], env)
     for png in ("job.png", "compare.png"):
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The readable report: the same page the API serves, with the job's provenance.
+    _cli(["jobs", "report", job_id, "-o", str(tmp / "report.html")], env)
+    page = (tmp / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert hashlib.sha256(data.read_bytes()).hexdigest() in page
 
 
 @pytest.fixture

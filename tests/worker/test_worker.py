@@ -141,7 +141,7 @@ def _inputs(st: Stack) -> tuple[str, str]:
 def _job(st: Stack, ckpt: str, ds: str, **params: Any) -> str:
     job_id = new_id("job")
     defaults = {"method": "cartl", "k": 2, "epochs": 3, "batch_size": 64, "lr": 0.05,
-                "augment": "none", "audit_steps": 5}  # fmt: skip
+                "augment": "none", "audit_steps": 5, "audit_attacks": "fast"}  # fmt: skip
     with st.factory() as s, s.begin():
         s.add(
             Job(
@@ -161,10 +161,15 @@ def test_transfer_job_runs_to_completion(stack: Stack) -> None:
     assert job.status == "succeeded", job.error
     assert job.attempts == 1
     assert [h["epoch"] for h in job.history] == [1, 2, 3]
+    # The robust trace: in every epoch's record and in the progress a polling client reads.
+    assert all(0 <= h["trace_robust_accuracy"] <= h["trace_clean_accuracy"] for h in job.history)
+    assert "trace_robust_accuracy" in job.progress["metrics"]
     assert job.metrics is not None
+    assert isinstance(job.metrics["warnings"], list)
     assert 0 <= job.metrics["robust_accuracy"] <= job.metrics["clean_accuracy"]
     assert job.audit is not None
-    assert job.audit["attacks"][0]["steps"] == 5
+    assert job.audit["ensemble"] == "fast"
+    assert any(a["name"] == "pgd-5" and a["role"] == "named" for a in job.audit["attacks"])
     weights = Storage(stack.settings.resolved_storage_dir).path(str(job.weights_key))
     assert weights.is_file()
     assert weights.stat().st_size == job.weights_size

@@ -1,11 +1,11 @@
-"""``/v1/jobs``: create, list, get, metrics, weights, cancel."""
+"""``/v1/jobs``: create, list, get, metrics, report, weights, cancel."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.api.deps import (
     CursorQuery,
@@ -24,6 +24,7 @@ from app.schemas.common import Page
 from app.schemas.jobs import CREATE_EXAMPLES, JobCreate, JobMetricsOut, JobOut
 from app.services import jobs as service
 from app.services.ids import KEY_PATTERN
+from app.services.reports import job_report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -113,6 +114,43 @@ def get_job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMet
     if job.status == JobStatus.queued:
         raise ConflictError(f"job {job_id} is queued; its metrics appear once it runs")
     return JobMetricsOut(history=job.history or [], audit=job.audit)
+
+
+#: The report is built from user data (class names, file names): no scripts, nothing fetched.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@router.get(
+    "/{job_id}/report",
+    summary="A readable HTML report",
+    description="One self-contained HTML page (inline SVG charts, no scripts, nothing loaded "
+    "from the network) for a person to read, save or print: clean and robust accuracy per "
+    "attack, robust accuracy against eps, accuracy per class, the sanity checks with what a "
+    "failure means and a WARNING for each failure, for a transfer the source's robustness next "
+    "to the target's, the training curves with the robust trace, and provenance (cartl "
+    "version and commit, seed, sha256 of the checkpoint and dataset files, attack settings, "
+    "device, wall time). A running job's page shows what there is so far. Served with a "
+    "`Content-Security-Policy` that allows only inline styles and `data:` images. "
+    "`cartl audit --report`, `cartl pretrain --report` and `cartl transfer --report` write "
+    "the same page.",
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "description": "The report page.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(
+            404, 409, s409="The job has not run yet (queued, or cancelled before it started)."
+        ),
+    },
+)
+def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLResponse:
+    page = job_report(service.get_job(session, owner, job_id))
+    headers = {**REPORT_HEADERS, "Content-Disposition": f'inline; filename="{job_id}-report.html"'}
+    return HTMLResponse(page, headers=headers)
 
 
 @router.get(

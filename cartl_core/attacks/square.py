@@ -1,0 +1,199 @@
+"""Square Attack (Andriushchenko et al., ECCV 2020): a score-based black-box attack, Linf and L2.
+
+It uses only the model's outputs, never its gradients, so it finds adversarial examples behind
+gradient masking (zero, noisy or shattered gradients) that white-box attacks miss. Each query
+changes the perturbation inside one random square window and keeps the change if the margin
+z_y - max_{j != y} z_j went down; the window shrinks on a fixed schedule of the query count
+(``p_init`` 0.8, halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 queries out of
+10,000, rescaled to the budget). AutoAttack's standard budget is 5,000 queries.
+
+Samples leave the batch the moment they are misclassified, so queries are spent only on the
+samples still robust.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cartl_core._runtime import autocast, frozen_for_attack
+from cartl_core.attacks.apgd import AttackOutcome
+from cartl_core.attacks.threat import _per_sample_norm
+from cartl_core.errors import ConfigError
+
+__all__ = ["square"]
+
+_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64))
+_SCHEDULE_TAIL = ((6000, 128), (8000, 256))
+
+
+def _p_selection(p_init: float, query: int, budget: int) -> float:
+    """The fraction of pixels the window covers after ``query`` of ``budget`` queries."""
+    it = int(query / budget * 10000)
+    for limit, divisor in (*_SCHEDULE, *_SCHEDULE_TAIL):
+        if it <= limit:
+            return p_init / divisor
+    return p_init / 512
+
+
+def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with autocast(x.device):
+        z = model(x).float()
+    true = z.gather(1, y[:, None]).squeeze(1)
+    margin: torch.Tensor = true - z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return margin
+
+
+def _signs(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.randint(0, 2, shape, device=device).float().mul_(2).sub_(1)
+
+
+def _rectangles(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Concentric rectangles weighted 1/(r+1)^2: the building block of the L2 perturbations."""
+    delta = torch.zeros(h, w, device=device)
+    ch, cw = h // 2 + 1, w // 2 + 1
+    top, left = ch - 1, cw - 1
+    for r in range(max(ch, cw)):
+        delta[max(top, 0) : min(top + 2 * r + 1, h), max(left, 0) : min(left + 2 * r + 1, w)] += (
+            1.0 / (r + 1) ** 2
+        )
+        top, left = top - 1, left - 1
+    return delta / delta.square().sum().sqrt().clamp_min(1e-12)
+
+
+def _pseudo_gaussian(s: int, device: torch.device) -> torch.Tensor:
+    """An s x s patch: two halves of opposite sign, unit L2 norm, randomly transposed."""
+    delta = torch.zeros(s, s, device=device)
+    if s // 2 > 0:
+        delta[: s // 2] = _rectangles(s // 2, s, device)
+    delta[s // 2 :] = -_rectangles(s - s // 2, s, device)
+    delta = delta / delta.square().sum().sqrt().clamp_min(1e-12)
+    return delta.t() if bool(torch.rand(()) > 0.5) else delta
+
+
+def _l2_init(x: torch.Tensor, eps: float) -> torch.Tensor:
+    n, c, h, w = x.shape
+    delta = torch.zeros_like(x)
+    s = max(h // 5, 1)
+    start = (h - s * 5) // 2 if h >= 5 else 0
+    for vh in range(start, h - s + 1, s):
+        for vw in range(start, w - s + 1, s):
+            patch = _pseudo_gaussian(s, x.device).view(1, 1, s, s)
+            delta[:, :, vh : vh + s, vw : vw + s] += patch * _signs((n, c, 1, 1), x.device)
+    return (x + eps * delta / _per_sample_norm(delta)).clamp(0.0, 1.0)
+
+
+def _linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    n, c, h, w = x0.shape
+    s = min(max(round(math.sqrt(p * h * w)), 1), h - 1) if h > 1 else 1
+    vh = int(torch.randint(0, h - s + 1, ()))
+    vw = int(torch.randint(0, w - s + 1, ()))
+    window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
+    delta = x_best - x0
+    new = eps * _signs((n, c, 1, 1), x0.device)
+    # A channel whose window would not change (the box clipped it to where it already is) gets
+    # the other sign, so each query tests a real change, as the reference's redraw does.
+    same = ((x0[window] + new).clamp(0, 1) - x_best[window]).abs().amax(dim=(2, 3)) < 1e-7
+    new = torch.where(same[:, :, None, None], -new, new)
+    delta[window] = new.expand(-1, -1, s, s)
+    return (x0 + delta).clamp(0.0, 1.0)
+
+
+def _l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    n, c, h, w = x0.shape
+    s = max(round(math.sqrt(p * h * w)), 3)
+    s = min(s + (s % 2 == 0), h)
+    vh, vw = (int(torch.randint(0, h - s + 1, ())) for _ in range(2))
+    vh2, vw2 = (int(torch.randint(0, h - s + 1, ())) for _ in range(2))
+    win1 = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
+    win2 = (slice(None), slice(None), slice(vh2, vh2 + s), slice(vw2, vw2 + s))
+    delta = x_best - x0
+    norm_win1 = delta[win1].square().sum(dim=(2, 3), keepdim=True).sqrt()
+    mask = torch.zeros_like(delta)
+    mask[win1] = 1.0
+    mask[win2] = 1.0
+    norm_windows = (delta * mask).square().sum(dim=(2, 3), keepdim=True).sqrt()
+    norm_best = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    new = _pseudo_gaussian(s, x0.device).view(1, 1, s, s) * _signs((n, c, 1, 1), x0.device)
+    new = new + delta[win1] / (norm_win1 + 1e-12)
+    # Move the mass of both windows into window 1, plus an even share of what the ball allows.
+    budget = ((eps**2 - norm_best.square()).clamp_min(0) / c + norm_windows.square()).sqrt()
+    new = new / (new.square().sum(dim=(2, 3), keepdim=True).sqrt() + 1e-12) * budget
+    delta[win2] = 0.0
+    delta[win1] = new
+    return (x0 + eps * delta / _per_sample_norm(delta)).clamp(0.0, 1.0)
+
+
+def square(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    restarts: int = 1,
+) -> AttackOutcome:
+    """Square Attack on the margin loss; each restart attacks only the samples still robust."""
+    if x.ndim != 4:
+        raise ConfigError("Square needs image batches (N, C, H, W)")
+    if queries < 1:
+        raise ConfigError(f"queries must be >= 1; got {queries}", field="queries")
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"norm must be 'linf' or 'l2'; got {norm!r}", field="norm")
+    robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    x_out = x.clone()
+    evaluations = 0
+    with frozen_for_attack(model), torch.no_grad():
+        for _ in range(restarts):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            evaluations += _square_run(model, x, y, robust, x_out, idx, eps, norm, queries, p_init)
+    return AttackOutcome(robust, x_out, evaluations)
+
+
+def _square_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    robust: torch.Tensor,
+    x_out: torch.Tensor,
+    idx: torch.Tensor,
+    eps: float,
+    norm: str,
+    queries: int,
+    p_init: float,
+) -> int:
+    x0, ya = x[idx], y[idx]
+    if norm == "linf":
+        # Vertical stripes of +-eps: the reference's initialisation.
+        stripes = eps * _signs((x0.shape[0], x0.shape[1], 1, x0.shape[3]), x.device)
+        xb = (x0 + stripes).clamp(0.0, 1.0)
+        propose = _linf_proposal
+    else:
+        xb = _l2_init(x0, eps)
+        propose = _l2_proposal
+    margin = _margin(model, xb, ya)
+    evaluations = int(idx.numel())
+    for q in range(1, queries):
+        alive = margin > 0
+        if not bool(alive.all()):
+            robust[idx[~alive]] = False
+            x_out[idx[~alive]] = xb[~alive]
+            idx, x0, ya, xb, margin = idx[alive], x0[alive], ya[alive], xb[alive], margin[alive]
+        if idx.numel() == 0:
+            return evaluations
+        x_new = propose(x0, xb, eps, _p_selection(p_init, q, queries))
+        m_new = _margin(model, x_new, ya)
+        evaluations += int(idx.numel())
+        better = m_new < margin
+        margin = torch.where(better, m_new, margin)
+        xb = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
+    alive = margin > 0
+    robust[idx[~alive]] = False
+    x_out[idx] = xb
+    return evaluations

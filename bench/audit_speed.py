@@ -52,6 +52,12 @@ from cartl_core.audit import run_ensemble
 Row = dict[str, Any]
 
 
+def _fraction(text: str) -> float:
+    from fractions import Fraction
+
+    return float(Fraction(text))
+
+
 def build_issue_model(cache: Path, device: torch.device) -> tuple[Path, Path]:
     """The issue's model: AT small-cnn on digits 0-4 (eps 0.2), CARTL transfer to 5-9."""
     from cartl_core import save_checkpoint
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--data", type=Path, default=None, help="dataset; its test split is used")
-    p.add_argument("--eps", type=float, default=0.2)
+    p.add_argument("--eps", type=_fraction, default=0.2, help="radius; fractions like 8/255 work")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--samples", type=int, default=None, help="first N test samples")
     p.add_argument("--device", default="auto")

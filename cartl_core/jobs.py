@@ -240,9 +240,11 @@ def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
             v = values[f.name]
             values[f.name] = v if isinstance(v, tuple) else (v,)
     params = cls(**values)
-    params.config()  # raises ConfigError naming the field
+    # The final audit first: a transfer's robust trace takes its radius from the audit's, so a
+    # bad audit_eps is reported as itself, not as the trace's.
     if isinstance(params, PretrainParams | TransferParams) and not params.no_audit:
         params.audit_config()
+    params.config()  # raises ConfigError naming the field
     return params
 
 

@@ -156,7 +156,8 @@ def catastrophic_overfitting(
     """The first epoch whose trace robust accuracy is more than ``drop`` below its best so far
     while its trace clean accuracy is above the clean accuracy at that best epoch; None if none.
 
-    Returns a warning ``{"name", "meaning", "detail"}``; ``detail`` holds the two epochs and their
+    Returns a warning ``{"name", "meaning", "detail", "values"}``: ``detail`` says it in one line
+    with the numbers, as the audit's warnings do; ``values`` holds the two epochs and their
     accuracies. Epochs without a trace are skipped.
     """
     best: EpochRecord | None = None
@@ -173,7 +174,12 @@ def catastrophic_overfitting(
                 return {
                     "name": CATASTROPHIC_OVERFITTING,
                     "meaning": _MEANING,
-                    "detail": {
+                    "detail": (
+                        f"trace robust accuracy {robust:.3f} at epoch {record.epoch}, down from "
+                        f"its best {best_robust:.3f} at epoch {best.epoch}, while trace clean "
+                        f"accuracy rose from {best_clean:.3f} to {clean:.3f}"
+                    ),
+                    "values": {
                         "best_epoch": best.epoch,
                         "best_robust_accuracy": best_robust,
                         "best_clean_accuracy": best_clean,

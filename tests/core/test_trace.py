@@ -213,10 +213,14 @@ def test_overfitting_fires_on_a_big_drop_while_clean_rises() -> None:
     assert found is not None
     assert found["name"] == CATASTROPHIC_OVERFITTING
     assert found["meaning"]
-    detail = found["detail"]
-    assert (detail["best_epoch"], detail["epoch"]) == (2, 5)
-    assert (detail["best_robust_accuracy"], detail["robust_accuracy"]) == (0.45, 0.30)
-    assert (detail["best_clean_accuracy"], detail["clean_accuracy"]) == (0.70, 0.80)
+    values = found["values"]
+    assert (values["best_epoch"], values["epoch"]) == (2, 5)
+    assert (values["best_robust_accuracy"], values["robust_accuracy"]) == (0.45, 0.30)
+    assert (values["best_clean_accuracy"], values["clean_accuracy"]) == (0.70, 0.80)
+    assert found["detail"] == (
+        "trace robust accuracy 0.300 at epoch 5, down from its best 0.450 at epoch 2, "
+        "while trace clean accuracy rose from 0.700 to 0.800"
+    )
 
 
 @pytest.mark.parametrize(
@@ -240,7 +244,7 @@ def test_overfitting_skips_epochs_without_a_trace() -> None:
     history = [EpochRecord(1, 0.1, 1.0, {"loss": 1.0}), *_history([0.5, 0.3], [0.6, 0.7])]
     found = catastrophic_overfitting(history)
     assert found is not None
-    assert found["detail"]["best_epoch"] == 1  # numbered as given by the records
+    assert found["values"]["best_epoch"] == 1  # numbered as given by the records
 
 
 def test_warning_is_recorded_once_and_reaches_the_result(
@@ -251,7 +255,7 @@ def test_warning_is_recorded_once_and_reaches_the_result(
     assert [len(r.warnings) for r in result.history] == [0, 0, 1, 0]
     (warning,) = result.warnings
     assert warning["name"] == CATASTROPHIC_OVERFITTING
-    assert (warning["detail"]["best_epoch"], warning["detail"]["epoch"]) == (2, 3)
+    assert (warning["values"]["best_epoch"], warning["values"]["epoch"]) == (2, 3)
     # The epoch record carries it through JSON (worker history, resume state).
     record = result.history[2]
     assert EpochRecord.from_dict(record.to_dict()) == record
@@ -275,23 +279,24 @@ def test_resume_keeps_the_warning_and_refuses_other_trace_settings(
         )
     _scripted_trace(monkeypatch, [], [])  # a finished run resumes without attacking again
     resumed = pretrain(tiny_data, "small-cnn", _fdm(epochs=2), device="cpu", state_path=state)
-    assert [w["detail"]["epoch"] for w in resumed.warnings] == [2]
+    assert [w["values"]["epoch"] for w in resumed.warnings] == [2]
 
 
-def test_warning_line_formats_the_detail() -> None:
-    line = _warning_line(
-        {
-            "name": CATASTROPHIC_OVERFITTING,
-            "meaning": "robust accuracy fell.",
-            "detail": {"best_epoch": 2, "robust_accuracy": 0.30000001},
-            "source": "training",
-        }
+def test_warning_line_for_the_cli() -> None:
+    found = catastrophic_overfitting(_history([0.5, 0.3], [0.6, 0.9]))
+    assert found is not None
+    line = _warning_line({**found, "source": "training"})
+    assert line.startswith("WARNING catastrophic-overfitting (training): Robust accuracy")
+    assert line.endswith(
+        "[trace robust accuracy 0.300 at epoch 2, down from its best 0.500 at epoch 1, "
+        "while trace clean accuracy rose from 0.600 to 0.900]"
     )
-    assert line == (
-        "WARNING catastrophic-overfitting (training): robust accuracy fell. "
-        "[best_epoch 2, robust_accuracy 0.3]"
-    )
+    assert "\n" not in line
+    # Any source's warning prints the same way; numbers in a dict detail are shortened.
     assert _warning_line({"name": "x", "meaning": "m", "detail": "d"}) == "WARNING x: m [d]"
+    assert _warning_line({"name": "x", "meaning": "m", "detail": {"a": 0.30000001, "n": 2}}) == (
+        "WARNING x: m [a 0.3, n 2]"
+    )
 
 
 def _npz(path: Path) -> Path:

@@ -71,7 +71,8 @@ def test_bad_params_name_the_field(kind: str, raw: dict[str, Any], field: str) -
     assert info.value.field == field, str(info.value)
 
 
-def _npz(path: Path) -> Path:
+def _npz(path: Path, n_train: int = 192, n_test: int = 48) -> Path:
+    """Three learnable classes of 8x8 grey images as an .npz file."""
     rng = np.random.default_rng(0)
     templates = rng.uniform(0.2, 0.8, (3, 8, 8, 1))
 
@@ -80,7 +81,7 @@ def _npz(path: Path) -> Path:
         x = templates[y] + 0.1 * rng.standard_normal((n, 8, 8, 1))
         return (np.clip(x, 0, 1) * 255).astype(np.uint8), y
 
-    (xa, ya), (xb, yb) = split(192), split(48)
+    (xa, ya), (xb, yb) = split(n_train), split(n_test)
     np.savez(path, x_train=xa, y_train=ya, x_test=xb, y_test=yb)
     return path
 

@@ -6,13 +6,14 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cartl_core import create_model, save_checkpoint
 from cartl_core import provenance as prov
 from cartl_core.jobs import parse_params, run_job
 from cartl_core.report import render_job_report
+
+from .test_jobs import _npz as _dataset
 
 EPS = 8 / 255
 #: An audit in a second on the CPU.
@@ -26,17 +27,7 @@ CHEAP_AUDIT = {
 
 
 def _npz(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    templates = rng.uniform(0.2, 0.8, (3, 8, 8, 1))
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.arange(n) % 3
-        x = templates[y] + 0.1 * rng.standard_normal((n, 8, 8, 1))
-        return (np.clip(x, 0, 1) * 255).astype(np.uint8), y
-
-    (xa, ya), (xb, yb) = split(48), split(24)
-    np.savez(path, x_train=xa, y_train=ya, x_test=xb, y_test=yb)
-    return path
+    return _dataset(path, n_train=48, n_test=24)
 
 
 def _sha(path: Path) -> str:

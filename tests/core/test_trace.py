@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,7 +31,7 @@ from cartl_core.training.trace import (
     trace_size,
 )
 
-from .conftest import make_dataset
+from .test_cli import _npz
 
 ATTACK = AttackConfig(eps=0.1, alpha=0.03, steps=3)
 TRACE_KEYS = {"trace_clean_accuracy", "trace_robust_accuracy", "trace_seconds"}
@@ -297,18 +296,6 @@ def test_warning_line_for_the_cli() -> None:
     assert _warning_line({"name": "x", "meaning": "m", "detail": {"a": 0.30000001, "n": 2}}) == (
         "WARNING x: m [a 0.3, n 2]"
     )
-
-
-def _npz(path: Path) -> Path:
-    data = make_dataset()
-    np.savez(
-        path,
-        x_train=(data.train.images.numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1),
-        y_train=data.train.labels.numpy(),
-        x_test=(data.test.images.numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1),
-        y_test=data.test.labels.numpy(),
-    )
-    return path
 
 
 def test_cli_prints_the_warning_and_the_job_lists_it(

@@ -27,8 +27,9 @@ Times are the median of ``--repeats`` timed repetitions after one warm-up, with
 
 Reading the ratio column: ``ratio = throughput / throughput of the section's minimal row``, so
 1.00 is the hand-written baseline, above 1 is faster and below 1 slower (0.70 = 30% fewer images
-per second). On CUDA the model is channels_last and the ``minimal`` and ``cartl_core`` rows run
-under bf16 autocast (the library's default there); the other libraries run in fp32.
+per second). The model is channels_last on every device, as the library prepares it; on CUDA the
+``minimal`` and ``cartl_core`` rows run under bf16 autocast (the library's default there) and the
+other libraries in fp32.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ def art_attack(model: nn.Module, x: torch.Tensor, steps: int) -> Attack | None:
 def _notes(ctx: Ctx) -> tuple[str, str]:
     """How the minimal/cartl_core rows and the other libraries' rows run on this device."""
     if ctx.cuda:
-        return "bf16 autocast, channels_last", "fp32, channels_last model"
+        return "bf16 autocast", "fp32"
     return "", ""
 
 

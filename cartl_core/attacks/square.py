@@ -91,14 +91,16 @@ def _linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float)
     vh = int(torch.randint(0, h - s + 1, ()))
     vw = int(torch.randint(0, w - s + 1, ()))
     window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
-    delta = x_best - x0
     new = eps * _signs((n, c, 1, 1), x0.device)
+    base = x0[window]
+    proposal = (base + new).clamp(0.0, 1.0)
     # A channel whose window would not change (the box clipped it to where it already is) gets
     # the other sign, so each query tests a real change, as the reference's redraw does.
-    same = ((x0[window] + new).clamp(0, 1) - x_best[window]).abs().amax(dim=(2, 3)) < 1e-7
-    new = torch.where(same[:, :, None, None], -new, new)
-    delta[window] = new.expand(-1, -1, s, s)
-    return (x0 + delta).clamp(0.0, 1.0)
+    same = (proposal - x_best[window]).abs().amax(dim=(2, 3), keepdim=True) < 1e-7
+    # Outside the window the proposal is the current best, so only the window is computed.
+    x_new = x_best.clone()
+    x_new[window] = torch.where(same, (base - new).clamp(0.0, 1.0), proposal)
+    return x_new
 
 
 def _l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -> torch.Tensor:

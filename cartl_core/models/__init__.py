@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cartl_core.errors import ArchitectureError
 from cartl_core.models._base import BlockModel, Head, ModelSpec, Normalize
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+
+# What new models of an architecture are built with. A checkpoint records its own options, and
+# one written before an option existed rebuilds without it.
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"small-cnn": {"fc_width": 0}}
 
 
 def list_models() -> list[str]:
@@ -65,8 +70,13 @@ def create_model(
     input_size: int = 32,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> BlockModel:
-    """A fresh model. Normalisation defaults: ImageNet's for torchvision models, none otherwise."""
+    """A fresh model. Normalisation defaults: ImageNet's for torchvision models, none otherwise.
+
+    ``options`` are architecture variants recorded in the model's spec (so a checkpoint rebuilds
+    the variant it was trained as); left out, new models get ``DEFAULT_OPTIONS`` for their arch.
+    """
     if num_classes < 2:
         raise ArchitectureError(f"num_classes must be >= 2; got {num_classes}")
     if input_size < 8:
@@ -79,5 +89,6 @@ def create_model(
         input_size=input_size,
         mean=tuple(mean) if mean is not None else (IMAGENET_MEAN if tv else (0.0,)),
         std=tuple(std) if std is not None else (IMAGENET_STD if tv else (1.0,)),
+        options=dict(options if options is not None else DEFAULT_OPTIONS.get(arch, {})),
     )
     return build_model(spec)

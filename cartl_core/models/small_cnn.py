@@ -1,7 +1,13 @@
 """A small CNN for any channel count and any input from 8x8 up: quick on a CPU.
 
-Stem conv, three conv stages (the first two halve the resolution), a pooling block, the classifier:
-T = 5 blocks.
+Stem conv, three conv stages (the first two halve the resolution), a feature block, the
+classifier: T = 5 blocks. The feature block is set by ``spec.options["fc_width"]``:
+
+- ``fc_width`` N > 0 (what :func:`cartl_core.models.create_model` builds): average-pool to a 2x2
+  grid, flatten, ``Linear(4 * 4w, N)`` and ReLU. The tuned part at k = 2 is then a two-layer MLP
+  that still sees where a feature is, like the small CNNs in the robust-transfer literature.
+- absent or 0 (checkpoints written before the option existed): global average pooling and no
+  weights, so k = 2 tunes only the final linear layer on pooled features.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 from torch import nn
 
 from cartl_core.models._base import BlockModel, Head, ModelSpec
+
+GRID = 2
 
 
 def _stage(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -21,11 +29,22 @@ def _stage(cin: int, cout: int, pool: bool) -> nn.Sequential:
 
 def small_cnn(spec: ModelSpec, width: int = 32) -> BlockModel:
     w = width
+    fc_width = int(spec.options.get("fc_width", 0))
     stem = _stage(spec.in_channels, w, pool=False)
     blocks: list[nn.Module] = [
         _stage(w, 2 * w, pool=True),
         _stage(2 * w, 4 * w, pool=True),
         _stage(4 * w, 4 * w, pool=False),
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
     ]
-    return BlockModel(spec, stem, blocks, Head(nn.Linear(4 * w, spec.num_classes)))
+    if fc_width > 0:
+        features = nn.Sequential(
+            nn.AdaptiveAvgPool2d(GRID),
+            nn.Flatten(),
+            nn.Linear(4 * w * GRID * GRID, fc_width),
+            nn.ReLU(),
+        )
+        head = Head(nn.Linear(fc_width, spec.num_classes))
+    else:
+        features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head = Head(nn.Linear(4 * w, spec.num_classes))
+    return BlockModel(spec, stem, [*blocks, features], head)

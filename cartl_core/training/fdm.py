@@ -115,7 +115,7 @@ def pretrain(
         shuffle=True,
         seed=seed,
         augmentation=Augmentation.from_name(config.augmentation),
-        channels_last=dev.type == "cuda",
+        channels_last=True,
     )
     optimizer = make_optimizer(model.parameters(), s)
     a = config.attack

@@ -124,8 +124,7 @@ class RobustTrace:
     def _chunk(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[start : start + self.batch_size]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = self.labels[start : start + self.batch_size]
         with torch.no_grad(), autocast(self.device):
             correct = self.model(x).argmax(1) == y

@@ -170,7 +170,7 @@ def transfer(
         shuffle=True,
         seed=seed,
         augmentation=Augmentation.from_name(config.augmentation),
-        channels_last=dev.type == "cuda",
+        channels_last=True,
     )
 
     default_audit = AuditConfig()

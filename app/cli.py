@@ -1,6 +1,6 @@
 """The ``cartl`` command: the library's commands plus the service's.
 
-Library: ``pretrain``, ``transfer``, ``audit``, ``demo``, ``inspect``, ``models`` (see
+Library: ``pretrain``, ``transfer``, ``audit``, ``compare``, ``demo``, ``inspect``, ``models`` (see
 :mod:`cartl_core.cli`). Service: ``serve``, ``db upgrade``, ``keys create``. Client of a running
 server: ``submit``, ``jobs list|get|watch|cancel|plot|report|download``, with the server and key
 from ``--server``/``--key`` or ``CARTL_SERVER``/``CARTL_API_KEY``.
@@ -232,12 +232,12 @@ def _client_commands(sub: Any) -> None:
     p = sub.add_parser(
         "submit",
         help="upload inputs (or use uploaded ids) and start a job on a server",
-        description="Start a pretrain, transfer or audit job on a running server. "
+        description="Start a pretrain, transfer, audit or compare job on a running server. "
         "--checkpoint and --dataset take a local file (uploaded first) or an id from an "
         "earlier upload. Job parameters use the names of this CLI's options with underscores: "
         "-p method=cartl -p k=4 -p eps=8/255 -p audit_eps=[0.01,0.03].",
     )
-    p.add_argument("kind", choices=("pretrain", "transfer", "audit"))
+    p.add_argument("kind", choices=("pretrain", "transfer", "audit", "compare"))
     p.add_argument("--checkpoint", help="source / audited checkpoint: a file or an id")
     p.add_argument("--dataset", required=True, help="dataset: a file or an id")
     p.add_argument("--arch", help="architecture, when uploading plain weights")
@@ -259,7 +259,7 @@ def _client_commands(sub: Any) -> None:
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     q = jsub.add_parser("list", help="your jobs, newest first")
     q.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
-    q.add_argument("--kind", choices=("pretrain", "transfer", "audit"))
+    q.add_argument("--kind", choices=("pretrain", "transfer", "audit", "compare"))
     q.add_argument("--limit", type=int, default=20)
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_list)
@@ -294,6 +294,12 @@ def _client_commands(sub: Any) -> None:
     q = jsub.add_parser("download", help="the job's weights (self-describing safetensors)")
     q.add_argument("id")
     q.add_argument("-o", "--out", type=Path, required=True, help="output file")
+    q.add_argument(
+        "--candidate",
+        default=None,
+        metavar="NAME",
+        help="a compare job: this candidate's weights instead of the chosen one's",
+    )
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_download)
 
@@ -378,6 +384,8 @@ def _watch(client: Any, job_id: str) -> int:
             p = job.get("progress") or {}
             stage = p.get("stage") or job["status"]
             epoch = f" epoch {p['epoch']}/{p['epochs']}" if p.get("epochs") else ""
+            if p.get("candidates"):
+                epoch = f" candidate {p['candidate']}/{p['candidates']}{epoch}"
             bar.set_description(f"{job['status']}: {stage}{epoch}")
             bar.n = round(100 * float(p.get("fraction") or 0.0), 1)
             eta = p.get("eta_s")
@@ -387,6 +395,8 @@ def _watch(client: Any, job_id: str) -> int:
     if job["status"] != "succeeded":
         raise CartlError(f"job {job_id} {job['status']}: {job.get('error') or 'no error recorded'}")
     metrics = job.get("metrics") or {}
+    if isinstance(metrics.get("chosen"), dict):
+        print(f"chosen: {metrics['chosen'].get('reason', metrics['chosen'].get('name'))}")
     if "robust_accuracy" in metrics:
         print(
             f"clean accuracy {metrics['clean_accuracy']:.4f}, "
@@ -432,6 +442,9 @@ def _label(job: dict[str, Any]) -> str:
         return f"transfer {p.get('method')} k={p.get('k')}"
     if job["kind"] == "pretrain":
         return f"pretrain {p.get('arch')} lambda={p.get('fdm_lambda')}"
+    if job["kind"] == "compare":
+        chosen = (job.get("metrics") or {}).get("chosen") or {}
+        return f"compare: {chosen.get('name', 'no choice yet')}"
     return "audit"
 
 
@@ -444,7 +457,7 @@ def _cmd_jobs_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs_download(args: argparse.Namespace) -> int:
-    size = _client(args).download(args.id, args.out)
+    size = _client(args).download(args.id, args.out, candidate=args.candidate)
     print(f"wrote {args.out} ({size} bytes)", file=sys.stderr)
     return 0
 

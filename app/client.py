@@ -113,11 +113,13 @@ class Client:
             yield self.job(job_id)
             time.sleep(interval)
 
-    def download(self, job_id: str, out: Path) -> int:
-        """Stream the job's weights to ``out`` (atomically); returns the byte count."""
+    def download(self, job_id: str, out: Path, candidate: str | None = None) -> int:
+        """Stream the job's weights (a compare's ``candidate``'s if given) to ``out``
+        (atomically); returns the byte count."""
         tmp = out.with_name(out.name + ".part")
+        query = {} if candidate is None else {"candidate": candidate}
         try:
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/weights") as response:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/weights", params=query) as response:
                 if response.is_error:
                     response.read()
                     raise ClientError(_problem(response))

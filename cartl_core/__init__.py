@@ -8,11 +8,13 @@ PGD audit of the result. Pure PyTorch; the CLI is ``cartl``.
 from cartl_core.attacks import fgsm, pgd, robust_mask
 from cartl_core.audit import AuditReport, audit
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
+from cartl_core.compare import CompareResult, compare
 from cartl_core.config import (
     BN_PRESETS,
     AttackConfig,
     AuditConfig,
     BNPolicy,
+    CompareConfig,
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
@@ -46,6 +48,8 @@ __all__ = [
     "CancelledError",
     "CartlError",
     "CheckpointError",
+    "CompareConfig",
+    "CompareResult",
     "ConfigError",
     "DataError",
     "Dataset",
@@ -62,6 +66,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "__version__",
     "audit",
+    "compare",
     "create_model",
     "fgsm",
     "list_models",

@@ -1,4 +1,4 @@
-"""Device-level choices made once: channels_last everywhere, bf16 autocast on CUDA, fp32 elsewhere."""
+"""Device-level choices made once: channels_last everywhere, bf16 autocast on CUDA."""
 
 from __future__ import annotations
 

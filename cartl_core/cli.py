@@ -1,4 +1,4 @@
-"""The ``cartl`` command line: pretrain, transfer, audit, inspect, models.
+"""The ``cartl`` command line: pretrain, transfer, audit, compare, demo, inspect, models.
 
 Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. Eps and
 step sizes accept fractions (``8/255``). Every default comes from :mod:`cartl_core.config`.
@@ -19,9 +19,13 @@ from typing import Any, TypeVar
 from cartl_core.config import (
     ATTACK_NAMES,
     BN_PRESETS,
+    COMPARE_BN_PRESETS,
+    COMPARE_K_OFFSETS,
+    COMPARE_NORM_BETAS,
     TRANSFER_METHODS,
     AttackConfig,
     AuditConfig,
+    CompareConfig,
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
@@ -29,7 +33,7 @@ from cartl_core.config import (
     TransferConfig,
 )
 from cartl_core.errors import CartlError
-from cartl_core.jobs import AuditParams, PretrainParams, TransferParams
+from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
 from cartl_core.reproduction import DigitsSettings
 
 __all__ = ["add_commands", "build_parser", "main", "run"]
@@ -40,7 +44,8 @@ _FDM = FDMConfig()
 _TRANSFER = TransferConfig()
 _AUDIT = AuditConfig()
 _TRACE = TraceConfig()
-P = TypeVar("P", PretrainParams, TransferParams, AuditParams)
+_COMPARE = CompareConfig()
+P = TypeVar("P", PretrainParams, TransferParams, AuditParams, CompareParams)
 
 
 def fraction(text: str) -> float:
@@ -58,6 +63,33 @@ def fraction(text: str) -> float:
 
 def fraction_list(text: str) -> tuple[float, ...]:
     return tuple(fraction(part) for part in text.split(",") if part.strip())
+
+
+def _choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of some of ``choices``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(part.strip() for part in text.split(",") if part.strip())
+        bad = [i for i in items if i not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a comma-separated list of {', '.join(choices)}"
+            )
+        return items
+
+    return parse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        items = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one integer")
+    return items
 
 
 def _fmt(value: float) -> str:
@@ -91,7 +123,18 @@ def _report_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _schedule_args(p: argparse.ArgumentParser, epochs_default: int | None = None) -> None:
+def _resize_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help=f"resize the images to the {what}'s input size (bilinear, antialiased) [default: "
+        "off; images of another size are an error]",
+    )
+
+
+def _schedule_args(
+    p: argparse.ArgumentParser, epochs_default: int | None = None, trace: bool = True
+) -> None:
     g = p.add_argument_group("schedule (SGD, one warm-up epoch, x0.2 at 40%%/70%%/90%% of epochs)")
     g.add_argument(
         "--epochs",
@@ -116,11 +159,14 @@ def _schedule_args(p: argparse.ArgumentParser, epochs_default: int | None = None
     )
     g.add_argument(
         "--augment",
-        choices=("paper", "crop-flip", "none"),
-        default="paper",
-        help="training augmentation: paper = crop 4 + flip + rotate 15 deg (CIFAR), "
-        "crop-flip, or none (SVHN, digits) [default: paper]",
+        choices=("auto", "paper", "crop-flip", "none"),
+        default="auto",
+        help="training augmentation: auto = paper on 3-channel images of 32 px and up, else a "
+        "crop of size/8 px only; paper = crop 4 + flip + rotate 15 deg (CIFAR); crop-flip; "
+        "none (SVHN) [default: auto]",
     )
+    if not trace:
+        return
     t = p.add_argument_group(
         "robust trace (early-exit PGD on a fixed test subset after every epoch; monitoring only)"
     )
@@ -238,8 +284,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--alpha",
         type=fraction,
-        default=_ATTACK.alpha,
-        help=f"training attack step [default: {_fmt(_ATTACK.alpha)}]",
+        default=None,
+        help="training attack step [default: eps/4, the paper's 2/255 at 8/255]",
     )
     p.add_argument(
         "--steps",
@@ -321,6 +367,7 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="class count of a plain-weights source [default: from its last layer]",
     )
+    _resize_arg(p, "source")
     _schedule_args(p)
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
@@ -373,10 +420,13 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="audit only the first N test samples")
     p.add_argument("--arch", default=None, help="architecture, for plain weights")
+    _resize_arg(p, "model")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _common(p)
     _report_arg(p)
     p.set_defaults(func=_cmd_audit)
+
+    _compare_command(sub)
 
     p = sub.add_parser(
         "demo",
@@ -610,6 +660,203 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.report is not None:
         facts = {"checkpoint": args.checkpoint, "dataset": args.data}
         _write_report(args.report, outcome, f"cartl audit: {args.checkpoint.name}", facts)
+    return 0
+
+
+def _compare_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train transfer candidates and choose the most robust on validation data",
+        description="Fine-tune the source on the target with every candidate setting (methods x "
+        "k x beta x BN preset, within --max-candidates), audit each with the fast ensemble on a "
+        "validation split held out from the target's training data, and choose the most robust "
+        "one whose validation clean accuracy is within --max-clean-drop of the best. Every "
+        "candidate is also audited on the test split (for the table only; never for choosing). "
+        "Writes DIR/NAME.safetensors per candidate and DIR/chosen.safetensors; a rerun with "
+        "the same options reuses the candidates already in DIR.",
+    )
+    p.add_argument("--source", required=True, type=Path, help="source checkpoint")
+    p.add_argument("--data", required=True, type=Path, help="target dataset")
+    p.add_argument(
+        "--eps",
+        required=True,
+        type=fraction,
+        help="attack radius candidates are audited and chosen at (e.g. 8/255)",
+    )
+    p.add_argument(
+        "--norm", choices=("linf", "l2"), default=_COMPARE.norm, help="threat model [default: linf]"
+    )
+    g = p.add_argument_group("candidates")
+    g.add_argument(
+        "--methods",
+        type=_choice_list(TRANSFER_METHODS),
+        default=_COMPARE.methods,
+        metavar="LIST",
+        help=f"transfer methods, comma-separated [default: {','.join(_COMPARE.methods)}]",
+    )
+    offsets = ", ".join(f"{o:+d}" for o in COMPARE_K_OFFSETS)
+    g.add_argument(
+        "--k",
+        type=int_list,
+        default=None,
+        metavar="LIST",
+        help=f"k values, comma-separated [default: the k the source was pre-trained for "
+        f"(from its header, else {_TRANSFER.k}) {offsets}, within the model's blocks]",
+    )
+    betas = "; ".join(f"{m} {','.join(map(str, b))}" for m, b in COMPARE_NORM_BETAS.items())
+    g.add_argument(
+        "--norm-beta",
+        type=fraction_list,
+        default=None,
+        metavar="LIST",
+        help=f"spectral-norm targets tried with neft and cartl [default: {betas}]",
+    )
+    presets = "; ".join(f"{m} {','.join(b)}" for m, b in COMPARE_BN_PRESETS.items())
+    g.add_argument(
+        "--bn",
+        type=_choice_list(tuple(BN_PRESETS)),
+        default=None,
+        metavar="LIST",
+        help=f"BatchNorm presets tried with every method [default: {presets}]",
+    )
+    g.add_argument(
+        "--max-candidates",
+        type=int,
+        default=_COMPARE.max_candidates,
+        help="train at most this many, keeping the first by k, then beta, then BN preset, then "
+        f"method, each in its list's order [default: {_COMPARE.max_candidates}]",
+    )
+    g.add_argument(
+        "--max-clean-drop",
+        type=float,
+        default=_COMPARE.max_clean_drop,
+        help="the chosen one's validation clean accuracy is at most this below the best "
+        f"candidate's [default: {_COMPARE.max_clean_drop}]",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=_COMPARE.val_fraction,
+        help="share of each class's training images held out for validation "
+        f"[default: {_COMPARE.val_fraction}]",
+    )
+    g.add_argument(
+        "--lwf-lambda",
+        type=float,
+        default=LwFConfig().lwf_lambda,
+        help=f"lwf feature-distance weight [default: {LwFConfig().lwf_lambda}]",
+    )
+    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
+    p.add_argument(
+        "--source-classes",
+        type=int,
+        default=None,
+        help="class count of a plain-weights source [default: from its last layer]",
+    )
+    _resize_arg(p, "source")
+    _schedule_args(p, trace=False)
+    p.add_argument(
+        "--out-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder for every candidate's weights and chosen.safetensors",
+    )
+    p.add_argument(
+        "--audit-attacks",
+        default=_AUDIT.attacks,
+        metavar="ENSEMBLE",
+        help="the chosen model's full audit at --eps: standard, fast, paper or a list "
+        f"[default: {_AUDIT.attacks}]",
+    )
+    p.add_argument("--no-audit", action="store_true", help="skip the chosen model's full audit")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _common(p)
+    _report_arg(p)
+    p.set_defaults(func=_cmd_compare)
+
+
+class _CompareBar:
+    """One tqdm bar over the candidates, its postfix saying what the current one is doing."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if event.stage == "estimate":
+            print(f"estimate: {event.estimate.text()}", file=sys.stderr)
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=event.candidates, unit="candidate", file=sys.stderr, desc="compare"
+            )
+        self.bar.n = event.candidate + (event.stage == "candidate-done")
+        doing = event.stage
+        if event.training is not None:
+            doing = f"epoch {event.training.epoch + 1}/{event.training.epochs}"
+        elif event.attack is not None:
+            doing = f"{event.stage} {event.attack}"
+        self.bar.set_postfix_str(f"{event.name}: {doing}", refresh=True)
+        if event.stage == "candidate-done" and event.candidate + 1 == event.candidates:
+            self.close()  # the chosen model's audit shows its own bars
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cartl_core.audit import AuditReport
+    from cartl_core.compare import candidate_table
+    from cartl_core.jobs import run_job
+
+    params = _params(CompareParams, args)
+    bar = _CompareBar(args.quiet or args.json)
+    audit_bars = _Bars(args.quiet or args.json)
+    try:
+        outcome = run_job(
+            "compare",
+            params,
+            dataset_path=args.data,
+            checkpoint_path=args.source,
+            out_path=args.out_dir / "chosen.safetensors",
+            device=args.device,
+            on_progress=bar,
+            on_audit_progress=audit_bars.audit,
+            candidates_dir=args.out_dir,
+        )
+    finally:
+        bar.close()
+        audit_bars.close()
+    m = outcome.metrics
+    if args.json:
+        keys = ("chosen", "candidates", "estimate", "selection", "dropped")
+        print(json.dumps({**{k: m[k] for k in keys}, "audit": outcome.audit}, indent=2))
+    else:
+        print(candidate_table(m["candidates"], m["chosen"]["name"]))
+        print(f"chosen: {m['chosen']['reason']}")
+        if outcome.audit is not None:
+            print(f"\nfull audit of {m['chosen']['name']} on the test split:")
+            print(AuditReport.from_dict(outcome.audit).table())
+    for warning in m.get("warnings", []):
+        print(_warning_line(warning), file=sys.stderr)
+    print(
+        f"saved {args.out_dir / 'chosen.safetensors'} and the candidates beside it", file=sys.stderr
+    )
+    if args.plot is not None:
+        from cartl_core.plots import plot_comparison
+
+        rows = [(c["name"].replace("-", "\n", 1), c["test_clean"], c["test_robust"])
+                for c in m["candidates"]]  # fmt: skip
+        plot_comparison(rows, args.plot, robust_label=f"robust ({m['selection']['ensemble']})")
+    if args.report is not None:
+        facts = {"dataset": args.data, "source": args.source, "weights": args.out_dir}
+        _write_report(args.report, outcome, f"cartl compare: {args.out_dir}", facts)
     return 0
 
 

@@ -16,11 +16,16 @@ from cartl_core.errors import ConfigError
 __all__ = [
     "ATTACK_NAMES",
     "BN_PRESETS",
+    "COMPARE_BN_PRESETS",
+    "COMPARE_K_OFFSETS",
+    "COMPARE_METHODS",
+    "COMPARE_NORM_BETAS",
     "ENSEMBLES",
     "TRANSFER_METHODS",
     "AttackConfig",
     "AuditConfig",
     "BNPolicy",
+    "CompareConfig",
     "FDMConfig",
     "LwFConfig",
     "ScheduleConfig",
@@ -36,6 +41,7 @@ TransferMethod = Literal["standard", "neft", "cartl", "lwf"]
 SpectralMode = Literal["exact", "at-most"]
 SpectralEstimate = Literal["matrix", "conv"]
 StatsSource = Literal["source", "target"]
+LwFTune = Literal["all", "last-k"]
 
 TRANSFER_METHODS: tuple[str, ...] = ("standard", "neft", "cartl", "lwf")
 
@@ -71,10 +77,14 @@ def _non_negative(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class AttackConfig(_Config):
-    """PGD settings. Defaults: the paper's training attack (PGD-7, Linf 8/255, step 2/255)."""
+    """PGD settings. Defaults: the paper's training attack (PGD-7, Linf 8/255, step 2/255).
+
+    ``alpha`` None is eps/4, which is the paper's 2/255 at its 8/255 and keeps 7 steps able to
+    cross the ball at any other eps (a fixed 2/255 at eps 0.2 covers a quarter of it).
+    """
 
     eps: float = 8 / 255
-    alpha: float = 2 / 255
+    alpha: float | None = None
     steps: int = 7
     norm: Norm = "linf"
     random_start: bool = True
@@ -83,7 +93,8 @@ class AttackConfig(_Config):
 
     def __post_init__(self) -> None:
         _positive("eps", self.eps)
-        _positive("alpha", self.alpha)
+        if self.alpha is not None:
+            _positive("alpha", self.alpha)
         _non_negative("steps", self.steps)
         if self.restarts < 1:
             raise ConfigError(f"restarts must be >= 1; got {self.restarts}", field="restarts")
@@ -96,6 +107,14 @@ class AttackConfig(_Config):
                 f"Linf eps {self.eps} exceeds the [0, 1] pixel range; did you mean {self.eps}/255?",
                 field="eps",
             )
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else self.eps / 4
+
+    def to_dict(self) -> dict[str, Any]:
+        # Checkpoint headers record the step that was used, not "default".
+        return {**super().to_dict(), "alpha": self.step_size}
 
 
 @dataclass(frozen=True)
@@ -226,7 +245,7 @@ class FDMConfig(_Config):
     reduction: FDMReduction = "sum"
     attack: AttackConfig = field(default_factory=AttackConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    augmentation: str = "paper"
+    augmentation: str = "auto"
     trace: TraceConfig = field(default_factory=TraceConfig)
 
     def __post_init__(self) -> None:
@@ -280,14 +299,27 @@ DEFAULT_NORM_BETA: dict[str, float] = {"neft": 0.6, "cartl": 0.4}
 
 @dataclass(frozen=True)
 class LwFConfig(_Config):
-    """Shafahi et al.'s LwF-style robust transfer baseline, with its published schedule."""
+    """Shafahi et al.'s LwF-style robust transfer baseline, with its published schedule.
+
+    The feature targets are recorded once, from one augmented pass over the training images
+    (seeded by the run's seed), and training runs on exactly those images, as in the release.
+    After ``head_only_epochs`` epochs that train only the classifier, ``tune="all"`` (the
+    release) trains the whole model, stem included, with every BatchNorm in train mode (the BN
+    preset then applies to the head-only epochs only); ``"last-k"`` tunes only the last k blocks
+    under the BN preset, as the other methods do, for comparisons at equal k.
+    """
 
     lwf_lambda: float = 0.01
     head_only_epochs: int = 25
+    tune: LwFTune = "all"
 
     def __post_init__(self) -> None:
         _non_negative("lwf_lambda", self.lwf_lambda)
         _non_negative("head_only_epochs", self.head_only_epochs)
+        if self.tune not in ("all", "last-k"):
+            raise ConfigError(
+                f"tune must be 'all' or 'last-k'; got {self.tune!r}", field="lwf_tune"
+            )
 
 
 LWF_SCHEDULE = ScheduleConfig(
@@ -323,7 +355,7 @@ class TransferConfig(_Config):
     bn: str | None = None
     schedule: ScheduleConfig | None = None
     lwf: LwFConfig = field(default_factory=LwFConfig)
-    augmentation: str = "paper"
+    augmentation: str = "auto"
     trace: TraceConfig = field(default_factory=TraceConfig)
 
     def __post_init__(self) -> None:
@@ -462,3 +494,135 @@ class AuditConfig(_Config):
     def alpha_for(self, eps: float) -> float:
         """The paper's step is eps/4 (2/255 for 8/255) unless one is given."""
         return self.alpha if self.alpha is not None else eps / 4
+
+
+#: What ``compare`` tries when the caller does not say; the one place to change them. Methods in
+#: the order they are tried and listed.
+COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl")
+#: Default k values, as offsets from the centre k (the k the source was pre-trained for, from its
+#: checkpoint header, else ``TransferConfig().k``), most preferred first.
+COMPARE_K_OFFSETS: tuple[int, ...] = (0, -1, 1)
+#: Default spectral-norm targets per method (the methods without spectral norm get none).
+COMPARE_NORM_BETAS: dict[str, tuple[float, ...]] = {
+    m: (beta,) for m, beta in DEFAULT_NORM_BETA.items()
+}
+#: Default BN presets per method.
+COMPARE_BN_PRESETS: dict[str, tuple[str, ...]] = {
+    m: (preset,) for m, preset in DEFAULT_BN_PRESET.items()
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig(_Config):
+    """Candidates for ``compare``: transfers over methods x k x beta x BN preset, one of them chosen
+    on a validation split held out from the target's training data.
+
+    ``eps``/``norm``: the threat model every candidate is audited in (the ``fast`` ensemble).
+    ``ks``, ``norm_betas``, ``bn_presets`` left as None take the defaults above: k around the
+    source's pre-training k (see :func:`cartl_core.compare.compare`), each method's own beta and
+    BN preset. Given lists apply to every method they fit (betas only to neft and cartl); their
+    order is their priority. ``max_candidates`` keeps the first candidates in priority order
+    (position of k in ``ks``, then of beta, then of the BN preset, then the method's in
+    ``methods``); the rest are not trained. ``max_clean_drop``: the chosen candidate's validation
+    clean accuracy is at most this far below the best candidate's. ``val_fraction`` of each
+    class's training images (at least one, and at least one left to train on) form the
+    validation split, drawn with the run's seed.
+
+    The schedule options (``epochs``, ``batch_size``, ``lr``, ``weight_decay``) override each
+    method's default schedule (the release's; LwF's published one for lwf), so a candidate is
+    trained exactly as ``transfer`` with the same options would train it.
+    """
+
+    eps: float = 8 / 255
+    norm: Norm = "linf"
+    methods: tuple[str, ...] = COMPARE_METHODS
+    ks: tuple[int, ...] | None = None
+    norm_betas: tuple[float, ...] | None = None
+    bn_presets: tuple[str, ...] | None = None
+    max_candidates: int = 12
+    max_clean_drop: float = 0.05
+    val_fraction: float = 0.2
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    augmentation: str = "auto"
+    lwf: LwFConfig = field(default_factory=LwFConfig)
+
+    def __post_init__(self) -> None:
+        _positive("eps", self.eps)
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"norm must be 'linf' or 'l2'; got {self.norm!r}", field="norm")
+        if self.norm == "linf" and self.eps > 1:
+            raise ConfigError(
+                f"Linf eps {self.eps} exceeds the [0, 1] pixel range; did you mean {self.eps}/255?",
+                field="eps",
+            )
+        _listed("methods", self.methods, TRANSFER_METHODS)
+        if self.ks is not None:
+            _unique("ks", self.ks)
+            if any(k < 1 for k in self.ks):
+                raise ConfigError(f"every k must be >= 1; got {list(self.ks)}", field="ks")
+        if self.norm_betas is not None:
+            _unique("norm_betas", self.norm_betas)
+            for beta in self.norm_betas:
+                _positive("norm_betas", beta)
+        if self.bn_presets is not None:
+            _listed("bn_presets", self.bn_presets, tuple(BN_PRESETS))
+        if self.max_candidates < 1:
+            raise ConfigError(
+                f"max_candidates must be >= 1; got {self.max_candidates}", field="max_candidates"
+            )
+        if not 0 <= self.max_clean_drop <= 1:
+            raise ConfigError(
+                f"max_clean_drop is an accuracy difference in [0, 1]; got {self.max_clean_drop}",
+                field="max_clean_drop",
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"val_fraction must lie strictly between 0 and 1; got {self.val_fraction}",
+                field="val_fraction",
+            )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1; got {value}", field=name)
+        if self.lr is not None:
+            _positive("lr", self.lr)
+        if self.weight_decay is not None:
+            _non_negative("weight_decay", self.weight_decay)
+
+    def schedule_for(self, method: str) -> ScheduleConfig:
+        """The method's default schedule with this comparison's overrides."""
+        base = TransferConfig(method=method).resolved_schedule()  # type: ignore[arg-type]
+        changes = {
+            name: getattr(self, name)
+            for name in ("epochs", "batch_size", "lr", "weight_decay")
+            if getattr(self, name) is not None
+        }
+        return base.with_(**changes)
+
+    def betas_for(self, method: str) -> tuple[float | None, ...]:
+        """The spectral-norm targets tried with ``method`` (None: it uses no spectral norm)."""
+        if method not in COMPARE_NORM_BETAS:
+            return (None,)
+        return self.norm_betas if self.norm_betas is not None else COMPARE_NORM_BETAS[method]
+
+    def bn_presets_for(self, method: str) -> tuple[str, ...]:
+        return self.bn_presets if self.bn_presets is not None else COMPARE_BN_PRESETS[method]
+
+
+def _unique(name: str, values: tuple[Any, ...]) -> None:
+    if not values:
+        raise ConfigError(f"{name} must list at least one value", field=name)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name} lists a value twice: {list(values)}", field=name)
+
+
+def _listed(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    _unique(name, values)
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(
+            f"unknown {name} value {bad[0]!r}; choose from {', '.join(allowed)}", field=name
+        )

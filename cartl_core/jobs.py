@@ -1,4 +1,5 @@
-"""Whole jobs (pre-training, transfer, audit) from flat parameters named like the CLI options.
+"""Whole jobs (pre-training, transfer, audit, compare) from flat parameters named like the CLI
+options.
 
 This is the one place that turns ``--fdm-lambda 0.005``-style settings into the config
 dataclasses, so the ``cartl`` CLI, the REST API's ``params`` and the worker share names, defaults
@@ -17,24 +18,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, ParamSpec
+from typing import Any, Literal, ParamSpec, cast
 
 import torch
 
 from cartl_core.config import (
     AttackConfig,
     AuditConfig,
+    CompareConfig,
     FDMConfig,
     LwFConfig,
     ScheduleConfig,
     TraceConfig,
     TransferConfig,
+    TransferMethod,
 )
 from cartl_core.errors import CartlError, ConfigError
 
 __all__ = [
     "FRACTION_FIELDS",
     "AuditParams",
+    "CompareParams",
     "JobOutcome",
     "PretrainParams",
     "TransferParams",
@@ -46,7 +50,8 @@ __all__ = [
 
 _A, _S, _F, _T, _AU = AttackConfig(), ScheduleConfig(), FDMConfig(), TransferConfig(), AuditConfig()
 _TR = TraceConfig()
-Augment = Literal["paper", "crop-flip", "none"]
+_C = CompareConfig()
+Augment = Literal["auto", "paper", "crop-flip", "none"]
 Norm = Literal["linf", "l2"]
 
 #: Fields that accept a fraction written as text, such as ``"8/255"``.
@@ -61,7 +66,7 @@ class _Schedule:
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    augment: Augment = "paper"
+    augment: Augment = "auto"
     seed: int = 0
 
     def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
@@ -116,7 +121,7 @@ class PretrainParams(_Schedule, _Trace, _FinalAudit):
     fdm_lambda: float = _F.fdm_lambda
     fdm_reduction: Literal["sum", "mean"] = _F.reduction
     eps: float = _A.eps
-    alpha: float = _A.alpha
+    alpha: float | None = _A.alpha
     steps: int = _A.steps
 
     def config(self) -> FDMConfig:
@@ -145,6 +150,7 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
     lwf_lambda: float = LwFConfig().lwf_lambda
     arch: str | None = None
     source_classes: int | None = None
+    resize: bool = False
 
     def config(self) -> TransferConfig:
         base = TransferConfig(method=self.method).resolved_schedule()
@@ -184,6 +190,7 @@ class AuditParams:
     limit: int | None = None
     seed: int = 0
     arch: str | None = None
+    resize: bool = False
 
     def config(self) -> AuditConfig:
         return AuditConfig(
@@ -202,11 +209,86 @@ class AuditParams:
         )
 
 
-Params = PretrainParams | TransferParams | AuditParams
+#: CompareConfig's names for the options the CLI and these params name like ``transfer``'s.
+_COMPARE_NAMES = {
+    "ks": "k",
+    "norm_betas": "norm_beta",
+    "bn_presets": "bn",
+    "augmentation": "augment",
+}
+
+
+@dataclass(frozen=True)
+class CompareParams(_Schedule):
+    """``cartl compare``: transfer candidates over methods x k x beta x BN preset, one chosen on
+    a validation split of the target's training data (see :mod:`cartl_core.compare`).
+
+    ``eps`` (required) and ``norm``: the threat model candidates are audited and chosen in.
+    ``k``, ``norm_beta`` and ``bn`` are lists; left out, k lies around the k the source was
+    pre-trained for and each method gets its own beta and BN preset. The schedule options
+    override each method's default schedule. The chosen model then gets a full audit at ``eps``
+    with ``audit_attacks`` (``no_audit`` skips it).
+    """
+
+    eps: float | None = None
+    norm: Norm = _C.norm
+    methods: tuple[TransferMethod, ...] = cast("tuple[TransferMethod, ...]", _C.methods)
+    k: tuple[int, ...] | None = None
+    norm_beta: tuple[float, ...] | None = None
+    bn: tuple[str, ...] | None = None
+    max_candidates: int = _C.max_candidates
+    max_clean_drop: float = _C.max_clean_drop
+    val_fraction: float = _C.val_fraction
+    lwf_lambda: float = LwFConfig().lwf_lambda
+    audit_attacks: str = _AU.attacks
+    no_audit: bool = False
+    arch: str | None = None
+    source_classes: int | None = None
+    resize: bool = False
+
+    def config(self) -> CompareConfig:
+        if self.eps is None:
+            raise ConfigError(
+                "a compare needs eps, the attack radius candidates are chosen at", field="eps"
+            )
+        try:
+            return CompareConfig(
+                eps=self.eps,
+                norm=self.norm,
+                methods=tuple(self.methods),
+                ks=self.k,
+                norm_betas=self.norm_beta,
+                bn_presets=self.bn,
+                max_candidates=self.max_candidates,
+                max_clean_drop=self.max_clean_drop,
+                val_fraction=self.val_fraction,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                augmentation=self.augment,
+                lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
+            )
+        except ConfigError as exc:
+            if exc.field in _COMPARE_NAMES:
+                raise ConfigError(str(exc), field=_COMPARE_NAMES[exc.field]) from None
+            raise
+
+    def audit_config(self) -> AuditConfig:
+        """The chosen model's full audit, in the comparison's threat model."""
+        config = self.config()
+        try:
+            return AuditConfig(eps=(config.eps,), norm=config.norm, attacks=self.audit_attacks)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field="audit_attacks") from None
+
+
+Params = PretrainParams | TransferParams | AuditParams | CompareParams
 _CLASSES: dict[str, type[Params]] = {
     "pretrain": PretrainParams,
     "transfer": TransferParams,
     "audit": AuditParams,
+    "compare": CompareParams,
 }
 
 
@@ -238,11 +320,14 @@ def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
     for f in dataclasses.fields(cls):
         if str(f.type).startswith("tuple") and f.name in values:
             v = values[f.name]
-            values[f.name] = v if isinstance(v, tuple) else (v,)
+            if isinstance(v, list):
+                values[f.name] = tuple(v)
+            elif not (isinstance(v, tuple) or v is None):
+                values[f.name] = (v,)
     params = cls(**values)
     # The final audit first: a transfer's robust trace takes its radius from the audit's, so a
     # bad audit_eps is reported as itself, not as the trace's.
-    if isinstance(params, PretrainParams | TransferParams) and not params.no_audit:
+    if isinstance(params, PretrainParams | TransferParams | CompareParams) and not params.no_audit:
         params.audit_config()
     params.config()  # raises ConfigError naming the field
     return params
@@ -322,7 +407,7 @@ def _add_provenance(
         attack_settings=(outcome.audit or {}).get("config"),
     )
     outcome.metrics["provenance"] = outcome.provenance
-    if isinstance(params, TransferParams) and checkpoint is not None:
+    if isinstance(params, TransferParams | CompareParams) and checkpoint is not None:
         outcome.source = source_summary(read_description(checkpoint))
         if outcome.source is not None:
             outcome.metrics["source"] = outcome.source
@@ -342,21 +427,25 @@ def run_job(
     on_audit_progress: AuditProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[Any, Any], None] | None = None,
+    candidates_dir: Path | None = None,
 ) -> JobOutcome:
     """Run one job end to end; training jobs write a self-describing checkpoint to ``out_path``.
 
-    The ``cartl`` CLI and the service's worker both run jobs through here.
+    The ``cartl`` CLI and the service's worker both run jobs through here. A compare writes the
+    chosen model to ``out_path`` and every candidate to ``candidates_dir`` (default: beside
+    ``out_path``); its ``on_progress`` gets :class:`cartl_core.compare.CompareEvent` objects.
     """
     from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
     from cartl_core._runtime import prepare_model, resolve_device
 
-    data = load_dataset(dataset_path)
-    c, h, _ = data.input_shape
+    data = load_dataset(dataset_path, resize=_resize_to(params, checkpoint_path))
+    c, h, w = data.input_shape
     if isinstance(params, AuditParams):
         if checkpoint_path is None:
             raise ConfigError("an audit needs a checkpoint", field="checkpoint_id")
         model = load_model(checkpoint_path, arch=params.arch, in_channels=c, input_size=h)
         model.check_input(c)
+        model.check_input_size(h, w)
         prepare_model(model, resolve_device(device))
         split = data.test
         if params.limit is not None:
@@ -376,6 +465,18 @@ def run_job(
         )
     if out_path is None:
         raise ConfigError(f"a {kind} job needs an output path for its weights", field="out")
+    if isinstance(params, CompareParams):
+        return _run_compare(
+            params,
+            data,
+            checkpoint_path,
+            out_path,
+            candidates_dir or out_path.parent,
+            device=device,
+            on_progress=on_progress,
+            on_audit_progress=on_audit_progress,
+            should_stop=should_stop,
+        )
     kw: dict[str, Any] = {
         "device": device,
         "seed": params.seed,
@@ -435,6 +536,102 @@ def run_job(
     return outcome
 
 
+def _run_compare(
+    params: CompareParams,
+    data: Any,
+    checkpoint_path: Path | None,
+    out_path: Path,
+    candidates_dir: Path,
+    *,
+    device: str,
+    on_progress: ProgressFn | None,
+    on_audit_progress: AuditProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> JobOutcome:
+    """Candidates to ``candidates_dir``, the chosen one (with its full audit) to ``out_path``."""
+    from cartl_core import audit, load_model, read_description, save_checkpoint
+    from cartl_core._runtime import prepare_model, resolve_device
+    from cartl_core.compare import compare, pretrained_k
+    from cartl_core.provenance import sha256_file
+
+    if checkpoint_path is None:
+        raise ConfigError("a compare needs a source checkpoint", field="checkpoint_id")
+    c, h, _ = data.input_shape
+    source = load_model(
+        checkpoint_path,
+        arch=params.arch,
+        num_classes=params.source_classes,
+        in_channels=c,
+        input_size=h,
+    )
+    result = compare(
+        source,
+        data,
+        params.config(),
+        device=device,
+        seed=params.seed,
+        centre_k=pretrained_k(read_description(checkpoint_path)),
+        out_dir=candidates_dir,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+    table = _jsonable(result.to_dict())
+    table["chosen"]["path"] = str(out_path)
+    chosen = result.chosen
+    outcome = JobOutcome(history=chosen.history)
+    metrics: dict[str, Any] = {"history": chosen.history}
+    if params.no_audit:
+        outcome.metrics = {
+            "clean_accuracy": chosen.test_clean,
+            "robust_accuracy": chosen.test_robust,
+            "ensemble": table["selection"]["ensemble"],
+            "eps": table["selection"]["eps"],
+            "norm": table["selection"]["norm"],
+            "warnings": [],
+        }
+        metrics.update(clean_accuracy=chosen.test_clean, robust_accuracy=chosen.test_robust)
+    else:
+        model = result.model
+        prepare_model(model, resolve_device(device))
+        torch.manual_seed(params.seed)
+        report = audit(
+            model,
+            data.test,
+            params.audit_config(),
+            class_names=data.class_names,
+            on_progress=on_audit_progress,
+        )
+        outcome.audit = _jsonable(report.to_dict())
+        outcome.metrics = _summary(outcome.audit)
+        metrics.update(
+            clean_accuracy=report.clean_accuracy,
+            robust_accuracy=report.robust_accuracy,
+            audit=outcome.audit,
+        )
+    # The candidate table and the choice, beside the chosen model's own numbers.
+    outcome.metrics.update(
+        chosen=table["chosen"],
+        candidates=table["candidates"],
+        estimate=table["estimate"],
+        selection=table["selection"],
+        dropped=table["dropped"],
+    )
+    summary = {k: table[k] for k in ("candidates", "selection")}
+    # A file cannot name its own hash; its name and place are the reader's anyway.
+    summary["chosen"] = {k: v for k, v in table["chosen"].items() if k not in ("path", "sha256")}
+    save_checkpoint(
+        result.model,
+        out_path,
+        class_names=data.class_names,
+        training={**chosen.training, "compare_result": summary},
+        metrics=metrics,
+    )
+    # chosen.safetensors holds the full audit the candidate's own file lacks: another file.
+    table["chosen"]["sha256"] = sha256_file(out_path)
+    outcome.weights = out_path
+    return outcome
+
+
 _ATTACK_SUMMARY = (
     "name",
     "role",
@@ -468,6 +665,17 @@ def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
 def _jsonable(obj: Any) -> Any:
     """Round-trip through JSON so tuples become lists and the result is plain data."""
     return json.loads(json.dumps(obj))
+
+
+def _resize_to(params: Params, checkpoint_path: Path | None) -> int | None:
+    """The side to resize the images to: the checkpoint's input size, where the job asks for a
+    resize and the checkpoint records one (plain weights are built at the data's size)."""
+    from cartl_core.checkpoints import read_description
+
+    if not getattr(params, "resize", False) or checkpoint_path is None:
+        return None
+    description = read_description(checkpoint_path)
+    return None if description is None else int(description["model"]["input_size"])
 
 
 def describe_error(exc: BaseException) -> str:

@@ -388,6 +388,107 @@ class _Charts:
         )
 
 
+def _scatter_axis(values: Sequence[float], floor: float | None) -> tuple[float, float]:
+    """A 0..1 axis zoomed to the points (and the floor line), with a margin."""
+    lo, hi = min(values), max(values)
+    if floor is not None:
+        lo, hi = min(lo, floor), max(hi, floor)
+    pad = max(0.02, (hi - lo) * 0.1)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+@dataclass(frozen=True)
+class _Point:
+    label: str
+    group: str
+    x: float
+    y: float
+    marked: bool = False
+
+
+def _scatter(
+    charts: _Charts,
+    title: str,
+    desc: str,
+    points: Sequence[_Point],
+    *,
+    x_label: str,
+    y_label: str,
+    x_floor: float | None = None,
+    width: int = 760,
+    height: int = 340,
+) -> str:
+    """Points on zoomed percent axes, one colour and marker per group; marked points get a ring
+    and their label; ``x_floor`` draws a dashed vertical line (a threshold)."""
+    groups = list(dict.fromkeys(p.group for p in points))
+    x_lo, x_hi = _scatter_axis([p.x for p in points], x_floor)
+    y_lo, y_hi = _scatter_axis([p.y for p in points], None)
+    left, right, top, bottom = 74, 20, 14, 66
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x_lo) / max(1e-9, x_hi - x_lo) * plot_w
+
+    def py(y: float) -> float:
+        return top + (1 - (y - y_lo) / max(1e-9, y_hi - y_lo)) * plot_h
+
+    _, out = charts._open(width, height, title, desc)
+    parts = [out]
+    for t in _nice_ticks(y_lo, y_hi):
+        parts.append(
+            f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" '
+            f'stroke="#ddd"/><text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">'
+            f"{_tick_text(t, True)}</text>"
+        )
+    for t in _nice_ticks(x_lo, x_hi, 6):
+        parts.append(
+            f'<line x1="{px(t):.1f}" y1="{top + plot_h}" x2="{px(t):.1f}" '
+            f'y2="{top + plot_h + 4}" stroke="#333"/><text x="{px(t):.1f}" '
+            f'y="{top + plot_h + 17}" text-anchor="middle">{_tick_text(t, True)}</text>'
+        )
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+        f'stroke="#333"/><text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 34}" '
+        f'text-anchor="middle">{_e(x_label)}</text><text transform="translate(14 '
+        f'{top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
+    )
+    if x_floor is not None:
+        parts.append(
+            f'<line x1="{px(x_floor):.1f}" y1="{top}" x2="{px(x_floor):.1f}" '
+            f'y2="{top + plot_h}" stroke="#555" stroke-dasharray="5 4"/>'
+        )
+    # Marked points last, so no other point hides them.
+    for p in sorted(points, key=lambda p: p.marked):
+        i = groups.index(p.group)
+        colour, marker = _COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]
+        x, y = px(p.x), py(p.y)
+        ring = ""
+        if p.marked:
+            # The label reads towards the middle of the plot, so it stays inside.
+            right_half = x > left + plot_w / 2
+            tx, anchor = (x - 13, "end") if right_half else (x + 13, "start")
+            ring = (
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="10" fill="none" stroke="#000" '
+                f'stroke-width="2"/><text x="{tx:.1f}" y="{max(y - 8, top + 12):.1f}" '
+                f'text-anchor="{anchor}" font-weight="bold">{_e(_short(p.label, 40))}</text>'
+            )
+        parts.append(
+            f"<g><title>{_e(p.label)}: clean {_pct(p.x)}, robust {_pct(p.y)}"
+            f"{' (chosen)' if p.marked else ''}</title>"
+            f"{_marker(marker, x, y, colour)}{ring}</g>"
+        )
+    for i, group in enumerate(groups):
+        colour, marker = _COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]
+        x = left + i * 130
+        y = top + plot_h + 54
+        parts.append(
+            f"{_marker(marker, x + 6, y - 4, colour)}"
+            f'<text x="{x + 16}" y="{y}">{_e(_short(group, 16))}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 @dataclass
 class _Line:
     label: str
@@ -831,6 +932,91 @@ def _retained(src: _Threat, tgt: _Threat, robust: list[float | None]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- compare
+
+
+def _mapping(value: Any) -> Record:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _compare_section(compare: Record, charts: _Charts) -> str:
+    rows = _records(compare.get("candidates"))
+    chosen = _mapping(compare.get("chosen"))
+    name = chosen.get("name")
+    selection = _mapping(compare.get("selection"))
+    best, drop = _num(selection.get("best_val_clean")), _num(selection.get("max_clean_drop"))
+    floor = best - drop if best is not None and drop is not None else None
+    threat = _Threat(selection.get("norm"), _num(selection.get("eps")))
+    ensemble = selection.get("ensemble") or "fast"
+    out = [
+        f"<p>Every candidate was trained on the target's training data less a held-out "
+        f"validation split ({_e(_plain(selection.get('val_samples')))} images), audited on that "
+        f"split and on the test split with the {_e(ensemble)} ensemble at {_e(threat.text())}. "
+        f"The choice used the validation split only; the test numbers are for this report.</p>"
+    ]
+    if chosen.get("reason"):
+        out.append(f'<p class="lead">Chosen: <strong>{_e(chosen["reason"])}</strong></p>')
+    for split, label in (("val", "validation"), ("test", "test")):
+        points = [
+            _Point(str(r.get("name")), str(r.get("method")), x, y, r.get("name") == name)
+            for r in rows
+            if (x := _num(r.get(f"{split}_clean"))) is not None
+            and (y := _num(r.get(f"{split}_robust"))) is not None
+        ]
+        if not points:
+            continue
+        line = floor if split == "val" else None
+        svg = _scatter(
+            charts,
+            f"Clean against robust accuracy of every candidate ({label} split)",
+            f"One point per candidate; the chosen one, {name}, is ringed and labelled."
+            + (f" The dashed line is the clean-accuracy floor, {_pct(floor)}." if line else ""),
+            points,
+            x_label=f"clean accuracy ({label})",
+            y_label=f"robust accuracy ({label})",
+            x_floor=line,
+        )
+        caption = (
+            f"{label.capitalize()} split: one point per candidate, coloured by method; the "
+            "chosen candidate is ringed."
+        )
+        if line is not None:
+            caption += " Candidates left of the dashed line lose too much clean accuracy."
+        out.append(_figure(svg, _e(caption)))
+    table_rows = [
+        (
+            _e(r.get("name")) + (" <strong>(chosen)</strong>" if r.get("name") == name else ""),
+            _e(_plain(r.get("method"))),
+            _e(_plain(r.get("k"))),
+            _e(_plain(r.get("norm_beta")) if r.get("norm_beta") is not None else "-"),
+            _e(_plain(r.get("bn"))),
+            _pct(r.get("val_clean")),
+            _pct(r.get("val_robust")),
+            _pct(r.get("test_clean")),
+            _pct(r.get("test_robust")),
+            _seconds(r.get("seconds")),
+        )
+        for r in rows
+    ]
+    head = ("candidate", "method", "k", "beta", "BN", "val clean", "val robust",
+            "test clean", "test robust", "time")  # fmt: skip
+    table = _table("Candidates, in the order they were trained", head, table_rows)
+    out.append(f'<div class="scroll">{table}</div>')
+    dropped = compare.get("dropped")
+    if isinstance(dropped, list) and dropped:
+        out.append(
+            f"<p>Not trained (beyond the candidate budget): {_e(', '.join(map(str, dropped)))}.</p>"
+        )
+    estimate = compare.get("estimate")
+    if isinstance(estimate, Mapping):
+        out.append(
+            f"<p>Estimated before the start: training {_seconds(estimate.get('train_seconds'))}, "
+            f"audits at most {_seconds(estimate.get('audit_seconds_max'))} (every sample "
+            "surviving every attack step; real audits stop on a sample once it breaks).</p>"
+        )
+    return "".join(out)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -1067,6 +1253,7 @@ def render_html(
     warnings: Sequence[Mapping[str, Any]] | None = None,
     title: str = "CARTL robustness report",
     facts: Mapping[str, Any] | None = None,
+    compare: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML document (no scripts, no external references).
 
@@ -1074,7 +1261,9 @@ def render_html(
     ``history`` the per-epoch records; ``source`` a transfer source's own robustness
     (:func:`cartl_core.provenance.source_summary`); ``warnings`` training warnings
     (``{name, detail, meaning, source}``), shown with the audit's and the failed checks;
-    ``facts`` a few lines under the title (job id, status, files).
+    ``facts`` a few lines under the title (job id, status, files); ``compare`` a compare's
+    candidate table and choice (``chosen``, ``candidates``, ``selection``, ``estimate``,
+    ``dropped``), drawn as clean against robust accuracy per candidate.
     """
     audit = audit if isinstance(audit, Mapping) else {}
     rows = _records(history)
@@ -1083,6 +1272,10 @@ def render_html(
     page = _Page(title)
     warned = _all_warnings(audit, warnings)
     page.add("warnings", "Warnings", _warnings_section(warned, bool(audit.get("checks"))))
+    if isinstance(compare, Mapping) and _records(compare.get("candidates")):
+        page.add(
+            "candidates", "Candidates: clean against robust", _compare_section(compare, charts)
+        )
     if audit:
         page.add("attacks", "Accuracy per attack", _attacks_section(audit, threat, charts))
         page.add("eps", "Robustness against eps", _eps_section(audit, charts))
@@ -1120,4 +1313,5 @@ def render_job_report(
         warnings=metrics.get("warnings"),
         title=title,
         facts=facts,
+        compare=metrics if metrics.get("candidates") else None,
     )

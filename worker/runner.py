@@ -22,8 +22,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
+from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
 from app.db.session import make_engine, make_sessionmaker, rows_changed
+from app.services.jobs import candidates_prefix
 from app.settings import Settings, get_settings
 from app.storage import Storage, sha256_file
 
@@ -55,6 +56,7 @@ class _Run:
         self.first_fraction: float | None = None
         self.progress: dict[str, Any] = {}
         self.trace: dict[str, float] = {}
+        self.estimate: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ claim and finish
 
@@ -144,6 +146,7 @@ class _Run:
 
         state = self.storage.path(f"jobs/{job.id}/state.pt")
         out = self.storage.path(f"jobs/{job.id}/weights.safetensors")
+        compare = job.kind == JobKind.compare.value
         try:
             params = parse_params(job.kind, job.params)
             dataset, checkpoint = self._inputs(job)
@@ -155,22 +158,27 @@ class _Run:
                 out_path=out,
                 state_path=state,
                 device=self.settings.device,
-                on_progress=self._on_progress,
+                on_progress=self._on_compare_progress if compare else self._on_progress,
                 on_audit_progress=self._on_audit_progress,
                 should_stop=self.cancel.is_set,
-                on_epoch=self._on_epoch,
+                # A compare's epochs are its candidates'; it keeps the chosen one's history.
+                on_epoch=None if compare else self._on_epoch,
+                # Finished candidates stay there, so a retry after a lost worker reuses them.
+                candidates_dir=self.storage.path(candidates_prefix(job.id)),
             )
         except CancelledError:
             self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})
-            state.unlink(missing_ok=True)
+            self._clean_up(job, state)
             log.info("job %s: cancelled", job.id)
             return "cancelled"
         except Exception as exc:
             if not isinstance(exc, CartlError):
                 log.exception("job %s failed", job.id)
             self._finish(JobStatus.failed, error=describe_error(exc))
-            state.unlink(missing_ok=True)
+            self._clean_up(job, state)
             return "failed"
+        if compare:
+            _link_candidates(job.id, outcome.metrics)
         values: dict[str, Any] = {
             "metrics": outcome.metrics,
             "audit": outcome.audit,
@@ -188,6 +196,12 @@ class _Run:
         state.unlink(missing_ok=True)
         log.info("job %s: succeeded %s", job.id, outcome.metrics.get("robust_accuracy"))
         return "succeeded"
+
+    def _clean_up(self, job: Job, state: Path) -> None:
+        """What an unfinished job leaves: its resumable state, a compare's candidates."""
+        state.unlink(missing_ok=True)
+        if job.kind == JobKind.compare.value:
+            self.storage.delete_prefix(candidates_prefix(job.id))
 
     def _inputs(self, job: Job) -> tuple[Path, Path | None]:
         from cartl_core import ConfigError
@@ -246,6 +260,39 @@ class _Run:
         }
         self._write_progress(force=event.batch == event.batches)
 
+    def _on_compare_progress(self, event: Any) -> None:
+        """Which candidate of how many, what it is doing, and the estimate made at the start."""
+        fraction = float(event.fraction)
+        if self.first_fraction is None:
+            self.first_fraction = fraction
+        done = fraction - self.first_fraction
+        eta = event.elapsed_s * (1.0 - fraction) / done if done > 0 else None
+        if event.estimate is not None:
+            self.estimate = event.estimate.to_dict()
+        self.progress = {
+            "stage": event.stage,
+            "candidate": event.candidate + 1,
+            "candidates": event.candidates,
+            "candidate_name": event.name,
+            "fraction": round(fraction, 4),
+            "eta_s": None if eta is None else round(eta, 1),
+            "estimate": self.estimate,
+        }
+        if event.training is not None:
+            t = event.training
+            self.progress.update(
+                epoch=t.epoch + 1,
+                epochs=t.epochs,
+                batch=t.batch,
+                batches=t.batches,
+                metrics={k: round(v, 5) for k, v in t.metrics.items()},
+            )
+        if event.attack is not None:
+            self.progress.update(
+                attack=event.attack, audit_done=event.done, audit_total=event.total
+            )
+        self._write_progress(force=event.stage in ("estimate", "candidate-done"))
+
     def _with_trace(self, metrics: dict[str, float]) -> dict[str, float]:
         """The robust trace arrives with each epoch's last event; keep showing the latest one
         (``trace_robust_accuracy`` ...) while the next epoch runs."""
@@ -271,6 +318,18 @@ class _Run:
                 # An epoch re-run after a lost worker replaces its earlier record.
                 kept = [h for h in job.history if h.get("epoch", 0) < record.epoch]
                 job.history = [*kept, record.to_dict()]
+
+
+def _link_candidates(job_id: str, metrics: dict[str, Any]) -> None:
+    """Candidate rows name their download, not a file on this worker's disk."""
+    base = f"/v1/jobs/{job_id}/weights"
+    for row in metrics.get("candidates", []):
+        row.pop("path", None)
+        row["weights"] = f"{base}?candidate={row['name']}"
+    chosen = metrics.get("chosen")
+    if isinstance(chosen, dict):
+        chosen.pop("path", None)
+        chosen["weights"] = base
 
 
 def _died_here(worker: str | None) -> bool:

@@ -43,6 +43,7 @@ class JobKind(enum.StrEnum):
     pretrain = "pretrain"
     transfer = "transfer"
     audit = "audit"
+    compare = "compare"
 
 
 class ApiKey(Base):

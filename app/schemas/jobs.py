@@ -19,6 +19,7 @@ PARAMS_SCHEMAS = {
     JobKind.pretrain: "PretrainParams",
     JobKind.transfer: "TransferParams",
     JobKind.audit: "AuditParams",
+    JobKind.compare: "CompareParams",
 }
 
 CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
@@ -48,6 +49,15 @@ CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
             "params": {"eps": ["4/255", "8/255"], "steps": 20},
         },
     },
+    "compare": {
+        "summary": "Choose among standard, LwF, NEFT and CARTL transfers at k 3 and 4",
+        "value": {
+            "kind": "compare",
+            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
+            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
+            "params": {"eps": "8/255", "k": [3, 4], "epochs": 20, "max_clean_drop": 0.05},
+        },
+    },
 }
 
 
@@ -57,12 +67,12 @@ class JobCreate(BaseModel):
         json_schema_extra={"examples": [e["value"] for e in CREATE_EXAMPLES.values()]},
     )
 
-    kind: JobKind = Field(description="pretrain, transfer or audit.")
+    kind: JobKind = Field(description="pretrain, transfer, audit or compare.")
     checkpoint_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
-        description="Source model: required for transfer and audit; for pretrain, optional "
-        "initial weights.",
+        description="Source model: required for transfer, audit and compare; for pretrain, "
+        "optional initial weights.",
     )
     dataset_id: str | None = Field(
         default=None, pattern=ID_PATTERN, description="Data to train on or audit with (required)."
@@ -70,7 +80,8 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Named like the `cartl` CLI options (`--fdm-lambda` is `fdm_lambda`), with "
-        "the same defaults; see PretrainParams, TransferParams and AuditParams. Radii and step "
+        "the same defaults; see PretrainParams, TransferParams, AuditParams and CompareParams. "
+        "Radii and step "
         'sizes accept fractions as text (`"8/255"`).',
         json_schema_extra={
             "anyOf": [{"$ref": f"#/components/schemas/{n}"} for n in PARAMS_SCHEMAS.values()]
@@ -90,6 +101,17 @@ class ProgressOut(BaseModel):
     eta_s: float | None = Field(default=None, description="Estimated seconds left.")
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Latest training metrics (loss, accuracy, ...)."
+    )
+    candidate: int | None = Field(
+        default=None, description="A compare: the candidate being trained or audited (1-based)."
+    )
+    candidates: int | None = Field(default=None, description="A compare: how many it trains.")
+    candidate_name: str | None = Field(
+        default=None, description="A compare: that candidate's name, e.g. cartl-k3-b0.4-frozen."
+    )
+    estimate: dict[str, Any] | None = Field(
+        default=None,
+        description="A compare: its cost estimate, made before the first candidate trained.",
     )
 
 
@@ -213,5 +235,18 @@ class JobMetricsOut(BaseModel):
         }
     )
 
-    history: list[dict[str, Any]] = Field(description="One record per finished epoch.")
+    history: list[dict[str, Any]] = Field(
+        description="One record per finished epoch (a compare: the chosen candidate's)."
+    )
     audit: dict[str, Any] | None = Field(description="The audit report, once there is one.")
+    chosen: str | None = Field(
+        default=None, description="A compare: the name of the chosen candidate, once done."
+    )
+    candidates: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="A compare: one row per candidate (method, k, norm_beta, bn, validation "
+        "and test clean and robust accuracy, seconds, weights link), once done.",
+    )
+    estimate: dict[str, Any] | None = Field(
+        default=None, description="A compare: the cost estimate made before it started."
+    )

@@ -25,13 +25,17 @@ from app.services.pagination import Page, paginate
 from app.services.params import jsonable_params, resolve_params
 from cartl_core import CartlError
 from cartl_core.checkpoints import FORMAT
-from cartl_core.jobs import AuditParams, Params, PretrainParams, TransferParams
+from cartl_core.jobs import AuditParams, CompareParams, Params, PretrainParams, TransferParams
 
 __all__ = [
     "JobRequest",
+    "JobWeights",
     "cancel_job",
+    "candidate_key",
+    "candidates_prefix",
     "create_job",
     "get_job",
+    "job_weights",
     "list_jobs",
 ]
 
@@ -43,6 +47,7 @@ _NEEDS = {
     JobKind.pretrain: {"dataset_id"},
     JobKind.transfer: {"checkpoint_id", "dataset_id"},
     JobKind.audit: {"checkpoint_id", "dataset_id"},
+    JobKind.compare: {"checkpoint_id", "dataset_id"},
 }
 
 
@@ -139,6 +144,62 @@ def cancel_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
+@dataclass(frozen=True)
+class JobWeights:
+    """A weights file of a job: its storage key, sha256 (when recorded) and download name."""
+
+    key: str
+    sha256: str | None
+    filename: str
+
+
+def candidates_prefix(job_id: str) -> str:
+    """The folder of a compare job's candidate weights (the worker writes them there)."""
+    return f"jobs/{job_id}/candidates"
+
+
+def candidate_key(job_id: str, name: str) -> str:
+    return f"{candidates_prefix(job_id)}/{name}.safetensors"
+
+
+def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
+    """The job's weights: its result, or for a compare job with ``candidate``, that candidate's.
+
+    Only names in the finished job's candidate table are looked up, so a name never reaches
+    storage unchecked.
+    """
+    if candidate is None:
+        if job.weights_key is None:
+            raise ConflictError(
+                f"job {job.id} has no weights yet (status {job.status}); they are there once it "
+                "has succeeded"
+            )
+        return JobWeights(job.weights_key, job.weights_sha256, f"{job.id}.safetensors")
+    if job.kind != JobKind.compare.value:
+        raise UnprocessableError.one(
+            "candidate",
+            f"job {job.id} is a {job.kind} job; only compare jobs have candidates (leave "
+            "candidate out for its weights)",
+        )
+    if job.status != JobStatus.succeeded.value:
+        raise ConflictError(
+            f"job {job.id} has no candidate weights yet (status {job.status}); they are there "
+            "once it has succeeded"
+        )
+    rows = {r["name"]: r for r in (job.metrics or {}).get("candidates") or []}
+    if candidate not in rows:
+        raise NotFoundError(
+            f"job {job.id} has no candidate {candidate!r}; its candidates are "
+            f"{', '.join(rows) or 'none'}",
+            extra={"candidates": list(rows)},
+        )
+    return JobWeights(
+        candidate_key(job.id, candidate),
+        rows[candidate].get("sha256"),
+        f"{job.id}-{candidate}.safetensors",
+    )
+
+
 def _rowcount(session: Session, statement: Update) -> int:
     result = session.execute(statement, execution_options={"synchronize_session": False})
     return cast(CursorResult[Any], result).rowcount
@@ -228,7 +289,9 @@ def _fit(
                     f"but dataset {dataset.id} has {channels} channels",
                 )
             )
-        if not isinstance(params, TransferParams) and dataset.num_classes > checkpoint.num_classes:
+        # A transfer (and each candidate of a compare) replaces the classifier.
+        replaces_head = isinstance(params, TransferParams | CompareParams)
+        if not replaces_head and dataset.num_classes > checkpoint.num_classes:
             errors.append(
                 FieldError(
                     "dataset_id",
@@ -249,11 +312,45 @@ def _fit(
         errors.append(
             FieldError("params.k", f"must be between 1 and {blocks} (the model's block count)")
         )
-    if isinstance(params, TransferParams) and checkpoint is not None:
+    if isinstance(params, CompareParams) and blocks is not None and params.k is not None:
+        bad = [k for k in params.k if not 1 <= k <= blocks]
+        if bad:
+            errors.append(
+                FieldError(
+                    "params.k",
+                    f"k={bad[0]} is out of range: every k must be between 1 and {blocks} (the "
+                    "model's block count)",
+                )
+            )
+    if isinstance(params, TransferParams | CompareParams) and checkpoint is not None:
         errors += _residual_scale_errors(params, checkpoint)
+    if isinstance(params, TransferParams | AuditParams | CompareParams) and checkpoint is not None:
+        errors += _image_size_errors(params, checkpoint, dataset)
     if errors:
         raise UnprocessableError(errors)
     return params
+
+
+def _image_size_errors(
+    params: TransferParams | AuditParams | CompareParams,
+    checkpoint: Checkpoint,
+    dataset: DatasetRow,
+) -> list[FieldError]:
+    # Plain weights are rebuilt at the data's size; a CARTL checkpoint keeps the size it was
+    # trained at, and images of another size would run but be described at the wrong one.
+    if params.resize or checkpoint.description.get("format") != FORMAT:
+        return []
+    size = int(checkpoint.input_shape[1])
+    height, width = int(dataset.input_shape[1]), int(dataset.input_shape[2])
+    if (height, width) == (size, size):
+        return []
+    return [
+        FieldError(
+            "params.resize",
+            f"dataset {dataset.id} has {height}x{width} images but checkpoint {checkpoint.id} "
+            f"takes {size}x{size}; set resize to true to resize them (bilinear, antialiased)",
+        )
+    ]
 
 
 def _fill_from_checkpoint(
@@ -271,7 +368,7 @@ def _fill_from_checkpoint(
     plain = checkpoint.description.get("format") != FORMAT
     if isinstance(params, PretrainParams):
         return dataclasses.replace(params, arch=checkpoint.arch)
-    if isinstance(params, TransferParams) and plain:
+    if isinstance(params, TransferParams | CompareParams) and plain:
         if params.source_classes not in (None, checkpoint.num_classes):
             errors.append(
                 FieldError(
@@ -288,10 +385,18 @@ def _fill_from_checkpoint(
     return params
 
 
-def _residual_scale_errors(params: TransferParams, checkpoint: Checkpoint) -> list[FieldError]:
-    scale = params.config().resolved_residual_scale()
-    if scale == 1.0:
-        return []
+def _residual_scale_errors(
+    params: TransferParams | CompareParams, checkpoint: Checkpoint
+) -> list[FieldError]:
+    if isinstance(params, CompareParams):
+        # neft and cartl average the residuals of the blocks they tune.
+        field = "params.methods"
+        if not {"neft", "cartl"} & set(params.methods):
+            return []
+    else:
+        field = "params.residual_scale"
+        if params.config().resolved_residual_scale() == 1.0:
+            return []
     shape = checkpoint.input_shape
     try:
         info = model_info(checkpoint.arch, checkpoint.num_classes, int(shape[0]), int(shape[1]))
@@ -299,9 +404,7 @@ def _residual_scale_errors(params: TransferParams, checkpoint: Checkpoint) -> li
         return []
     if info.residual_scalable:
         return []
+    fix = "leave neft and cartl out" if field == "params.methods" else "set residual_scale to 1"
     return [
-        FieldError(
-            "params.residual_scale",
-            f"{checkpoint.arch} has residual sums that cannot be rescaled; set residual_scale to 1",
-        )
+        FieldError(field, f"{checkpoint.arch} has residual sums that cannot be rescaled; {fix}")
     ]

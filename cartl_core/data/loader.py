@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from cartl_core.data._types import Split
 from cartl_core.errors import ConfigError
 
-__all__ = ["Augmentation", "DeviceLoader", "augment", "dataset_mean_std"]
+__all__ = ["Augmentation", "DeviceLoader", "augment", "augmented_copy", "dataset_mean_std"]
 
-_PRESETS = ("none", "crop-flip", "paper")
+_PRESETS = ("auto", "none", "crop-flip", "paper")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,27 @@ class Augmentation:
         return cls(crop_padding=4, flip=True, rotation_degrees=15.0)
 
     @classmethod
-    def from_name(cls, name: str) -> Augmentation:
+    def auto(cls, input_shape: tuple[int, int, int]) -> Augmentation:
+        """What the data can take: the paper's augmentation on 3-channel images of 32 px and up
+        (natural photos, where it was made), a crop alone on anything else.
+
+        Padding scales with the image (size / 8: 4 px at 32, 1 px at 8) because 4 px on an 8x8
+        digit moves it half off the canvas; flips and rotations are left out where a mirrored or
+        turned image may be another class (digits, letters, small or non-photographic inputs).
+        """
+        c, h, w = input_shape
+        padding = max(1, round(min(h, w) / 8))
+        if c == 3 and min(h, w) >= 32:
+            return cls(crop_padding=padding, flip=True, rotation_degrees=15.0)
+        return cls(crop_padding=padding)
+
+    @classmethod
+    def from_name(cls, name: str, input_shape: tuple[int, int, int] | None = None) -> Augmentation:
+        """A preset by name; ``auto`` needs the data's (C, H, W)."""
+        if name == "auto":
+            if input_shape is None:
+                raise ConfigError("augmentation 'auto' needs the data's input shape")
+            return cls.auto(input_shape)
         if name == "none":
             return cls.none()
         if name == "crop-flip":
@@ -56,6 +76,15 @@ class Augmentation:
             f"unknown augmentation {name!r}; choose one of {', '.join(_PRESETS)}",
             field="augmentation",
         )
+
+    def describe(self) -> str:
+        """One line for logs and reports, e.g. ``crop 1 px, flip, rotate 15 deg``."""
+        parts = [f"crop {self.crop_padding} px"] if self.crop_padding else []
+        if self.flip:
+            parts.append("flip")
+        if self.rotation_degrees:
+            parts.append(f"rotate {self.rotation_degrees:g} deg")
+        return ", ".join(parts) or "none"
 
     @property
     def enabled(self) -> bool:
@@ -97,6 +126,27 @@ def augment(
     # Nearest sampling keeps shifts and flips exact pixel copies; rotation needs interpolation.
     mode = "bilinear" if aug.rotation_degrees > 0 else "nearest"
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def augmented_copy(
+    split: Split, augmentation: Augmentation, *, seed: int, batch_size: int = 1024
+) -> Split:
+    """One augmented pass over ``split``, drawn from ``seed`` (the same images for the same seed),
+    on the split's device. uint8 images come back as uint8, rounded, as 8-bit images augmented
+    by an image library would; ``split`` itself comes back when the augmentation does nothing."""
+    if not augmentation.enabled:
+        return split
+    generator = torch.Generator(device=split.images.device).manual_seed(seed)
+    chunks = []
+    for start in range(0, len(split), batch_size):
+        x = split.images[start : start + batch_size]
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x
+        out = augment(x, augmentation, generator)
+        if split.images.dtype == torch.uint8:
+            out = out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        chunks.append(out)
+    return Split(torch.cat(chunks), split.labels)
 
 
 class DeviceLoader:

@@ -153,6 +153,17 @@ class BlockModel(nn.Module):
                 f"{channels} channels"
             )
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Refuse images of another size than the model's: they would run (pooling absorbs the
+        difference) but the model would be described, and later fed, at the wrong size."""
+        size = self.spec.input_size
+        if (height, width) != (size, size):
+            raise ConfigError(
+                f"the images are {height}x{width} but {self.spec.arch} takes {size}x{size} "
+                f"inputs; resize them to {size}x{size} with --resize (job parameter resize: true)",
+                field="resize",
+            )
+
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.num_blocks:
             raise ConfigError(

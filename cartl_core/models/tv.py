@@ -95,7 +95,13 @@ def _split_features(name: str, net: nn.Module) -> tuple[nn.Module, list[nn.Modul
         pre = nn.Sequential(pool, nn.Flatten(), *list(classifier)[:-1])
     else:
         stem, blocks = features[0], list(features)[1:]
-        pre = nn.Sequential(pool, *list(classifier)[:-1])
+        hidden = list(classifier)[:-1]
+        # torchvision flattens in forward(), outside the classifier, except ConvNeXt, whose
+        # classifier flattens itself after a LayerNorm2d that needs the 4-D map. MobileNet V3's
+        # hidden Linear would otherwise meet the (N, C, 1, 1) pooled map.
+        if not any(isinstance(m, nn.Flatten) for m in hidden):
+            hidden.insert(0, nn.Flatten())
+        pre = nn.Sequential(pool, *hidden)
     return stem, blocks, Head(fc, pre=pre)
 
 

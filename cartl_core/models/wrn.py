@@ -2,6 +2,9 @@
 
 With n = (D - 4) / 6 basic blocks per group: blocks 1..3n are the residual blocks, block 3n+1 the
 final BN + activation (+ global pooling), block 3n+2 the classifier. WRN-34-10 has T = 17.
+
+Initialisation follows the release: Kaiming-normal convolutions (fan_out, for the LeakyReLU(0.1)
+they feed), BatchNorm weight 1 and bias 0, classifier bias 0.
 """
 
 from __future__ import annotations
@@ -43,4 +46,20 @@ def wide_resnet(spec: ModelSpec, depth: int, width: int) -> BlockModel:
             in_planes = channels[group + 1]
     blocks.append(FinalBNBlock(in_planes))
     head = Head(nn.Linear(in_planes, spec.num_classes))
-    return BlockModel(spec, stem, blocks, head)
+    model = BlockModel(spec, stem, blocks, head)
+    _init_like_release(model, slope=0.1)
+    return model
+
+
+def _init_like_release(model: nn.Module, slope: float) -> None:
+    # Sources trained here start where the paper's did: PyTorch's default conv init
+    # (Kaiming-uniform, a = sqrt(5)) gives weights about 0.4x this scale, which shrinks every
+    # residual branch against its shortcut at the start of training.
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=slope, mode="fan_out", nonlinearity="leaky_relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -5,6 +5,15 @@ train mode ``CE(f(x_adv), y) + lambda * SUM_i ||phi(x_adv_i) - phi(x_i)||_2 / sq
 the input of block T-k+1, the tensor the first fine-tuned block will later receive. Gradients flow
 through both feature maps; clean logits are not in the loss. ``fdm_lambda=0`` is plain PGD
 adversarial training (the baseline source) and skips the clean forward entirely.
+
+As in the release, the clean batch goes through the whole model in train mode, so the BatchNorm
+statistics of the blocks to be fine-tuned see clean data as well as adversarial (fine-tuning starts
+from them); the part past the cut runs without autograd, since its output is not in the loss.
+
+At k = 1 the first fine-tuned block is the head. Where the head only pools (ResNets), phi is the
+pooled penultimate feature, as the release measures it (512 values for a ResNet-18, not the
+512x4x4 map): pooling is a fixed function of the frozen part's output, and the release's choice
+keeps lambda comparable with its runs.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from cartl_core._runtime import autocast, prepare_model, resolve_device
 from cartl_core.attacks import pgd
@@ -48,21 +59,47 @@ class TrainResult:
         return [w for record in self.history for w in record.warnings]
 
 
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
+
+
+def pools_at_head(model: BlockModel, k: int) -> bool:
+    """Whether FDM's phi at this k is the pooled penultimate feature (k = 1, a head that only
+    pools before its linear layer) rather than the raw input of the first fine-tuned block."""
+    leaves = [m for m in model.head.pre.modules() if not list(m.children())]
+    return k == 1 and all(isinstance(m, (*_POOLING, nn.Identity)) for m in leaves)
+
+
 def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMConfig) -> Any:
     a, k, lam = config.attack, config.k, config.fdm_lambda
+    pooled = pools_at_head(model, k)
+    # Past the cut, the clean pass only matters for BatchNorm's running statistics.
+    stats_past_cut = not pooled and any(
+        isinstance(m, _BatchNorm) for block in model.tuned_modules(k) for m in block.modules()
+    )
+
+    def phi(x: torch.Tensor) -> torch.Tensor:
+        h = model.frozen_part(x, k)
+        return model.head.penultimate(h) if pooled else h
+
+    def rest(h: torch.Tensor) -> torch.Tensor:
+        return model.head.fc(h) if pooled else model.tuned_part(h, k)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv = pgd(
-            model, x, y, a.eps, a.alpha, a.steps, a.norm, a.random_start, a.restarts, a.loss
+            model, x, y, a.eps, a.step_size, a.steps, a.norm, a.random_start, a.restarts, a.loss
         )
         with autocast(x.device):
-            phi_adv = model.frozen_part(x_adv, k)
-            logits = model.tuned_part(phi_adv, k)
+            phi_adv = phi(x_adv)
+            logits = rest(phi_adv)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce
             out: dict[str, torch.Tensor] = {}
             if lam > 0:
-                dist = per_sample_feature_distance(phi_adv, model.frozen_part(x, k))
+                phi_clean = phi(x)
+                if stats_past_cut:
+                    with torch.no_grad():
+                        model.tuned_part(phi_clean, k)
+                dist = per_sample_feature_distance(phi_adv, phi_clean)
                 term = dist.sum() if config.reduction == "sum" else dist.mean()
                 loss = ce + lam * term
                 out["feature_distance"] = dist.detach().sum()
@@ -114,7 +151,7 @@ def pretrain(
         device=dev,
         shuffle=True,
         seed=seed,
-        augmentation=Augmentation.from_name(config.augmentation),
+        augmentation=Augmentation.from_name(config.augmentation, data.input_shape),
         channels_last=True,
     )
     optimizer = make_optimizer(model.parameters(), s)
@@ -134,7 +171,11 @@ def pretrain(
         "seed": seed,
         "data": {"format": data.format, "classes": data.num_classes, "train": len(data.train)},
         **config.to_dict(),
+        # What "auto" (or a preset) came to on this data, so the run says what it trained with.
+        "augmentation_used": loader.augmentation.describe(),
     }
+    if config.fdm_lambda > 0 and pools_at_head(model, config.k):
+        training["fdm_feature"] = "pooled penultimate"
     if trace is not None:
         training["trace"] = trace.describe()
     loop = TrainLoop(

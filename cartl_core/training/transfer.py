@@ -7,7 +7,9 @@
   at the end, so the exported model is an ordinary model of the same architecture.
 - ``cartl``: NEFT with BN affine parameters frozen, meant for an FDM-pretrained source.
 - ``lwf``: Shafahi et al.'s robust transfer: CE + lambda * mean_i ||f(x_i) - f_src(x_i)||_1 on the
-  penultimate features recorded once from the source; the first epochs train only the head.
+  penultimate features recorded once from the source, on one fixed augmented pass over the
+  training images; the first epochs train only the head, the rest the whole model with BN in train
+  mode, as in the release (``LwFConfig.tune="last-k"`` keeps to the last k blocks instead).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core._runtime import autocast, prepare_model, resolve_device
-from cartl_core.config import AuditConfig, TransferConfig
-from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split
+from cartl_core.config import AuditConfig, BNPolicy, LwFConfig, TransferConfig
+from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split, augmented_copy
 from cartl_core.errors import ConfigError
 from cartl_core.models import BlockModel
 from cartl_core.training import bn as bn_policy
@@ -46,6 +48,7 @@ def _check_fit(model: BlockModel, data: Dataset, config: TransferConfig) -> None
             f"the source model takes {model.spec.in_channels}-channel images but the target data "
             f"has {c} channels"
         )
+    model.check_input_size(*data.input_shape[1:])
     if config.resolved_residual_scale() != 1.0 and not model.residual_scalable:
         raise ConfigError(
             f"{model.spec.arch} has residual blocks whose sum cannot be rescaled; "
@@ -134,9 +137,19 @@ def transfer(
     model = copy.deepcopy(source)
     prepare_model(model, dev)
     k, s = config.k, config.resolved_schedule()
-    recorded = (
-        _record_penultimate(model, data.train, s.batch_size) if config.method == "lwf" else None
-    )
+    augmentation = Augmentation.from_name(config.augmentation, data.input_shape)
+    augmentation_used = augmentation.describe()
+    train_split, recorded = data.train, None
+    if config.method == "lwf":
+        # As in the release: the targets come from one augmented pass over the training images,
+        # and training sees exactly those images, so each target belongs to the image it is
+        # compared with (with a fresh augmentation per batch, the features of every augmented
+        # image would be pulled towards those of the plain one).
+        train_split = augmented_copy(data.train.to(dev), augmentation, seed=seed)
+        recorded = _record_penultimate(model, train_split, s.batch_size)
+        if augmentation.enabled:
+            augmentation_used += f" (one fixed pass, seed {seed})"
+        augmentation = Augmentation.none()
     model.reset_classifier(data.num_classes)
     tuned = list(range(model.num_blocks - k, model.num_blocks))
     scale = config.resolved_residual_scale()
@@ -153,11 +166,15 @@ def transfer(
         )
     policy = config.resolved_bn()
     bn_policy.set_trainable(model, k, policy)
+    if config.method == "lwf" and config.lwf.tune == "all":
+        # Everything trains after the head-only epochs, so the optimiser holds every parameter
+        # from the start; a frozen one has no gradient and SGD leaves it alone.
+        for p in model.parameters():
+            p.requires_grad_(True)
     optimizer = make_optimizer(model.parameters(), s)
 
-    train_split = data.train
     if recorded is not None:
-        train_split = Split(data.train.images, torch.arange(len(data.train)))
+        train_split = Split(train_split.images, torch.arange(len(train_split)))
         step = _lwf_step(
             model, optimizer, recorded, data.train.labels.to(dev), config.lwf.lwf_lambda
         )
@@ -169,7 +186,7 @@ def transfer(
         device=dev,
         shuffle=True,
         seed=seed,
-        augmentation=Augmentation.from_name(config.augmentation),
+        augmentation=augmentation,
         channels_last=True,
     )
 
@@ -186,7 +203,7 @@ def transfer(
     def before_epoch(epoch: int) -> None:
         bn_policy.set_modes(model, k, policy)
         if config.method == "lwf":
-            _lwf_head_only(model, k, policy, epoch < config.lwf.head_only_epochs)
+            _lwf_phase(model, k, policy, config.lwf, epoch < config.lwf.head_only_epochs)
 
     training: dict[str, Any] = {
         "kind": "transfer",
@@ -199,6 +216,7 @@ def transfer(
         "bn": config.resolved_bn_name(),
         "bn_policy": policy.to_dict(),
         "schedule": s.to_dict(),
+        "augmentation_used": augmentation_used,
     }
     if trace is not None:
         training["trace"] = trace.describe()
@@ -228,7 +246,15 @@ def transfer(
     return TrainResult(model, history, training)
 
 
-def _lwf_head_only(model: BlockModel, k: int, policy: Any, head_only: bool) -> None:
+def _lwf_phase(
+    model: BlockModel, k: int, policy: BNPolicy, lwf: LwFConfig, head_only: bool
+) -> None:
+    if not head_only and lwf.tune == "all":
+        # The release's second phase: the whole model, every BatchNorm re-estimating statistics.
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return
     bn_policy.set_trainable(model, k, policy)
     if head_only:
         for block in model.tuned_modules(k)[:-1]:

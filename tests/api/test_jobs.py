@@ -56,7 +56,12 @@ def add_checkpoint(
 
 
 def add_dataset(
-    db: sessionmaker[Session], owner: str = "alice", *, channels: int = 1, classes: int = 4
+    db: sessionmaker[Session],
+    owner: str = "alice",
+    *,
+    channels: int = 1,
+    classes: int = 4,
+    size: int = 8,
 ) -> str:
     dataset_id = new_id("ds")
     with db() as session, session.begin():
@@ -70,7 +75,7 @@ def add_dataset(
                 class_names=[str(i) for i in range(classes)],
                 train_size=32,
                 test_size=16,
-                input_shape=[channels, 8, 8],
+                input_shape=[channels, size, size],
                 sha256="0" * 64,
                 size=1,
                 storage_key=f"datasets/{dataset_id}/d.npz",
@@ -285,6 +290,23 @@ def test_checkpoint_and_dataset_must_fit_each_other(
     assert post_job(client, alice, "transfer", few, many).status_code == 202
 
 
+def test_images_of_another_size_need_resize(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    checkpoint, big = add_checkpoint(db), add_dataset(db, size=12)
+    for kind in ("transfer", "audit"):
+        message = fields(problem(post_job(client, alice, kind, checkpoint, big), 422))
+        assert set(message) == {"params.resize"}
+        assert "12x12 images" in message["params.resize"]
+        assert "takes 8x8" in message["params.resize"]
+        r = post_job(client, alice, kind, checkpoint, big, resize=True)
+        assert r.status_code == 202, r.text
+        assert r.json()["params"]["resize"] is True
+    # Plain weights are rebuilt at the data's size: nothing to resize.
+    plain = add_checkpoint(db, plain=True)
+    assert post_job(client, alice, "audit", plain, big).status_code == 202
+
+
 def test_uploaded_inputs_make_a_job(client: TestClient, alice: Auth, tmp_path: Path) -> None:
     checkpoint = upload(
         client, "/v1/checkpoints", alice, "m.safetensors", files.safetensors_checkpoint(tmp_path)
@@ -369,9 +391,16 @@ def test_progress_and_metrics_are_shown(
     progress = {"stage": "train", "epoch": 2, "epochs": 4, "fraction": 0.5, "eta_s": 30.0}
     set_job(db, job_id, status="running", progress=progress, history=history, started_at=utcnow())
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
-    assert job["progress"] == {**progress, "metrics": {}}
+    compare_only = {"candidate": None, "candidates": None, "candidate_name": None, "estimate": None}
+    assert job["progress"] == {**progress, "metrics": {}, **compare_only}
     metrics = client.get(f"/v1/jobs/{job_id}/metrics", headers=alice).json()
-    assert metrics == {"history": history, "audit": None}
+    assert metrics == {
+        "history": history,
+        "audit": None,
+        "chosen": None,
+        "candidates": None,
+        "estimate": None,
+    }
 
 
 # --- weights -----------------------------------------------------------------------------------

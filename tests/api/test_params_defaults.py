@@ -12,7 +12,7 @@ from app.services.params import jsonable_params, params_json_schema, resolve_par
 from cartl_core.cli import build_parser
 from cartl_core.jobs import params_class
 
-KINDS = ("pretrain", "transfer", "audit")
+KINDS = ("pretrain", "transfer", "audit", "compare")
 
 
 def cli_defaults(command: str) -> dict[str, Any]:
@@ -29,9 +29,15 @@ def dataclass_defaults(kind: str) -> dict[str, Any]:
     return jsonable_params(params_class(kind)())
 
 
+#: What a kind cannot do without (a compare's threat model has no default).
+REQUIRED: dict[str, dict[str, Any]] = {"compare": {"eps": 0.1}}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_params_resolve_to_the_dataclass_defaults(kind: str) -> None:
-    assert jsonable_params(resolve_params(kind, {})) == dataclass_defaults(kind)
+    required = REQUIRED.get(kind, {})
+    resolved = jsonable_params(resolve_params(kind, required))
+    assert resolved == {**dataclass_defaults(kind), **required}
 
 
 @pytest.mark.parametrize("kind", KINDS)

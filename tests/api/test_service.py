@@ -101,6 +101,7 @@ def test_openapi_documents_everything(client: TestClient) -> None:
         "pretrain",
         "transfer",
         "audit",
+        "compare",
     }
     assert {"200", "202", "401", "409", "422"} <= set(create["responses"])
     problem_422 = create["responses"]["422"]["content"]["application/problem+json"]
@@ -111,7 +112,7 @@ def test_openapi_documents_everything(client: TestClient) -> None:
     assert "413" in paths["/v1/datasets"]["post"]["responses"]
     for name in ("Problem", "JobOut", "CheckpointOut", "DatasetOut", "JobMetricsOut"):
         assert components[name]["examples"], name
-    for name in ("PretrainParams", "TransferParams", "AuditParams"):
+    for name in ("PretrainParams", "TransferParams", "AuditParams", "CompareParams"):
         assert components[name]["properties"]["seed"]["default"] == 0
     # Every route's 422 is a problem; FastAPI's own validation shape is never sent.
     assert "HTTPValidationError" not in str(schema)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ from cartl_core.config import AttackConfig, AuditConfig, FDMConfig, ScheduleConf
 from .conftest import make_dataset
 
 
-def _npz(path: Path, seed: int = 0, classes: int = 4) -> Path:
-    data = make_dataset(num_classes=classes, seed=seed)
+def _npz(path: Path, seed: int = 0, classes: int = 4, size: int = 8) -> Path:
+    data = make_dataset(num_classes=classes, seed=seed, size=size)
     np.savez(
         path,
         x_train=(data.train.images.numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1),
@@ -250,5 +251,39 @@ def test_cli_defaults_come_from_config() -> None:
     assert pre.epochs is None
     assert ScheduleConfig().epochs == 100
     assert fdm.fdm_lambda == 0.005
-    assert (attack.eps, attack.alpha, attack.steps) == (8 / 255, 2 / 255, 7)
+    # The paper's step, 2/255 at 8/255, as eps/4 so that it follows another eps.
+    assert (attack.eps, attack.step_size, attack.steps) == (8 / 255, 2 / 255, 7)
+    assert AttackConfig(eps=0.2).step_size == pytest.approx(0.05)
+    assert AttackConfig(eps=0.2).to_dict()["alpha"] == pytest.approx(0.05)
     assert (AuditConfig().steps, AuditConfig().eps) == (20, (8 / 255,))
+
+
+def test_a_target_of_another_image_size_needs_resize(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cartl_core import create_model, save_checkpoint
+
+    source = tmp_path / "source.safetensors"
+    save_checkpoint(create_model("small-cnn", 4, in_channels=1, input_size=8), source)
+    big = _npz(tmp_path / "big.npz", 1, classes=3, size=12)
+    target = tmp_path / "target.safetensors"
+    transfer = ["transfer", "--source", str(source), "--data", str(big), "--method",
+                "standard", "--k", "2", "--out", str(target), "--no-audit", *FAST]  # fmt: skip
+    audit = ["audit", "--checkpoint", str(source), "--data", str(big), "--attacks", "fast",
+             "--apgd-steps", "2", "--steps", "2", "--check-samples", "8", "--limit", "8",
+             "--json", "--quiet", "--device", "cpu"]  # fmt: skip
+    for args in (transfer, audit):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert re.search(r"12x12 .* takes 8x8 .* --resize", err), err
+        assert not target.exists()
+
+    assert main([*transfer, "--resize"]) == 0
+    d = read_description(target)
+    assert d is not None
+    assert d["input_shape"] == [1, 8, 8]
+    capsys.readouterr()
+    assert main([*audit, "--resize"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 8

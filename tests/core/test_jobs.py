@@ -12,7 +12,14 @@ import pytest
 
 from cartl_core import AuditConfig, AuditReport, ConfigError, read_description
 from cartl_core.cli import build_parser
-from cartl_core.jobs import AuditParams, PretrainParams, TransferParams, parse_params, run_job
+from cartl_core.jobs import (
+    AuditParams,
+    CompareParams,
+    PretrainParams,
+    TransferParams,
+    parse_params,
+    run_job,
+)
 
 
 def _cli_defaults(command: str) -> dict[str, Any]:
@@ -23,7 +30,12 @@ def _cli_defaults(command: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("command", "cls"),
-    [("pretrain", PretrainParams), ("transfer", TransferParams), ("audit", AuditParams)],
+    [
+        ("pretrain", PretrainParams),
+        ("transfer", TransferParams),
+        ("audit", AuditParams),
+        ("compare", CompareParams),
+    ],
 )
 def test_params_have_the_cli_option_names_and_defaults(command: str, cls: type) -> None:
     cli = _cli_defaults(command)
@@ -62,6 +74,12 @@ def test_parse_params_accepts_fractions_and_single_eps() -> None:
         ("transfer", {"bn": "nope"}, "bn"),
         ("audit", {"steps": 0}, "steps"),
         ("audit", {"wat": 1}, "wat"),
+        ("compare", {}, "eps"),
+        ("compare", {"eps": 0.1, "methods": ["magic"]}, "methods"),
+        ("compare", {"eps": 0.1, "k": [0]}, "k"),
+        ("compare", {"eps": 0.1, "norm_beta": [-1.0]}, "norm_beta"),
+        ("compare", {"eps": 0.1, "bn": ["nope"]}, "bn"),
+        ("compare", {"eps": 0.1, "audit_attacks": "magic"}, "audit_attacks"),
         ("train", {}, "kind"),
     ],
 )

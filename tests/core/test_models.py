@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from cartl_core import ArchitectureError, ConfigError, create_model
 from cartl_core.models import build_model
@@ -33,6 +36,7 @@ def test_block_count(arch: str, blocks: int) -> None:
         "torchvision:resnet18",
         "torchvision:vgg11",
         "torchvision:mobilenet_v2",
+        "torchvision:mobilenet_v3_small",
     ],
 )
 def test_forward_matches_split(arch: str) -> None:
@@ -99,3 +103,21 @@ def test_k_out_of_range_names_the_limit() -> None:
     model = create_model("small-cnn", 3)
     with pytest.raises(ConfigError, match="between 1 and 5"):
         model.frozen_part(torch.rand(1, 3, 8, 8), 6)
+
+
+def test_wrn_initialisation_matches_the_release() -> None:
+    # Kaiming-normal with fan_out for the LeakyReLU(0.1) that follows, BN 1/0, classifier bias 0.
+    model = create_model("wrn-16-4", 10)
+    gain = math.sqrt(2 / (1 + 0.1**2))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        expected = gain / math.sqrt(fan_out)
+        # The estimate's relative error is about 1/sqrt(2n): 3.4% for the stem's 432 weights.
+        w = conv.weight.detach()
+        tolerance = 5 / math.sqrt(2 * w.numel())
+        assert float(w.std()) == pytest.approx(expected, rel=tolerance)
+        assert abs(float(w.mean())) < expected * tolerance
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(bn.weight == 1) and torch.all(bn.bias == 0) for bn in bns)
+    assert torch.all(model.head.fc.bias == 0)

@@ -15,6 +15,7 @@ from cartl_core import (
     CancelledError,
     ConfigError,
     FDMConfig,
+    LwFConfig,
     ScheduleConfig,
     TransferConfig,
     create_model,
@@ -58,7 +59,7 @@ def _mean_feature_distance(model: BlockModel, data: Dataset, k: int) -> float:
     from cartl_core import pgd
 
     x, y = data.test.images, data.test.labels
-    x_adv = pgd(model, x, y, ATTACK.eps, ATTACK.alpha, 10)
+    x_adv = pgd(model, x, y, ATTACK.eps, ATTACK.step_size, 10)
     with torch.no_grad():
         return float(
             per_sample_feature_distance(model.frozen_part(x_adv, k), model.frozen_part(x, k)).mean()
@@ -349,7 +350,7 @@ def test_cartl_on_residual_architectures_folds_and_reloads(arch: str, tmp_path: 
     from cartl_core import load_model, save_checkpoint
 
     data = make_dataset(num_classes=3, n_train=16, n_test=8, channels=3, size=16)
-    source = create_model(arch, 5)
+    source = create_model(arch, 5, input_size=16)
     cfg = TransferConfig(
         method="cartl", k=3, augmentation="paper", schedule=ScheduleConfig(epochs=1, batch_size=8)
     )
@@ -370,3 +371,113 @@ def test_cartl_on_residual_architectures_folds_and_reloads(arch: str, tmp_path: 
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), reloaded(x), atol=1e-6)
+
+
+# --- fixes from the review against the authors' release -----------------------------------------
+
+
+@pytest.mark.parametrize("tune", ["all", "last-k"])
+def test_lwf_after_the_head_only_phase_trains_the_whole_model_with_bn_in_train_mode(
+    source: BlockModel, tiny_data: Dataset, tune: str
+) -> None:
+    lwf = LwFConfig(head_only_epochs=1, tune=tune)  # type: ignore[arg-type]
+    result = transfer(source, tiny_data, _transfer_cfg("lwf").with_(lwf=lwf), device="cpu")
+    model = result.model
+    stem = _snapshot([source.stem]), _snapshot([model.stem])
+    first = _snapshot([source.blocks[0]]), _snapshot([model.blocks[0]])
+    if tune == "last-k":  # the named option: only the last k blocks, as the other methods
+        assert all(torch.equal(stem[0][k], stem[1][k]) for k in stem[0])
+        assert all(torch.equal(first[0][k], first[1][k]) for k in first[0])
+        return
+    # The release: every layer trains, the stem included, and BN re-estimates its statistics.
+    for before, after in (stem, first):
+        weights = [k for k in before if k.endswith("weight")]
+        assert all(not torch.equal(before[k], after[k]) for k in weights)
+        stats = [k for k in before if k.endswith("running_mean")]
+        assert stats
+        assert all(not torch.equal(before[k], after[k]) for k in stats)
+
+
+def test_lwf_trains_on_one_fixed_augmented_pass_with_the_features_recorded_from_it(
+    source: BlockModel, tiny_data: Dataset
+) -> None:
+    # Head-only with the source's BN: the body computes exactly the source's features, so the
+    # feature term is zero iff every batch holds the very images the targets were recorded from.
+    cfg = _transfer_cfg("lwf", bn="all-source").with_(
+        augmentation="crop-flip", lwf=LwFConfig(head_only_epochs=2)
+    )
+    result = transfer(source, tiny_data, cfg, device="cpu")
+    assert [h.metrics["feature_l1"] < 1e-3 for h in result.history] == [True, True]
+
+
+def test_augmented_copy_is_one_seeded_augmented_pass() -> None:
+    from cartl_core.data import Augmentation, Split, augmented_copy
+
+    images = (torch.rand(40, 3, 8, 8) * 255).to(torch.uint8)
+    split = Split(images, torch.arange(40))
+    aug = Augmentation.paper_cifar()
+    a, b = augmented_copy(split, aug, seed=3), augmented_copy(split, aug, seed=3)
+    assert a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.labels, split.labels)
+    assert not torch.equal(a.images, images)
+    assert not torch.equal(a.images, augmented_copy(split, aug, seed=4).images)
+    assert augmented_copy(split, Augmentation.none(), seed=3) is split
+
+
+def _train_mode_inputs(module: nn.Module) -> tuple[list[torch.Tensor], Any]:
+    seen: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        if m.training:
+            seen.append(args[0].detach().clone())
+
+    return seen, module.register_forward_hook(hook)
+
+
+def test_fdm_clean_batch_reaches_the_tuned_blocks_bn_in_train_mode() -> None:
+    from cartl_core.training.fdm import fdm_step
+
+    model = create_model("small-cnn", 4, in_channels=1, input_size=8).train()
+    k = 3
+    bn = next(m for b in model.tuned_modules(k) for m in b.modules() if isinstance(m, _BatchNorm))
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 4
+    seen, handle = _train_mode_inputs(bn)
+    frozen_weights = torch.optim.SGD(model.parameters(), lr=0.0)
+    fdm_step(model, frozen_weights, FDMConfig(k=k, fdm_lambda=0.1, attack=ATTACK))(x, y)
+    handle.remove()
+    # As in the release, the tuned blocks' statistics follow the clean batch as well as the
+    # adversarial one (the clean logits stay out of the loss).
+    assert len(seen) == 2
+    clean, handle = _train_mode_inputs(bn)
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert torch.allclose(seen[1], clean[0], atol=1e-6)
+
+
+def test_fdm_at_k1_measures_the_pooled_feature_of_a_resnet() -> None:
+    import copy
+
+    from cartl_core import pgd
+    from cartl_core.training.fdm import fdm_step
+
+    model = create_model("resnet18-cifar", 4, input_size=16).train()
+    x, y = torch.rand(4, 3, 16, 16), torch.arange(4)
+    attack = AttackConfig(eps=0.1, alpha=0.05, steps=1, random_start=False)
+    before = copy.deepcopy(model)
+    frozen_weights = torch.optim.SGD(model.parameters(), lr=0.0)
+    out = fdm_step(model, frozen_weights, FDMConfig(k=1, fdm_lambda=0.1, attack=attack))(x, y)
+    x_adv = pgd(before, x, y, 0.1, 0.05, 1, random_start=False)
+    with torch.no_grad():
+        # The head's input is 512x2x2 here; the release measures the pooled 512-d feature.
+        pooled = per_sample_feature_distance(before.penultimate(x_adv), before.penultimate(x))
+    assert before.penultimate(x).shape == (4, 512)
+    assert float(out["feature_distance"]) == pytest.approx(float(pooled.sum()), rel=1e-4)
+
+
+def test_transfer_refuses_a_target_of_another_image_size(source: BlockModel) -> None:
+    bigger = make_dataset(size=12)
+    with pytest.raises(ConfigError, match=r"12x12.*8x8.*--resize") as exc:
+        transfer(source, bigger, _transfer_cfg("standard"), device="cpu")
+    assert exc.value.field == "resize"

@@ -292,3 +292,43 @@ def test_jobs_created_while_the_broker_is_down_all_run_once_it_is_back(
             for w in st.workers:
                 w.stop()
             redis.stop()
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_compare_job_runs_to_completion(stack: Stack) -> None:
+    from app.services.jobs import candidate_key
+    from cartl_core import read_description
+
+    ckpt, ds = _inputs(stack)
+    job_id = new_id("job")
+    params = {"eps": 0.1, "methods": ["standard", "cartl"], "k": [2], "epochs": 1,
+              "batch_size": 64, "augment": "none", "audit_attacks": "fast"}  # fmt: skip
+    with stack.factory() as s, s.begin():
+        s.add(
+            Job(id=job_id, owner="alice", kind="compare", checkpoint_id=ckpt, dataset_id=ds,
+                params=params)
+        )  # fmt: skip
+    stack.worker()
+    assert enqueue_job(stack.factory, stack.settings, job_id)
+    job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed)
+    assert job.status == "succeeded", job.error
+    assert (job.progress["candidate"], job.progress["candidates"]) == (2, 2)
+    assert job.progress["estimate"]["candidates"] == 2
+    assert job.metrics is not None
+    rows = job.metrics["candidates"]
+    names = ["standard-k2-source-stats", "cartl-k2-b0.4-frozen"]
+    assert [r["name"] for r in rows] == names
+    storage = Storage(stack.settings.resolved_storage_dir)
+    for row in rows:
+        assert "path" not in row  # no file names of the worker's disk in the API
+        assert row["weights"] == f"/v1/jobs/{job_id}/weights?candidate={row['name']}"
+        assert storage.exists(candidate_key(job_id, row["name"]))
+    chosen = job.metrics["chosen"]
+    assert chosen["name"] in names
+    assert job.audit is not None
+    assert job.audit["ensemble"] == "fast"
+    assert job.metrics["robust_accuracy"] == job.audit["robust_accuracy"]
+    assert "val_accuracy" in job.history[-1]
+    description = read_description(storage.path(str(job.weights_key)))
+    assert description is not None
+    assert description["training"]["compare_result"]["chosen"]["name"] == chosen["name"]

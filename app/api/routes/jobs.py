@@ -45,7 +45,8 @@ IdempotencyKey = Annotated[
     status_code=202,
     summary="Start a job",
     description="Validates `params` (names, types, ranges) and checks them against the "
-    "checkpoint and dataset (k within the model's block count, matching input channels, ...), "
+    "checkpoint and dataset (k within the model's block count, matching input channels, the "
+    "checkpoint's image size unless `params.resize`, ...), "
     "records the job as `queued` and hands it to the workers. Unknown or another owner's "
     "`checkpoint_id` / `dataset_id` are a 422 on that field. Poll `links.self`.",
     responses={
@@ -106,14 +107,24 @@ def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
     "/{job_id}/metrics",
     summary="Per-epoch history and the audit report",
     description="The history grows while the job runs; the audit report is there once the "
-    "job's audit has finished.",
+    "job's audit has finished. A compare job adds its candidate table (`candidates`: method, k, "
+    "beta, BN preset, validation and test clean and robust accuracy, a weights link each), the "
+    "`chosen` candidate's name and the cost `estimate`; its history is the chosen one's.",
     responses=problem_responses(404, 409, s409="The job has not started yet."),
 )
 def get_job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetricsOut:
     job = service.get_job(session, owner, job_id)
     if job.status == JobStatus.queued:
         raise ConflictError(f"job {job_id} is queued; its metrics appear once it runs")
-    return JobMetricsOut(history=job.history or [], audit=job.audit)
+    metrics = job.metrics or {}
+    chosen = metrics.get("chosen")
+    return JobMetricsOut(
+        history=job.history or [],
+        audit=job.audit,
+        chosen=chosen.get("name") if isinstance(chosen, dict) else None,
+        candidates=metrics.get("candidates"),
+        estimate=metrics.get("estimate") or (job.progress or {}).get("estimate"),
+    )
 
 
 #: The report is built from user data (class names, file names): no scripts, nothing fetched.
@@ -157,7 +168,9 @@ def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLRes
     "/{job_id}/weights",
     summary="Download the trained weights",
     description="The self-describing safetensors file (architecture, classes, training "
-    "settings and metrics in its header). `ETag` and `X-Checksum-SHA256` carry its sha256.",
+    "settings and metrics in its header). `ETag` and `X-Checksum-SHA256` carry its sha256. "
+    "For a compare job, the chosen candidate; `?candidate=NAME` gives any candidate's (the "
+    "names are in `/metrics`).",
     response_class=FileResponse,
     responses={
         200: {
@@ -167,28 +180,45 @@ def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLRes
             },
         },
         **problem_responses(
-            404, 409, s409="The job has no weights (an audit, or not finished yet)."
+            404,
+            409,
+            422,
+            s404="No such job, or a compare job has no candidate of that name (the problem "
+            "lists the names).",
+            s409="The job has no weights (an audit, or not finished yet).",
+            s422="`candidate` was given for a job that is not a compare.",
         ),
     },
 )
 def get_job_weights(
-    job_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep
+    job_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    candidate: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="A compare job: this candidate's weights instead of the chosen one's.",
+        ),
+    ] = None,
 ) -> FileResponse:
     job = service.get_job(session, owner, job_id)
     if job.kind == JobKind.audit:
         raise ConflictError(f"job {job_id} is an audit; audits produce no weights")
-    if job.weights_key is None or not storage.exists(job.weights_key):
+    weights = service.job_weights(job, candidate)
+    if not storage.exists(weights.key):
         raise ConflictError(
             f"job {job_id} has no weights yet (status {job.status}); they are there once it "
             "has succeeded"
         )
     headers = {}
-    if job.weights_sha256:
-        headers = {"ETag": f'"{job.weights_sha256}"', "X-Checksum-SHA256": job.weights_sha256}
+    if weights.sha256:
+        headers = {"ETag": f'"{weights.sha256}"', "X-Checksum-SHA256": weights.sha256}
     return FileResponse(
-        storage.path(job.weights_key),
+        storage.path(weights.key),
         media_type="application/octet-stream",
-        filename=f"{job.id}.safetensors",
+        filename=weights.filename,
         headers=headers,
     )
 

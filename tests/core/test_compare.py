@@ -1,0 +1,213 @@
+"""``compare``: the candidate plan, the validation split, the choice, and one small run."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cartl_core import ConfigError, create_model, read_description
+from cartl_core.compare import (
+    CompareEvent,
+    choose_candidate,
+    compare,
+    plan_candidates,
+    pretrained_k,
+    validation_split,
+)
+from cartl_core.config import COMPARE_METHODS, CompareConfig
+
+from .conftest import make_dataset
+
+# The package exports the function ``compare``, which hides the module of that name.
+compare_module = importlib.import_module("cartl_core.compare")
+
+
+def _cnn(**options: Any) -> Any:
+    return create_model("small-cnn", 4, in_channels=1, input_size=8, options=options or None)
+
+
+# --- the choice ----------------------------------------------------------------------------
+
+
+def test_the_most_robust_within_the_clean_drop_is_chosen() -> None:
+    clean = [0.95, 0.80, 0.92, 0.90]
+    robust = [0.20, 0.60, 0.30, 0.25]
+    # 0.80 is 15 points below the best: its robustness does not count at a 5-point drop.
+    assert choose_candidate(clean, robust, 0.05) == 2
+    assert choose_candidate(clean, robust, 0.20) == 1
+    # No drop allowed: only the cleanest candidates are eligible.
+    assert choose_candidate(clean, robust, 0.0) == 0
+    # A candidate exactly at the floor is eligible.
+    assert choose_candidate([0.9, 0.85], [0.1, 0.5], 0.05) == 1
+
+
+def test_ties_go_to_higher_clean_then_the_earlier_candidate() -> None:
+    assert choose_candidate([0.90, 0.93, 0.93], [0.4, 0.4, 0.4], 0.05) == 1
+    assert choose_candidate([0.9, 0.9], [0.3, 0.3], 0.05) == 0
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def test_names_are_readable_and_the_defaults_cover_every_method() -> None:
+    plan, dropped = plan_candidates(_cnn(), CompareConfig(ks=(3,)))
+    assert [c.name for c in plan] == [
+        "standard-k3-source-stats",
+        "lwf-k3-trainable",
+        "neft-k3-b0.6-trainable",
+        "cartl-k3-b0.4-frozen",
+    ]
+    assert [c.method for c in plan] == list(COMPARE_METHODS)
+    assert dropped == []
+
+
+def test_default_ks_lie_around_the_pretraining_k_and_skip_weightless_blocks() -> None:
+    config = CompareConfig(methods=("cartl",))
+    # Global pooling: block T-2 (k = 2) has no weights, so k 2 would tune what k 1 tunes.
+    pooled = _cnn(fc_width=0)
+    assert [c.k for c in plan_candidates(pooled, config, centre_k=3)[0]] == [3, 4]
+    assert [c.k for c in plan_candidates(pooled, config, centre_k=1)[0]] == [1]
+    with_fc = _cnn(fc_width=16)
+    assert [c.k for c in plan_candidates(with_fc, config, centre_k=2)[0]] == [2, 1, 3]
+    # Centre beyond the model, or none recorded (TransferConfig's k 4): clipped to T = 5.
+    assert [c.k for c in plan_candidates(with_fc, config, centre_k=9)[0]] == [5, 4]
+    assert [c.k for c in plan_candidates(with_fc, config)[0]] == [4, 3, 5]
+
+
+def test_the_budget_keeps_candidates_in_priority_order() -> None:
+    config = CompareConfig(ks=(2, 3), norm_betas=(0.4, 1.0), max_candidates=5)
+    plan, dropped = plan_candidates(_cnn(fc_width=16), config)
+    # k first, then beta, then BN preset, then method.
+    assert [c.name for c in plan] == [
+        "standard-k2-source-stats",
+        "lwf-k2-trainable",
+        "neft-k2-b0.4-trainable",
+        "cartl-k2-b0.4-frozen",
+        "neft-k2-b1-trainable",
+    ]
+    assert dropped[0].name == "cartl-k2-b1-frozen"
+    assert len(plan) + len(dropped) == 2 * (2 + 2 + 1 + 1)
+    assert len({c.name for c in plan + dropped}) == len(plan) + len(dropped)
+
+
+def test_bad_settings_name_their_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        plan_candidates(_cnn(), CompareConfig(ks=(6,)))
+    assert info.value.field == "ks"
+    for kw, field in (
+        ({"methods": ("magic",)}, "methods"),
+        ({"methods": ()}, "methods"),
+        ({"ks": (2, 2)}, "ks"),
+        ({"bn_presets": ("nope",)}, "bn_presets"),
+        ({"norm_betas": (0.0,)}, "norm_betas"),
+        ({"max_candidates": 0}, "max_candidates"),
+        ({"max_clean_drop": 1.5}, "max_clean_drop"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            CompareConfig(**kw)
+        assert info.value.field == field, kw
+
+
+def test_pretrained_k_is_read_from_a_pretraining_header_only() -> None:
+    assert pretrained_k({"training": {"kind": "pretrain", "k": 3}}) == 3
+    assert pretrained_k({"training": {"kind": "transfer", "k": 3}}) is None
+    assert pretrained_k({"training": {}}) is None
+    assert pretrained_k(None) is None
+
+
+# --- the split -----------------------------------------------------------------------------
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 20 + [2] * 5 + [3])
+    held = validation_split(labels, 0.2, seed=0)
+    train, val = set(held.train.tolist()), set(held.val.tolist())
+    assert not train & val
+    assert train | val == set(range(len(labels)))
+    counts = torch.bincount(labels[held.val], minlength=4).tolist()
+    # A fifth of each class, at least one, and a class of one image only trains.
+    assert counts == [2, 4, 1, 0]
+    again = validation_split(labels, 0.2, seed=0)
+    assert torch.equal(again.val, held.val)
+    assert not torch.equal(validation_split(labels, 0.2, seed=1).val, held.val)
+
+
+# --- a whole (small) comparison ------------------------------------------------------------
+
+
+def test_compare_chooses_on_validation_data_and_writes_every_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    # A source with fewer classes than the target: every candidate gets a new classifier.
+    source = create_model("small-cnn", 2, in_channels=1, input_size=8, options={"fc_width": 16})
+    seen: list[Any] = []
+    real_transfer = compare_module.transfer
+
+    def spy(model: Any, fit_data: Any, *args: Any, **kw: Any) -> Any:
+        seen.append(fit_data)
+        return real_transfer(model, fit_data, *args, **kw)
+
+    monkeypatch.setattr(compare_module, "transfer", spy)
+    config = CompareConfig(
+        eps=0.05, methods=("standard", "cartl"), ks=(2,), epochs=1, batch_size=32,
+        augmentation="none",
+    )  # fmt: skip
+    events: list[CompareEvent] = []
+    result = compare(
+        source, data, config, device="cpu", seed=3, out_dir=tmp_path, on_progress=events.append
+    )
+
+    names = ["standard-k2-source-stats", "cartl-k2-b0.4-frozen"]
+    assert [c.name for c in result.candidates] == names
+    # Candidates trained on the training split less the validation split, chosen on the latter.
+    held = validation_split(data.train.labels, config.val_fraction, seed=3)
+    assert len(seen) == 2
+    for fit in seen:
+        assert torch.equal(fit.train.images, data.train.images[held.train])
+        assert torch.equal(fit.test.images, data.train.images[held.val])
+        assert torch.equal(fit.test.labels, data.train.labels[held.val])
+    assert result.selection["val_samples"] == len(held.val)
+    assert result.selection["train_samples"] == len(data.train) - len(held.val)
+    best = choose_candidate(
+        [c.val_clean for c in result.candidates],
+        [c.val_robust for c in result.candidates],
+        config.max_clean_drop,
+    )
+    assert result.chosen is result.candidates[best]
+    assert result.model is result.chosen.model
+    for c in result.candidates:
+        assert 0 <= c.val_robust <= c.val_clean <= 1
+        assert 0 <= c.test_robust <= c.test_clean <= 1
+        assert c.path == tmp_path / f"{c.name}.safetensors"
+        description = read_description(c.path)
+        assert description is not None
+        assert description["metrics"]["val_robust"] == c.val_robust
+        assert description["training"]["method"] == c.method
+        assert "val_accuracy" in c.history[-1]
+    assert not list(tmp_path.glob("*.state"))
+
+    # The estimate comes first, before any training, and progress ends at 1.
+    assert events[0].stage == "estimate"
+    assert events[0].estimate is result.estimate
+    assert result.estimate.train_seconds > 0
+    assert result.estimate.audit_seconds_max > 0
+    assert [r["name"] for r in result.estimate.per_candidate] == names
+    assert [e.candidate for e in events if e.stage == "candidate-done"] == [0, 1]
+    assert events[-1].fraction == 1.0
+    assert {e.stage for e in events} >= {"train", "audit-val", "audit-test"}
+
+    # A rerun with the same settings and data reuses the files instead of training again.
+    seen.clear()
+    again = compare(source, data, config, device="cpu", seed=3, out_dir=tmp_path)
+    assert seen == []
+    assert all(c.reused for c in again.candidates)
+    assert [c.to_dict()["val_robust"] for c in again.candidates] == [
+        c.val_robust for c in result.candidates
+    ]
+    assert again.chosen.name == result.chosen.name

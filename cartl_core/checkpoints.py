@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from cartl_core.errors import CheckpointError, UnsafeCheckpointError
 from cartl_core.models import BlockModel, ModelSpec, build_model, create_model
 
-__all__ = ["FORMAT", "load_model", "read_description", "save_checkpoint"]
+__all__ = ["FORMAT", "load_model", "read_description", "save_checkpoint", "trained_threat"]
 
 FORMAT = "cartl-checkpoint/1"
 _PREFIXES = ("module.", "_orig_mod.")
@@ -90,6 +90,21 @@ def read_description(path: str | Path) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path.name}: the cartl header is not valid JSON") from None
     return description
+
+
+def trained_threat(description: Mapping[str, Any] | None) -> tuple[float, str] | None:
+    """(eps, norm) of the threat model a checkpoint was made robust against, from its header.
+
+    A pre-trained source records its training attack; a transfer records its source's threat
+    model as ``threat`` (it trains on clean data, but inherits that robustness). None for plain
+    weights and headers without either.
+    """
+    training = (description or {}).get("training") or {}
+    for key in ("threat", "attack"):
+        threat = training.get(key)
+        if isinstance(threat, Mapping) and isinstance(threat.get("eps"), int | float):
+            return float(threat["eps"]), str(threat.get("norm") or "linf")
+    return None
 
 
 def _existing(path: str | Path) -> Path:

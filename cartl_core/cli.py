@@ -192,7 +192,8 @@ def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
         f"--{prefix}eps",
         type=fraction_list,
         default=None,
-        help=f"attack radius, or several separated by commas [default: {_fmt(_AUDIT.eps[0])}]",
+        help="attack radius, or several separated by commas [default: the eps the model was "
+        f"made robust at, from its header; else {_fmt(_AUDIT.eps[0])}]",
     )
     g.add_argument(
         f"--{prefix}attacks",
@@ -223,7 +224,10 @@ def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help=f"random restarts [default: {_AUDIT.restarts}]",
     )
     g.add_argument(
-        f"--{prefix}norm", choices=("linf", "l2"), default=None, help="threat model [default: linf]"
+        f"--{prefix}norm",
+        choices=("linf", "l2"),
+        default=None,
+        help="threat model [default: the model's own, from its header; else linf]",
     )
 
 

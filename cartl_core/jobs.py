@@ -89,26 +89,48 @@ class _Trace:
         return TraceConfig(samples=self.trace_samples, steps=self.trace_steps, eps=eps, norm=norm)
 
 
+Threat = tuple[float, str]
+
+
+def _threat_model(
+    eps: tuple[float, ...] | None, norm: Norm | None, threat: Threat | None
+) -> tuple[tuple[float, ...], Norm]:
+    """The audit's radii and norm: as given, else the model's own threat model, else the paper's.
+
+    A given norm without radii keeps the paper's radius rather than borrow one from another norm.
+    """
+    if eps:
+        return tuple(eps), norm or _AU.norm
+    if threat is not None and norm in (None, threat[1]):
+        return (threat[0],), cast(Norm, threat[1])
+    return _AU.eps, norm or _AU.norm
+
+
 @dataclass(frozen=True)
 class _FinalAudit:
-    """The audit that ends a training job (``no_audit`` skips it)."""
+    """The audit that ends a training job (``no_audit`` skips it).
 
-    audit_eps: tuple[float, ...] = _AU.eps
+    ``audit_eps`` and ``audit_norm`` left out: the threat model the model was made robust
+    against (a pre-training's attack; a transfer's source's), else the paper's Linf 8/255.
+    """
+
+    audit_eps: tuple[float, ...] | None = None
     audit_attacks: str = _AU.attacks
     audit_steps: int = _AU.steps
     audit_alpha: float | None = _AU.alpha
     audit_restarts: int = _AU.restarts
-    audit_norm: Norm = _AU.norm
+    audit_norm: Norm | None = None
     no_audit: bool = False
 
-    def audit_config(self) -> AuditConfig:
+    def audit_config(self, threat: Threat | None = None) -> AuditConfig:
+        eps, norm = _threat_model(self.audit_eps, self.audit_norm, threat)
         return AuditConfig(
-            eps=tuple(self.audit_eps),
+            eps=eps,
             attacks=self.audit_attacks,
             steps=self.audit_steps,
             alpha=self.audit_alpha,
             restarts=self.audit_restarts,
-            norm=self.audit_norm,
+            norm=norm,
         )
 
 
@@ -123,6 +145,10 @@ class PretrainParams(_Schedule, _Trace, _FinalAudit):
     eps: float = _A.eps
     alpha: float | None = _A.alpha
     steps: int = _A.steps
+
+    @property
+    def threat(self) -> Threat:
+        return (self.eps, _A.norm)
 
     def config(self) -> FDMConfig:
         return FDMConfig(
@@ -152,8 +178,10 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
     source_classes: int | None = None
     resize: bool = False
 
-    def config(self) -> TransferConfig:
+    def config(self, threat: Threat | None = None) -> TransferConfig:
+        """``threat``: the source's threat model, the trace's radius unless the audit names one."""
         base = TransferConfig(method=self.method).resolved_schedule()
+        eps, norm = _threat_model(self.audit_eps, self.audit_norm, threat)
         return TransferConfig(
             method=self.method,
             k=self.k,
@@ -166,7 +194,7 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
             lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
             augmentation=self.augment,
             # The threat model the final audit will judge it by (its first radius).
-            trace=self.trace(self.audit_eps[0] if self.audit_eps else None, self.audit_norm),
+            trace=self.trace(eps[0], norm),
         )
 
 
@@ -175,12 +203,12 @@ class AuditParams:
     """``cartl audit``: clean accuracy, the attack ensemble (per-sample worst case), the paper's
     PGD and FGSM as named attacks, and the masking checks, on the test split."""
 
-    eps: tuple[float, ...] = _AU.eps
+    eps: tuple[float, ...] | None = None
     attacks: str = _AU.attacks
     steps: int = _AU.steps
     alpha: float | None = _AU.alpha
     restarts: int = _AU.restarts
-    norm: Norm = _AU.norm
+    norm: Norm | None = None
     apgd_steps: int = _AU.apgd_steps
     apgd_targets: int = _AU.apgd_targets
     square_queries: int = _AU.square_queries
@@ -192,13 +220,15 @@ class AuditParams:
     arch: str | None = None
     resize: bool = False
 
-    def config(self) -> AuditConfig:
+    def config(self, threat: Threat | None = None) -> AuditConfig:
+        """``threat``: the checkpoint's own threat model, used where ``eps``/``norm`` are unset."""
+        eps, norm = _threat_model(self.eps, self.norm, threat)
         return AuditConfig(
-            eps=tuple(self.eps),
+            eps=eps,
             steps=self.steps,
             alpha=self.alpha,
             restarts=self.restarts,
-            norm=self.norm,
+            norm=norm,
             attacks=self.attacks,
             apgd_steps=self.apgd_steps,
             apgd_targets=self.apgd_targets,
@@ -437,6 +467,7 @@ def run_job(
     """
     from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
     from cartl_core._runtime import prepare_model, resolve_device
+    from cartl_core.checkpoints import read_description, trained_threat
 
     data = load_dataset(dataset_path, resize=_resize_to(params, checkpoint_path))
     c, h, w = data.input_shape
@@ -454,7 +485,7 @@ def run_job(
         report = audit(
             model,
             split,
-            params.config(),
+            params.config(trained_threat(read_description(checkpoint_path))),
             class_names=data.class_names,
             on_progress=on_audit_progress,
         )
@@ -490,6 +521,7 @@ def run_job(
         if checkpoint_path is not None:
             init = load_model(checkpoint_path, arch=params.arch, in_channels=c, input_size=h)
         result = pretrain(data, params.arch, params.config(), init=init, **kw)
+        threat: Threat | None = params.threat
     else:
         if checkpoint_path is None:
             raise ConfigError("a transfer needs a source checkpoint", field="checkpoint_id")
@@ -500,7 +532,8 @@ def run_job(
             in_channels=c,
             input_size=h,
         )
-        result = transfer(source, data, params.config(), **kw)
+        threat = trained_threat(read_description(checkpoint_path))
+        result = transfer(source, data, params.config(threat), **kw)
     history = [r.to_dict() for r in result.history]
     outcome = JobOutcome(history=history)
     metrics: dict[str, Any] = {"history": history}
@@ -508,7 +541,7 @@ def run_job(
         report = audit(
             result.model,
             data.test,
-            params.audit_config(),
+            params.audit_config(threat),
             class_names=data.class_names,
             on_progress=on_audit_progress,
         )
@@ -529,11 +562,16 @@ def run_job(
         result.model,
         out_path,
         class_names=data.class_names,
-        training=result.training,
+        # A later audit or transfer of this model defaults to the threat model it is robust in.
+        training={**result.training, **_threat_record(threat)},
         metrics=metrics,
     )
     outcome.weights = out_path
     return outcome
+
+
+def _threat_record(threat: Threat | None) -> dict[str, Any]:
+    return {} if threat is None else {"threat": {"eps": threat[0], "norm": threat[1]}}
 
 
 def _run_compare(
@@ -623,7 +661,12 @@ def _run_compare(
         result.model,
         out_path,
         class_names=data.class_names,
-        training={**chosen.training, "compare_result": summary},
+        # Chosen in this threat model, so that is the one later audits default to.
+        training={
+            **chosen.training,
+            "compare_result": summary,
+            **_threat_record(None if params.eps is None else (params.eps, params.norm)),
+        },
         metrics=metrics,
     )
     # chosen.safetensors holds the full audit the candidate's own file lacks: another file.

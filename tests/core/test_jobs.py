@@ -45,8 +45,14 @@ def test_params_have_the_cli_option_names_and_defaults(command: str, cls: type) 
         cli_default, default = cli[f.name], f.default
         audit_name = f.name.removeprefix("audit_")
         audit_option = command == "audit" or f.name.startswith("audit_")
-        if cli_default is None and audit_option and hasattr(AuditConfig(), audit_name):
-            # The CLI's audit options leave None to mean "AuditConfig's default".
+        if (
+            cli_default is None
+            and default is not None
+            and audit_option
+            and hasattr(AuditConfig(), audit_name)
+        ):
+            # The CLI's audit options leave None to mean "AuditConfig's default" (eps and norm
+            # are None in both: the model's own threat model, resolved when the job runs).
             cli_default = getattr(AuditConfig(), audit_name)
         if isinstance(default, tuple) and not isinstance(cli_default, tuple):
             cli_default = (cli_default,)
@@ -110,13 +116,22 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
              "audit_attacks": "fast"}  # fmt: skip
     src = run_job(
         "pretrain",
-        parse_params("pretrain", {"arch": "small-cnn", "k": 2, "steps": 2, **small}),
+        parse_params(
+            "pretrain",
+            {"arch": "small-cnn", "k": 2, "steps": 2, "eps": 0.1, **small, "augment": "auto"},
+        ),
         dataset_path=data,
         checkpoint_path=None,
         out_path=tmp_path / "src.safetensors",
     )
     assert src.weights is not None
     assert [h["epoch"] for h in src.history] == [1]
+    # No audit_eps anywhere below: every audit is in the threat model the source was trained in.
+    assert src.metrics["eps"] == pytest.approx(0.1)
+    src_training = (read_description(tmp_path / "src.safetensors") or {})["training"]
+    # "auto" on 8x8 images: a 1-pixel crop only; the step follows eps (eps/4).
+    assert src_training["augmentation_used"] == "crop 1 px"
+    assert src_training["attack"]["alpha"] == pytest.approx(0.025)
     tgt = run_job(
         "transfer",
         parse_params("transfer", {"method": "cartl", "k": 2, **small}),
@@ -129,6 +144,8 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     description = read_description(tmp_path / "tgt.safetensors")
     assert description is not None
     assert description["metrics"]["robust_accuracy"] == tgt.metrics["robust_accuracy"]
+    assert tgt.metrics["eps"] == pytest.approx(0.1)
+    assert description["training"]["threat"] == {"eps": pytest.approx(0.1), "norm": "linf"}
     audited = run_job(
         "audit",
         parse_params("audit", {"steps": 3, "limit": 20, "square_queries": 200}),
@@ -140,6 +157,7 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     assert audited.audit is not None
     assert AuditReport.from_dict(audited.audit).to_dict() == audited.audit
     assert audited.metrics["samples"] == 20
+    assert audited.metrics["eps"] == pytest.approx(0.1)
     assert audited.metrics["ensemble"] == "standard"
     assert [a["name"] for a in audited.metrics["attacks"] if a["role"] == "ensemble"] == [
         "apgd-ce",

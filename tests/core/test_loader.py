@@ -91,3 +91,30 @@ def test_mean_std_matches_torch() -> None:
     x = split.images.double() / 255
     assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
     assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        # 8x8 digits: 1 px (4 px would push a digit half off the canvas), no flip or rotation.
+        ((1, 8, 8), Augmentation(crop_padding=1)),
+        ((1, 28, 28), Augmentation(crop_padding=4)),
+        # Small colour images are not assumed to be natural photos either.
+        ((3, 16, 16), Augmentation(crop_padding=2)),
+        # CIFAR-like: exactly the paper's augmentation.
+        ((3, 32, 32), Augmentation.paper_cifar()),
+        ((3, 64, 64), Augmentation(crop_padding=8, flip=True, rotation_degrees=15.0)),
+    ],
+)
+def test_auto_augmentation_follows_the_data(
+    shape: tuple[int, int, int], expected: Augmentation
+) -> None:
+    assert Augmentation.from_name("auto", shape) == expected
+
+
+def test_auto_needs_a_shape_and_describe_says_what_runs() -> None:
+    with pytest.raises(ConfigError, match="input shape"):
+        Augmentation.from_name("auto")
+    assert Augmentation.from_name("auto", (1, 8, 8)).describe() == "crop 1 px"
+    assert Augmentation.paper_cifar().describe() == "crop 4 px, flip, rotate 15 deg"
+    assert Augmentation.none().describe() == "none"

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,6 +41,7 @@ from cartl_core.config import (
     ScheduleConfig,
     TraceConfig,
     TransferConfig,
+    TransferMethod,
 )
 from cartl_core.data import Dataset
 from cartl_core.data.digits import digits_task
@@ -49,6 +51,13 @@ from cartl_core.training import pretrain, transfer
 
 EPS = 0.2
 NO_TRACE = TraceConfig(samples=0)
+# small-cnn's options per layout (recorded in every checkpoint, so cached sources rebuild).
+LAYOUTS: dict[str, dict[str, object]] = {
+    "gap": {"fc_width": 0},
+    "fc": {"fc_width": 128},
+    # The prototype of the issue: conv32 stem, conv64 + pool twice, flatten 256 -> 128 -> head.
+    "proto": {"fc_width": 128, "stages": [[64, True], [64, True]]},
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class Source:
 class Row:
     name: str
     source: Source
-    method: str
+    method: TransferMethod
     k: int
     norm_beta: float | None = None
     bn: str | None = None
@@ -84,14 +93,30 @@ def _rows() -> list[Row]:
     fc_at, fc_fdm = Source("fc", 0.0, 2), Source("fc", 0.01, 2)
     fc_fdm05 = Source("fc", 0.05, 2)
     fc_fdm_k3 = Source("fc", 0.01, 3)
-    proto = {"norm_beta": 1.0, "bn": "all-source", "lr": 0.01, "lr_schedule": "const"}
+    pr_at, pr_fdm = Source("proto", 0.0, 2, epochs=30), Source("proto", 0.01, 2, epochs=30)
+    pr_fdm05 = Source("proto", 0.05, 2, epochs=30)
+    proto: dict[str, Any] = {"norm_beta": 1.0, "bn": "all-source", "lr": 0.01,
+                             "lr_schedule": "const"}  # fmt: skip
+    proto30: dict[str, Any] = {**proto, "epochs": 30}
     return [
         # The product's demo today: gap layout, k 3, defaults.
         Row("gap AT->standard k3 (demo)", gap_at, "standard", 3),
         Row("gap FDM->cartl k3 (demo)", gap_fdm, "cartl", 3),
         Row("gap FDM->cartl k2", gap_fdm, "cartl", 2),
         Row("gap FDM.01->cartl k3", gap_fdm01, "cartl", 3),
-        Row("gap FDM->cartl k3 beta1 all-source lr.01", gap_fdm, "cartl", 3, **proto),  # type: ignore[arg-type]
+        Row("gap FDM->cartl k3 beta1 all-source lr.01", gap_fdm, "cartl", 3, **proto),
+        Row("gap FDM->cartl k3 beta.6", gap_fdm, "cartl", 3, norm_beta=0.6),
+        Row("gap FDM->cartl k3 beta1", gap_fdm, "cartl", 3, norm_beta=1.0),
+        Row("gap FDM->cartl k3 all-source", gap_fdm, "cartl", 3, bn="all-source"),
+        Row("gap FDM->cartl k3 source-stats", gap_fdm, "cartl", 3, bn="source-stats"),
+        Row("gap FDM->cartl k3 lr.01 const", gap_fdm, "cartl", 3, lr=0.01, lr_schedule="const"),
+        Row("gap FDM.1->cartl k3", Source("gap", 0.1, 3), "cartl", 3),
+        Row("gap FDM->standard k3", gap_fdm, "standard", 3),
+        Row("gap AT->cartl k3", gap_at, "cartl", 3),
+        Row("gap AT->neft k3", gap_at, "neft", 3),
+        Row("gap AT->lwf k3", gap_at, "lwf", 3),
+        Row("gap FDM->cartl k4", Source("gap", 0.05, 4), "cartl", 4),
+        Row("gap AT->standard k4", gap_at, "standard", 4),
         # The fc layout, k 2 (hidden FC + classifier tuned), as the prototype.
         Row("fc AT->standard k2", fc_at, "standard", 2),
         Row(
@@ -104,7 +129,7 @@ def _rows() -> list[Row]:
             lr_schedule="const",
         ),
         Row("fc FDM->cartl k2 (defaults)", fc_fdm, "cartl", 2),
-        Row("fc FDM->cartl k2 prototype", fc_fdm, "cartl", 2, **proto),  # type: ignore[arg-type]
+        Row("fc FDM->cartl k2 prototype", fc_fdm, "cartl", 2, **proto),
         Row("fc FDM->cartl k2 beta1", fc_fdm, "cartl", 2, norm_beta=1.0),
         Row("fc FDM->cartl k2 all-source", fc_fdm, "cartl", 2, bn="all-source"),
         Row("fc FDM->cartl k2 lr.01 const", fc_fdm, "cartl", 2, lr=0.01, lr_schedule="const"),
@@ -119,10 +144,26 @@ def _rows() -> list[Row]:
             lr_schedule="const",
         ),
         Row("fc FDM->standard k2", fc_fdm, "standard", 2),
-        Row("fc AT->neft k2 prototype", fc_at, "neft", 2, **proto),  # type: ignore[arg-type]
-        Row("fc FDM.05->cartl k2 prototype", fc_fdm05, "cartl", 2, **proto),  # type: ignore[arg-type]
-        Row("fc FDM-k3->cartl k3 prototype", fc_fdm_k3, "cartl", 3, **proto),  # type: ignore[arg-type]
+        Row("fc AT->neft k2 prototype", fc_at, "neft", 2, **proto),
+        Row("fc FDM.05->cartl k2 prototype", fc_fdm05, "cartl", 2, **proto),
+        Row("fc FDM-k3->cartl k3 prototype", fc_fdm_k3, "cartl", 3, **proto),
         Row("fc AT->standard k3", fc_at, "standard", 3),
+        # The prototype's layout and schedule lengths (30 epochs each side).
+        Row(
+            "proto AT->standard k2 prototype",
+            pr_at,
+            "standard",
+            2,
+            bn="all-source",
+            lr=0.01,
+            lr_schedule="const",
+            epochs=30,
+        ),
+        Row("proto FDM.01->cartl k2 prototype", pr_fdm, "cartl", 2, **proto30),
+        Row("proto AT->standard k2", pr_at, "standard", 2),
+        Row("proto FDM.01->cartl k2 (defaults)", pr_fdm, "cartl", 2),
+        Row("proto AT->cartl k2 prototype", pr_at, "cartl", 2, **proto30),
+        Row("proto FDM.05->cartl k2 prototype", pr_fdm05, "cartl", 2, **proto30),
     ]
 
 
@@ -139,9 +180,8 @@ def _source(src: Source, data: Dataset, cache: Path) -> BlockModel:
     torch.manual_seed(0)
     mean, std = dataset_mean_std(data.train)
     c, h, _ = data.input_shape
-    fc_width = 128 if src.layout == "fc" else 0
     init = create_model("small-cnn", data.num_classes, in_channels=c, input_size=h, mean=mean,
-                        std=std, options={"fc_width": fc_width})  # fmt: skip
+                        std=std, options=LAYOUTS[src.layout])  # fmt: skip
     cfg = FDMConfig(
         k=src.k,
         fdm_lambda=src.fdm_lambda,
@@ -178,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         src = _source(r.source, source_data, args.cache)
         cfg = TransferConfig(
-            method=r.method,  # type: ignore[arg-type]
+            method=r.method,
             k=r.k,
             norm_beta=r.norm_beta,
             bn=r.bn,

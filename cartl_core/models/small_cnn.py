@@ -8,6 +8,8 @@ classifier: T = 5 blocks. The feature block is set by ``spec.options["fc_width"]
   that still sees where a feature is, like the small CNNs in the robust-transfer literature.
 - absent or 0 (checkpoints written before the option existed): global average pooling and no
   weights, so k = 2 tunes only the final linear layer on pooled features.
+
+``spec.options["stages"]``, a list of ``[channels, pool]``, replaces the three conv stages.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from torch import nn
 from cartl_core.models._base import BlockModel, Head, ModelSpec
 
 GRID = 2
+# The conv stages after the stem, for width 32: 64 then 128 channels at halved resolution, then
+# 128 at the same resolution.
+_STAGES = ((64, True), (128, True), (128, False))
 
 
 def _stage(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -30,21 +35,23 @@ def _stage(cin: int, cout: int, pool: bool) -> nn.Sequential:
 def small_cnn(spec: ModelSpec, width: int = 32) -> BlockModel:
     w = width
     fc_width = int(spec.options.get("fc_width", 0))
+    # (channels, halve the resolution) of each conv stage after the stem.
+    stages = [(int(c), bool(pool)) for c, pool in spec.options.get("stages", _STAGES)]
     stem = _stage(spec.in_channels, w, pool=False)
-    blocks: list[nn.Module] = [
-        _stage(w, 2 * w, pool=True),
-        _stage(2 * w, 4 * w, pool=True),
-        _stage(4 * w, 4 * w, pool=False),
-    ]
+    blocks: list[nn.Module] = []
+    cin = w
+    for cout, pool in stages:
+        blocks.append(_stage(cin, cout, pool=pool))
+        cin = cout
     if fc_width > 0:
         features = nn.Sequential(
             nn.AdaptiveAvgPool2d(GRID),
             nn.Flatten(),
-            nn.Linear(4 * w * GRID * GRID, fc_width),
+            nn.Linear(cin * GRID * GRID, fc_width),
             nn.ReLU(),
         )
         head = Head(nn.Linear(fc_width, spec.num_classes))
     else:
         features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        head = Head(nn.Linear(4 * w, spec.num_classes))
+        head = Head(nn.Linear(cin, spec.num_classes))
     return BlockModel(spec, stem, [*blocks, features], head)

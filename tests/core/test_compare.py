@@ -60,13 +60,16 @@ def test_names_are_readable_and_the_defaults_cover_every_method() -> None:
         "lwf-k3-trainable",
         "neft-k3-b0.6-trainable",
         "cartl-k3-b0.4-frozen",
+        # The spectral-norm methods also try keeping the source's BN statistics.
+        "neft-k3-b0.6-source-stats",
+        "cartl-k3-b0.4-source-stats",
     ]
-    assert [c.method for c in plan] == list(COMPARE_METHODS)
+    assert [c.method for c in plan[:4]] == list(COMPARE_METHODS)
     assert dropped == []
 
 
 def test_default_ks_lie_around_the_pretraining_k_and_skip_weightless_blocks() -> None:
-    config = CompareConfig(methods=("cartl",))
+    config = CompareConfig(methods=("cartl",), bn_presets=("frozen",))
     # Global pooling: block T-2 (k = 2) has no weights, so k 2 would tune what k 1 tunes.
     pooled = _cnn(fc_width=0)
     assert [c.k for c in plan_candidates(pooled, config, centre_k=3)[0]] == [3, 4]
@@ -87,10 +90,11 @@ def test_the_budget_keeps_candidates_in_priority_order() -> None:
         "lwf-k2-trainable",
         "neft-k2-b0.4-trainable",
         "cartl-k2-b0.4-frozen",
-        "neft-k2-b1-trainable",
+        "neft-k2-b0.4-source-stats",
     ]
-    assert dropped[0].name == "cartl-k2-b1-frozen"
-    assert len(plan) + len(dropped) == 2 * (2 + 2 + 1 + 1)
+    assert dropped[0].name == "cartl-k2-b0.4-source-stats"
+    # Per k: standard, lwf, and neft and cartl at 2 betas x 2 BN presets each.
+    assert len(plan) + len(dropped) == 2 * (1 + 1 + 4 + 4)
     assert len({c.name for c in plan + dropped}) == len(plan) + len(dropped)
 
 
@@ -156,7 +160,7 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
     monkeypatch.setattr(compare_module, "transfer", spy)
     config = CompareConfig(
         eps=0.05, methods=("standard", "cartl"), ks=(2,), epochs=1, batch_size=32,
-        augmentation="none",
+        augmentation="none", max_candidates=2,
     )  # fmt: skip
     events: list[CompareEvent] = []
     result = compare(

@@ -301,7 +301,7 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
 
     ckpt, ds = _inputs(stack)
     job_id = new_id("job")
-    params = {"eps": 0.1, "methods": ["standard", "cartl"], "k": [2], "epochs": 1,
+    params = {"eps": 0.1, "methods": ["standard", "cartl"], "max_candidates": 2, "k": [2], "epochs": 1,
               "batch_size": 64, "augment": "none", "audit_attacks": "fast"}  # fmt: skip
     with stack.factory() as s, s.begin():
         s.add(

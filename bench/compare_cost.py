@@ -1,0 +1,85 @@
+"""What ``compare`` costs against the same candidates run as separate transfers, in one run.
+
+Both sides do the same work per candidate: ``transfer`` on the training split minus the held-out
+validation part, then the ``fast`` ensemble on the validation part and on the test split. The
+"separate" side calls ``cartl_core.transfer`` and ``run_ensemble`` once per candidate, as a user
+scripting N transfers would; the other side is one ``cartl_core.compare`` call (which also times
+its cost estimate before training). ``ratio`` = separate seconds / compare seconds.
+
+Default task: the demo's (digits 0-4 -> 5-9, small-cnn, Linf 0.2), source from
+``bench/transfer_ablation.py``'s cache (FDM lambda 0.05, k 3; trained here if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transfer_ablation import Source, _source
+
+from cartl_core import AuditConfig
+from cartl_core.audit import run_ensemble
+from cartl_core.compare import compare, plan_candidates, validation_split
+from cartl_core.config import CompareConfig
+from cartl_core.data import Dataset
+from cartl_core.data.digits import digits_task
+from cartl_core.training import transfer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=Path("bench/results/ablation"))
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--max-candidates", type=int, default=12)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    source = _source(Source("gap", 0.05, 3), digits_task((0, 1, 2, 3, 4), seed=0), args.cache)
+    data = digits_task((5, 6, 7, 8, 9), seed=0)
+    config = CompareConfig(
+        eps=0.2, epochs=args.epochs, batch_size=64, lr=0.05, augmentation="none",
+        max_candidates=args.max_candidates,
+    )  # fmt: skip
+    plan, _ = plan_candidates(source, config, centre_k=3)
+
+    t0 = time.perf_counter()
+    held = validation_split(data.train.labels, config.val_fraction, 0)
+    fit = Dataset(data.train.subset(held.train), data.train.subset(held.val), data.class_names,
+                  data.format)  # fmt: skip
+    audit = AuditConfig(eps=(config.eps,), attacks="fast")
+    separate = []
+    for cand in plan:
+        model = transfer(source, fit, cand.transfer_config(config), device="cpu", seed=0).model
+        val = run_ensemble(model, fit.test, audit)
+        test = run_ensemble(model, data.test, audit)
+        separate.append((cand.name, val.robust_accuracy, test.robust_accuracy))
+    t_separate = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = compare(source, data, config, device="cpu", seed=0, centre_k=3)
+    t_compare = time.perf_counter() - t0
+
+    print(f"compare cost benchmark: {len(plan)} candidates, digits 0-4 -> 5-9, small-cnn, "
+          f"{args.epochs} epochs, {torch.get_num_threads()} CPU threads")  # fmt: skip
+    print(f"{'way':<44}{'seconds':>9}{'ratio':>7}")
+    print(f"{'separate: transfer + 2 audits per candidate':<44}{t_separate:>9.1f}{1.0:>7.2f}")
+    print(f"{'one compare (estimate included)':<44}{t_compare:>9.1f}{t_separate / t_compare:>7.2f}")
+    print(f"compare's estimate before training: {result.estimate.to_dict()}")
+    same = all(
+        abs(r.val_robust - s[1]) < 1e-9 and abs(r.test_robust - s[2]) < 1e-9
+        for r, s in zip(result.candidates, separate, strict=True)
+    )
+    print(f"same robust accuracies both ways: {same}")
+    print(f"chosen: {result.chosen.name} ({result.selection['reason']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     separate = []
     for cand in plan:
         model = transfer(source, fit, cand.transfer_config(config), device="cpu", seed=0).model
+        # compare seeds each audit's random starts with its seed; so does this side.
+        torch.manual_seed(0)
         val = run_ensemble(model, fit.test, audit)
+        torch.manual_seed(0)
         test = run_ensemble(model, data.test, audit)
         separate.append((cand.name, val.robust_accuracy, test.robust_accuracy))
     t_separate = time.perf_counter() - t0
@@ -72,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'separate: transfer + 2 audits per candidate':<44}{t_separate:>9.1f}{1.0:>7.2f}")
     print(f"{'one compare (estimate included)':<44}{t_compare:>9.1f}{t_separate / t_compare:>7.2f}")
     print(f"compare's estimate before training: {result.estimate.to_dict()}")
-    same = all(
-        abs(r.val_robust - s[1]) < 1e-9 and abs(r.test_robust - s[2]) < 1e-9
+    gap = max(
+        max(abs(r.val_robust - s[1]), abs(r.test_robust - s[2]))
         for r, s in zip(result.candidates, separate, strict=True)
     )
-    print(f"same robust accuracies both ways: {same}")
+    print(f"largest difference in robust accuracy between the two ways: {gap:.4f}")
     print(f"chosen: {result.chosen.name} ({result.selection['reason']})")
     return 0
 

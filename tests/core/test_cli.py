@@ -8,13 +8,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from cartl_core import read_description
+from cartl_core import read_description, reproduction
 from cartl_core.cli import build_parser, fraction, main
+from cartl_core.compare import CandidateResult, CompareResult, CostEstimate
 from cartl_core.config import AttackConfig, AuditConfig, FDMConfig, ScheduleConfig, TransferConfig
+from cartl_core.reproduction import DemoResult, DigitsSettings, ReproductionRow
 
 from .conftest import make_dataset
 
@@ -287,3 +290,70 @@ def test_a_target_of_another_image_size_needs_resize(
     capsys.readouterr()
     assert main([*audit, "--resize"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 8
+
+
+def test_demo_defaults_come_from_the_digits_settings() -> None:
+    parser = build_parser()
+    args, demo = parser.parse_args(["demo"]), DigitsSettings()
+    assert (args.eps, args.k, args.fdm_lambda, args.epochs, args.attacks, args.methods) == (
+        demo.eps, demo.k, demo.fdm_lambda, demo.epochs, demo.attacks, demo.compare_methods,
+    )  # fmt: skip
+    assert demo.compare_methods == ("standard", "cartl")
+    wider = parser.parse_args(["demo", "--methods", "standard,neft,cartl"])
+    assert wider.methods == ("standard", "neft", "cartl")
+
+
+def _demo_result() -> DemoResult:
+    """A result shaped like the demo's (the real one takes minutes: test_digits_reproduction)."""
+    rows = [
+        ReproductionRow("AT", None, 1.0, 0.69, 40.0, "source", 0.72),
+        ReproductionRow("AT", "standard", 0.98, 0.12, 8.0, "target", 0.16),
+        ReproductionRow("FDM", None, 0.99, 0.67, 40.0, "source", 0.69),
+        ReproductionRow("FDM", "compare", 0.96, 0.24, 90.0, "target", 0.31, candidate="cartl-k3"),
+    ]
+    candidates = [
+        CandidateResult("standard-k3", "standard", 3, None, "source-stats", 0.97, 0.16, 0.95,
+                        0.15, 9.0),
+        CandidateResult("cartl-k3", "cartl", 3, 0.4, "frozen", 0.95, 0.29, 0.96, 0.25, 12.0),
+    ]  # fmt: skip
+    comparison = CompareResult(
+        candidates=candidates,
+        chosen=candidates[1],
+        estimate=CostEstimate(2, 2.0, 60.0, []),
+        selection={"reason": "cartl-k3: validation robust 0.290", "val_samples": 89,
+                   "ensemble": "fast"},
+        dropped=[],
+        seconds=21.0,
+    )  # fmt: skip
+    return DemoResult(rows, comparison, 180.0)
+
+
+def test_demo_shows_the_rows_and_compares_candidates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[DigitsSettings] = []
+
+    def demo(settings: DigitsSettings, **kw: Any) -> DemoResult:
+        seen.append(settings)
+        result = _demo_result()
+        for row in result.rows:
+            kw["on_row"](row)
+        return result
+
+    monkeypatch.setattr(reproduction, "digits_reproduction", demo)
+    assert main(["demo", "--methods", "standard,cartl", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    assert seen[0].compare_methods == ("standard", "cartl")
+    # The rows (compare's choice named), then every candidate with the chosen one marked.
+    assert re.search(r"FDM\s+compare: cartl-k3\s+target\s+0\.960\s+0\.240", out.out)
+    assert re.search(r"cartl-k3 .*<- chosen", out.out)
+    assert "chosen: cartl-k3: validation robust 0.290" in out.out
+    assert "FDM compare: cartl-k3: clean 0.960 robust 0.240" in out.err
+
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--json", "--device", "cpu", "--plot", str(plot)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["transfer"] for r in data["rows"]] == [None, "standard", None, "compare"]
+    assert data["rows"][-1]["candidate"] == data["compare"]["chosen"]["name"] == "cartl-k3"
+    assert [c["name"] for c in data["compare"]["candidates"]] == ["standard-k3", "cartl-k3"]
+    assert plot.stat().st_size > 0

@@ -31,7 +31,8 @@ def test_json_is_one_object_and_every_candidate_is_written(
 ) -> None:
     source, data, out = _source(tmp_path / "src.safetensors"), _npz(tmp_path / "t.npz"), tmp_path
     args = ["compare", "--source", str(source), "--data", str(data), "--eps", "1/20",
-            "--methods", "standard,cartl", "--max-candidates", "2", "--k", "2", "--epochs", "1", "--batch-size", "32",
+            "--methods", "standard,cartl", "--max-candidates", "2", "--k", "2", "--epochs", "1",
+            "--batch-size", "32",
             "--augment", "none", "--max-clean-drop", "0.1", "--no-audit", "--json",
             "--device", "cpu", "--out-dir", str(out / "runs")]  # fmt: skip
     assert main(args) == 0

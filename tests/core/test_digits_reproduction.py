@@ -4,27 +4,43 @@ from __future__ import annotations
 
 import pytest
 
-from cartl_core.reproduction import DigitsSettings, digits_reproduction, format_table
+from cartl_core.reproduction import DigitsSettings, digits_reproduction
 
 pytest.importorskip("sklearn")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_cartl_keeps_more_robustness_than_standard_fine_tuning() -> None:
-    rows = digits_reproduction(DigitsSettings())
-    print("\n" + format_table(rows))
-    by = {(r.source, r.transfer): r for r in rows}
-    at_source, at_standard = by[("AT", None)], by[("AT", "standard")]
-    fdm_cartl, at_cartl = by[("FDM", "cartl")], by[("AT", "cartl")]
+def test_compare_from_the_fdm_source_keeps_more_robustness_than_standard_fine_tuning() -> None:
+    result = digits_reproduction(DigitsSettings())
+    print("\n" + result.table())
+    # Measured at seed 0 on a 2-core CPU, with 2 threads (the README's run) and with 1 (float
+    # sums differ with the thread count, and training amplifies that into a few points): AT
+    # source robust 0.684 / 0.689; AT->standard clean 0.987 / 0.975, robust 0.136 / 0.121;
+    # compare's choice clean 0.926 / 0.958, robust 0.219 / 0.243.
+    at_source, at_standard = result.row("AT", None), result.row("AT", "standard")
+    chosen = result.chosen
     assert at_source.robust_accuracy > 0.6
     # Standard fine-tuning of an adversarially trained source loses most of its robustness...
     assert at_standard.robust_accuracy < 0.5 * at_source.robust_accuracy
-    # ...CARTL keeps more (measured by the APGD ensemble, which takes more from CARTL's models
-    # than PGD-20 did: the margin is smaller than PGD-20 showed)...
-    assert fdm_cartl.robust_accuracy >= at_standard.robust_accuracy + 0.03
-    assert at_cartl.robust_accuracy > at_standard.robust_accuracy
-    assert fdm_cartl.robust_accuracy > by[("FDM", "standard")].robust_accuracy
+    # ...the model compare chooses from the FDM source keeps clearly more (+0.08 / +0.12)...
+    assert chosen.robust_accuracy >= at_standard.robust_accuracy + 0.05
     # ...at about the same clean accuracy.
-    assert fdm_cartl.clean_accuracy >= at_standard.clean_accuracy - 0.07
-    assert fdm_cartl.clean_accuracy > 0.9
+    assert chosen.clean_accuracy >= at_standard.clean_accuracy - 0.07
+    assert chosen.clean_accuracy > 0.9
+
+    comparison = result.comparison
+    # Chosen on validation: the most robust there among those within max_clean_drop of the best
+    # validation clean accuracy (ties: higher clean, then earlier), never on the test split.
+    selection = comparison.selection
+    floor = selection["best_val_clean"] - selection["max_clean_drop"] - 1e-9
+    eligible = [c for c in comparison.candidates if c.val_clean >= floor]
+    assert [c.name for c in eligible] == selection["eligible"]
+    best = max(eligible, key=lambda c: (c.val_robust, c.val_clean))
+    assert chosen.candidate == comparison.chosen.name == best.name
+    # A CARTL candidate wins, and like for like on the test split it beats every standard
+    # fine-tuning candidate of the same source (0.214 against at most 0.167 / 0.246 against 0.172).
+    assert best.method == "cartl"
+    standard = [c.test_robust for c in comparison.candidates if c.method == "standard"]
+    assert standard
+    assert best.test_robust >= max(standard) + 0.02

@@ -301,8 +301,9 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
 
     ckpt, ds = _inputs(stack)
     job_id = new_id("job")
-    params = {"eps": 0.1, "methods": ["standard", "cartl"], "max_candidates": 2, "k": [2], "epochs": 1,
-              "batch_size": 64, "augment": "none", "audit_attacks": "fast"}  # fmt: skip
+    params = {"eps": 0.1, "methods": ["standard", "cartl"], "max_candidates": 2, "k": [2],
+              "epochs": 1, "batch_size": 64, "augment": "none",
+              "audit_attacks": "fast"}  # fmt: skip
     with stack.factory() as s, s.begin():
         s.add(
             Job(id=job_id, owner="alice", kind="compare", checkpoint_id=ckpt, dataset_id=ds,

@@ -99,7 +99,7 @@ def _threat_model(
 
     A given norm without radii keeps the paper's radius rather than borrow one from another norm.
     """
-    if eps:
+    if eps is not None:  # an empty list is the user's, and AuditConfig refuses it by name
         return tuple(eps), norm or _AU.norm
     if threat is not None and norm in (None, threat[1]):
         return (threat[0],), cast(Norm, threat[1])
@@ -194,7 +194,7 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
             lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
             augmentation=self.augment,
             # The threat model the final audit will judge it by (its first radius).
-            trace=self.trace(eps[0], norm),
+            trace=self.trace(eps[0] if eps else None, norm),
         )
 
 

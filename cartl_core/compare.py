@@ -152,7 +152,8 @@ class CostEstimate:
     """What a comparison will cost, computed before it starts.
 
     Training: one batch is timed per k and batch size (a plain clean step on the real data, the
-    second of two so that one-time set-up is not counted), times the batches of every epoch.
+    median of three after an untimed one), times the batches of every epoch, plus the forward
+    pass over the validation split that ends each epoch.
     Audits: one attack forward-backward is timed at the audit's batch size; ``audit_seconds_max``
     assumes every sample survives every step of both attacks (APGD-CE, then APGD-T on each target
     class), which only a perfectly robust model does: attacks stop on a sample once it breaks, so
@@ -395,14 +396,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(run: Callable[[], None], device: torch.device) -> float:
-    """Seconds of the second of two runs (the first pays for allocation and kernel choice)."""
+def _timed(run: Callable[[], None], device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of ``repeats`` runs after one untimed run (which pays for allocation and
+    kernel choice); a single run on a busy CPU was seen off by 2x."""
     run()
     _sync(device)
-    t0 = time.perf_counter()
-    run()
-    _sync(device)
-    return time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def _batch(split: Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,6 +445,19 @@ def _train_batch_seconds(
     return _timed(step, x.device)
 
 
+def _eval_batch_seconds(model: BlockModel, x: torch.Tensor) -> float:
+    def step() -> None:
+        with torch.no_grad(), autocast(x.device):
+            model(x)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _timed(step, x.device)
+    finally:
+        model.train(was_training)
+
+
 def _attack_batch_seconds(model: BlockModel, x: torch.Tensor, y: torch.Tensor) -> float:
     def step() -> None:
         xa = x.clone().requires_grad_(True)
@@ -460,10 +478,12 @@ def estimate_cost(
     audited: int,
     num_classes: int,
     audit: AuditConfig,
+    evaluated: int = 0,
 ) -> CostEstimate:
     """Measured per-batch costs times the planned batches (see :class:`CostEstimate`), timed on
     copies of ``source`` on the device ``train`` is on; ``audited`` is the number of samples each
-    candidate's audits attack (validation plus test)."""
+    candidate's audits attack (validation plus test), ``evaluated`` the number the end of every
+    training epoch classifies (the validation split)."""
     with torch.random.fork_rng(devices=[]):  # timing must not move the caller's random stream
         train_s: dict[tuple[int, int], float] = {}
         for cand in plan:
@@ -476,6 +496,7 @@ def estimate_cost(
         x, y = _batch(train, audit.batch_size)
         attacked = _target_model(source, num_classes, x.device)
         attack_per_sample = _attack_batch_seconds(attacked, x, y) / len(y)
+        eval_per_sample = _eval_batch_seconds(attacked, x) / len(y)
     targets = min(audit.apgd_targets, num_classes - 1)
     # APGD-CE, then APGD-T once per target class, every step on every sample.
     passes = audit.apgd_steps * audit.apgd_restarts * (1 + targets)
@@ -487,7 +508,8 @@ def estimate_cost(
             {
                 "name": cand.name,
                 "train_batches": batches,
-                "train_seconds": batches * train_s[cand.k, s.batch_size],
+                "train_seconds": batches * train_s[cand.k, s.batch_size]
+                + s.epochs * evaluated * eval_per_sample,
                 "audit_seconds_max": audited * passes * attack_per_sample,
             }
         )
@@ -696,6 +718,7 @@ def compare(
         audited=len(fit_data.test) + len(test),
         num_classes=data.num_classes,
         audit=audit,
+        evaluated=len(fit_data.test),
     )
     run = _Run(
         source=source, fit_data=fit_data, test=test, config=config, audit=audit, device=dev,

@@ -132,6 +132,25 @@ def _resize_arg(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _source_args(p: argparse.ArgumentParser, lwf: argparse._ActionsContainer) -> None:
+    """What transfer and compare ask of a source: LwF's weight (in ``lwf``'s group), and how to
+    read plain weights and fit the target's images to it."""
+    lwf.add_argument(
+        "--lwf-lambda",
+        type=float,
+        default=LwFConfig().lwf_lambda,
+        help=f"lwf feature-distance weight [default: {LwFConfig().lwf_lambda}]",
+    )
+    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
+    p.add_argument(
+        "--source-classes",
+        type=int,
+        default=None,
+        help="class count of a plain-weights source [default: from its last layer]",
+    )
+    _resize_arg(p, "source")
+
+
 def _schedule_args(
     p: argparse.ArgumentParser, epochs_default: int | None = None, trace: bool = True
 ) -> None:
@@ -358,20 +377,7 @@ def add_commands(sub: Any) -> None:
         help="BatchNorm preset [default: standard source-stats, neft trainable, "
         "cartl frozen, lwf trainable]",
     )
-    p.add_argument(
-        "--lwf-lambda",
-        type=float,
-        default=LwFConfig().lwf_lambda,
-        help="lwf feature-distance weight [default: 0.01]",
-    )
-    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
-    p.add_argument(
-        "--source-classes",
-        type=int,
-        default=None,
-        help="class count of a plain-weights source [default: from its last layer]",
-    )
-    _resize_arg(p, "source")
+    _source_args(p, p)
     _schedule_args(p)
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
@@ -762,20 +768,7 @@ def _compare_command(sub: Any) -> None:
         help="share of each class's training images held out for validation "
         f"[default: {_COMPARE.val_fraction}]",
     )
-    g.add_argument(
-        "--lwf-lambda",
-        type=float,
-        default=LwFConfig().lwf_lambda,
-        help=f"lwf feature-distance weight [default: {LwFConfig().lwf_lambda}]",
-    )
-    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
-    p.add_argument(
-        "--source-classes",
-        type=int,
-        default=None,
-        help="class count of a plain-weights source [default: from its last layer]",
-    )
-    _resize_arg(p, "source")
+    _source_args(p, g)
     _schedule_args(p, trace=False)
     p.add_argument(
         "--out-dir",

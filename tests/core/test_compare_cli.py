@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from cartl_core import create_model, read_description, save_checkpoint
 from cartl_core.cli import main
 
-from .test_cli import _npz
+from .test_cli import _npz, _run
 
 ROW_KEYS = {"name", "method", "k", "norm_beta", "bn", "val_clean", "val_robust", "test_clean",
             "test_robust", "seconds", "path"}  # fmt: skip
@@ -55,16 +53,6 @@ def test_json_is_one_object_and_every_candidate_is_written(
     assert description["training"]["compare_result"]["chosen"]["name"] == chosen["name"]
     assert result["estimate"]["candidates"] == 2
     assert result["estimate"]["train_seconds"] > 0
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cartl_core.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:

@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the row names and exit")
     p.add_argument("--cache", type=Path, default=Path("bench/results/ablation"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the per-class train/test split of both tasks [default: 0, the demo's]",
+    )
     args = p.parse_args(argv)
     rows = _rows()
     if args.list:
@@ -210,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         wanted = {w.strip() for w in args.rows.split(",")}
         rows = [r for r in rows if r.name in wanted]
-    source_data = digits_task((0, 1, 2, 3, 4), seed=0)
-    target = digits_task((5, 6, 7, 8, 9), seed=0)
+    source_data = digits_task((0, 1, 2, 3, 4), seed=args.split_seed)
+    target = digits_task((5, 6, 7, 8, 9), seed=args.split_seed)
+    # Sources trained on another split are other sources.
+    cache = args.cache if args.split_seed == 0 else args.cache / f"split{args.split_seed}"
     check = AuditConfig(eps=(EPS,), attacks="fast")
     results = []
     for r in rows:
         t0 = time.monotonic()
-        src = _source(r.source, source_data, args.cache)
+        src = _source(r.source, source_data, cache)
         cfg = TransferConfig(
             method=r.method,
             k=r.k,

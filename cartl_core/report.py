@@ -331,25 +331,18 @@ class _Charts:
             return top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
 
         _, out = self._open(width, total_h, title, desc)
-        parts = [out]
-        for t in _nice_ticks(y_lo, y_hi):
-            parts.append(
-                f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" '
-                f'stroke="#ddd"/><text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">'
-                f"{_tick_text(t, unit_interval)}</text>"
-            )
-        for t in _nice_ticks(x_lo, x_hi, 6, integer=x_integer):
-            parts.append(
-                f'<line x1="{px(t):.1f}" y1="{top + plot_h}" x2="{px(t):.1f}" '
-                f'y2="{top + plot_h + 4}" stroke="#333"/><text x="{px(t):.1f}" '
-                f'y="{top + plot_h + 17}" text-anchor="middle">{_e(x_text(t))}</text>'
-            )
-        parts.append(
-            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-            f'stroke="#333"/><text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 34}" '
-            f'text-anchor="middle">{_e(x_label)}</text><text transform="translate(14 '
-            f'{top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
-        )
+        frame = _Frame(left, top, plot_w, plot_h, px, py)
+        parts = [
+            out,
+            frame.axes(
+                _nice_ticks(y_lo, y_hi),
+                _nice_ticks(x_lo, x_hi, 6, integer=x_integer),
+                y_text=lambda t: _tick_text(t, unit_interval),
+                x_text=x_text,
+                x_label=x_label,
+                y_label=y_label,
+            ),
+        ]
         for i, s in enumerate(series):
             parts.append(self._line(i, s, px, py))
             parts.append(self._line_legend(i, s, left, top + plot_h + 44))
@@ -406,6 +399,52 @@ class _Point:
     marked: bool = False
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """A plot area at (left, top) of plot_w x plot_h, with its data-to-pixel maps."""
+
+    left: float
+    top: float
+    plot_w: float
+    plot_h: float
+    px: Callable[[float], float]
+    py: Callable[[float], float]
+
+    def axes(
+        self,
+        y_ticks: Sequence[float],
+        x_ticks: Sequence[float],
+        *,
+        y_text: Callable[[float], str],
+        x_text: Callable[[float], str],
+        x_label: str,
+        y_label: str,
+    ) -> str:
+        """Horizontal grid lines with y tick labels, x ticks, the frame and both axis labels."""
+        left, top, plot_w, plot_h, px, py = (
+            self.left, self.top, self.plot_w, self.plot_h, self.px, self.py
+        )  # fmt: skip
+        parts = [
+            f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" '
+            f'stroke="#ddd"/><text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">'
+            f"{y_text(t)}</text>"
+            for t in y_ticks
+        ]
+        parts += [
+            f'<line x1="{px(t):.1f}" y1="{top + plot_h}" x2="{px(t):.1f}" '
+            f'y2="{top + plot_h + 4}" stroke="#333"/><text x="{px(t):.1f}" '
+            f'y="{top + plot_h + 17}" text-anchor="middle">{_e(x_text(t))}</text>'
+            for t in x_ticks
+        ]
+        parts.append(
+            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+            f'stroke="#333"/><text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 34}" '
+            f'text-anchor="middle">{_e(x_label)}</text><text transform="translate(14 '
+            f'{top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
+        )
+        return "".join(parts)
+
+
 def _scatter(
     charts: _Charts,
     title: str,
@@ -433,25 +472,22 @@ def _scatter(
         return top + (1 - (y - y_lo) / max(1e-9, y_hi - y_lo)) * plot_h
 
     _, out = charts._open(width, height, title, desc)
-    parts = [out]
-    for t in _nice_ticks(y_lo, y_hi):
-        parts.append(
-            f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" '
-            f'stroke="#ddd"/><text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">'
-            f"{_tick_text(t, True)}</text>"
-        )
-    for t in _nice_ticks(x_lo, x_hi, 6):
-        parts.append(
-            f'<line x1="{px(t):.1f}" y1="{top + plot_h}" x2="{px(t):.1f}" '
-            f'y2="{top + plot_h + 4}" stroke="#333"/><text x="{px(t):.1f}" '
-            f'y="{top + plot_h + 17}" text-anchor="middle">{_tick_text(t, True)}</text>'
-        )
-    parts.append(
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-        f'stroke="#333"/><text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 34}" '
-        f'text-anchor="middle">{_e(x_label)}</text><text transform="translate(14 '
-        f'{top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
-    )
+
+    def percent(t: float) -> str:
+        return _tick_text(t, True)
+
+    frame = _Frame(left, top, plot_w, plot_h, px, py)
+    parts = [
+        out,
+        frame.axes(
+            _nice_ticks(y_lo, y_hi),
+            _nice_ticks(x_lo, x_hi, 6),
+            y_text=percent,
+            x_text=percent,
+            x_label=x_label,
+            y_label=y_label,
+        ),
+    ]
     if x_floor is not None:
         parts.append(
             f'<line x1="{px(x_floor):.1f}" y1="{top}" x2="{px(x_floor):.1f}" '

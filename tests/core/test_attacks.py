@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,9 @@ from cartl_core.attacks import cw_margin_loss
 from cartl_core.models import BlockModel
 
 from .conftest import make_dataset
+
+# The package exports the function ``pgd``, which hides the module of that name.
+pgd_module = importlib.import_module("cartl_core.attacks.pgd")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +84,23 @@ def test_robust_mask_is_stronger_than_final_iterate(trained) -> None:  # type: i
     torch.manual_seed(1)
     final = _acc(model, pgd(model, x, y, 0.1, 0.025, 20), y)
     assert float(mask.float().sum()) / len(y) <= final + 1e-9
+
+
+@pytest.mark.parametrize("every", [2, 4, 25])
+def test_robust_mask_reading_its_mask_less_often_changes_nothing(
+    trained: tuple[BlockModel, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    every: int,
+) -> None:
+    """CUDA reads the broken-sample mask every few steps, the CPU every step: same answer."""
+    model, x, y = trained
+    masks = []
+    for period in (1, every):
+        monkeypatch.setattr(pgd_module, "compact_every", lambda _device, p=period: p)
+        torch.manual_seed(2)
+        masks.append(robust_mask(model, x, y, eps=0.1, alpha=0.025, steps=10, restarts=2))
+    assert 0 < int(masks[0].sum()) < len(y)  # some broken, some not: the test means something
+    assert torch.equal(masks[0], masks[1])
 
 
 def test_attack_restores_mode_and_requires_grad(trained) -> None:  # type: ignore[no-untyped-def]

@@ -83,8 +83,9 @@ class Row:
     norm_beta: float | None = None
     bn: str | None = None
     lr: float = 0.05
-    lr_schedule: str = "step"
+    lr_schedule: str = "step"  # "release": the library's default schedule (lr and epochs too)
     epochs: int = 20
+    augmentation: str = "none"
 
 
 def _rows() -> list[Row]:
@@ -98,6 +99,7 @@ def _rows() -> list[Row]:
     proto: dict[str, Any] = {"norm_beta": 1.0, "bn": "all-source", "lr": 0.01,
                              "lr_schedule": "const"}  # fmt: skip
     proto30: dict[str, Any] = {**proto, "epochs": 30}
+    release_crop: dict[str, Any] = {"lr_schedule": "release", "augmentation": "crop"}
     return [
         # The product's demo today: gap layout, k 3, defaults.
         Row("gap AT->standard k3 (demo)", gap_at, "standard", 3),
@@ -117,6 +119,12 @@ def _rows() -> list[Row]:
         Row("gap AT->lwf k3", gap_at, "lwf", 3),
         Row("gap FDM->cartl k4", Source("gap", 0.05, 4), "cartl", 4),
         Row("gap AT->standard k4", gap_at, "standard", 4),
+        # The default schedule (100 epochs, lr 0.1, batch 128) with and without a 1 px crop.
+        Row("gap FDM->cartl k3 release", gap_fdm, "cartl", 3, lr_schedule="release"),
+        Row("gap FDM->cartl k3 release crop", gap_fdm, "cartl", 3, **release_crop),
+        Row("gap FDM->standard k3 release", gap_fdm, "standard", 3, lr_schedule="release"),
+        Row("gap FDM->standard k3 release crop", gap_fdm, "standard", 3, **release_crop),
+        Row("gap FDM->cartl k3 crop", gap_fdm, "cartl", 3, augmentation="crop"),
         # The fc layout, k 2 (hidden FC + classifier tuned), as the prototype.
         Row("fc AT->standard k2", fc_at, "standard", 2),
         Row(
@@ -168,6 +176,8 @@ def _rows() -> list[Row]:
 
 
 def _schedule(lr: float, kind: str, epochs: int) -> ScheduleConfig:
+    if kind == "release":
+        return ScheduleConfig()
     if kind == "const":
         return ScheduleConfig(epochs=epochs, batch_size=64, lr=lr, warmup_epochs=0, milestones=())
     return ScheduleConfig(epochs=epochs, batch_size=64, lr=lr)
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             norm_beta=r.norm_beta,
             bn=r.bn,
             schedule=_schedule(r.lr, r.lr_schedule, r.epochs),
-            augmentation="none",
+            augmentation=r.augmentation,
             trace=NO_TRACE,
         )
         torch.manual_seed(0)

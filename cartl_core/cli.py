@@ -141,6 +141,13 @@ def _source_args(p: argparse.ArgumentParser, lwf: argparse._ActionsContainer) ->
         default=LwFConfig().lwf_lambda,
         help=f"lwf feature-distance weight [default: {LwFConfig().lwf_lambda}]",
     )
+    lwf.add_argument(
+        "--lwf-tune",
+        choices=("all", "last-k"),
+        default=LwFConfig().tune,
+        help="after the head-only epochs, tune the whole model (all, the method's own) or only "
+        f"the last k blocks [default: {LwFConfig().tune}]",
+    )
     p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
     p.add_argument(
         "--source-classes",
@@ -178,11 +185,11 @@ def _schedule_args(
     )
     g.add_argument(
         "--augment",
-        choices=("auto", "paper", "crop-flip", "none"),
+        choices=("auto", "paper", "crop", "crop-flip", "none"),
         default="auto",
-        help="training augmentation: auto = paper on 3-channel images of 32 px and up, else a "
-        "crop of size/8 px only; paper = crop 4 + flip + rotate 15 deg (CIFAR); crop-flip; "
-        "none (SVHN) [default: auto]",
+        help="training augmentation: auto = paper on 3-channel images of 32 px and up, crop on "
+        "other images of 16 px and up, none below; paper = crop 4 + flip + rotate 15 deg "
+        "(CIFAR); crop = a crop of size/8 px (at least 1); crop-flip; none [default: auto]",
     )
     if not trace:
         return

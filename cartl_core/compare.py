@@ -36,7 +36,6 @@ from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, reso
 from cartl_core.audit import run_ensemble
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
 from cartl_core.config import (
-    BN_PRESETS,
     COMPARE_K_OFFSETS,
     AuditConfig,
     CompareConfig,
@@ -45,12 +44,14 @@ from cartl_core.config import (
     TransferMethod,
 )
 from cartl_core.data import Augmentation, Dataset, Split
+from cartl_core.data.loader import augment
 from cartl_core.errors import CancelledError, ConfigError
 from cartl_core.models import BlockModel
 from cartl_core.provenance import sha256_file
 from cartl_core.training import bn as bn_policy
 from cartl_core.training import transfer
 from cartl_core.training.loop import ProgressEvent, StopFn
+from cartl_core.training.spectral import apply_spectral_norm
 
 __all__ = [
     "Candidate",
@@ -151,9 +152,10 @@ class CandidateResult:
 class CostEstimate:
     """What a comparison will cost, computed before it starts.
 
-    Training: one batch is timed per k and batch size (a plain clean step on the real data, the
-    median of three after an untimed one), times the batches of every epoch, plus the forward
-    pass over the validation split that ends each epoch.
+    Training: one step is timed per kind of candidate (k, batch size, BN preset, spectral
+    normalisation or not, LwF or not; the candidate's own step on the real data with its
+    augmentation, the median of three after an untimed one), times the batches of every epoch,
+    plus the forward pass over the validation split that ends each epoch.
     Audits: one attack forward-backward is timed at the audit's batch size; ``audit_seconds_max``
     assumes every sample survives every step of both attacks (APGD-CE, then APGD-T on each target
     class), which only a perfectly robust model does: attacks stop on a sample once it breaks, so
@@ -425,18 +427,39 @@ def _target_model(source: BlockModel, classes: int, device: torch.device) -> Blo
 
 
 def _train_batch_seconds(
-    source: BlockModel, x: torch.Tensor, y: torch.Tensor, k: int, classes: int
+    source: BlockModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tc: TransferConfig,
+    classes: int,
+    augmentation: Augmentation,
 ) -> float:
+    """One training step as the candidate takes it: its augmentation, spectral normalisation
+    (one power iteration per step), BN preset and trainable parameters; lr 0 changes nothing."""
     model = _target_model(source, classes, x.device)
-    preset = BN_PRESETS["trainable"]
-    bn_policy.set_trainable(model, k, preset)
-    bn_policy.set_modes(model, k, preset)
+    k = tc.k
+    beta = tc.resolved_norm_beta()
+    if beta is not None:
+        tuned = range(model.num_blocks - k, model.num_blocks)
+        model.set_residual_scale(tc.resolved_residual_scale(), tuned)
+        apply_spectral_norm(
+            model.tuned_modules(k), beta, tc.spectral_mode, tc.power_iterations,
+            tc.spectral_estimate,
+        )  # fmt: skip
+    policy = tc.resolved_bn()
+    bn_policy.set_trainable(model, k, policy)
+    bn_policy.set_modes(model, k, policy)
+    if tc.method == "lwf" and tc.lwf.tune == "all":
+        # Most of LwF's epochs come after the head-only ones and train the whole model.
+        model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: the timing steps change nothing
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    generator = torch.Generator(device=x.device).manual_seed(0)
 
     def step() -> None:
+        xb = augment(x, augmentation, generator).contiguous(memory_format=torch.channels_last)
         with autocast(x.device):
-            logits = model(x)
+            logits = model(xb)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -485,14 +508,20 @@ def estimate_cost(
     candidate's audits attack (validation plus test), ``evaluated`` the number the end of every
     training epoch classifies (the validation split)."""
     with torch.random.fork_rng(devices=[]):  # timing must not move the caller's random stream
-        train_s: dict[tuple[int, int], float] = {}
+        augmentation = Augmentation.from_name(config.augmentation, tuple(train.images.shape[1:]))  # type: ignore[arg-type]
+        train_s: dict[tuple[Any, ...], float] = {}
+        keys = []
         for cand in plan:
-            bs = config.schedule_for(cand.method).batch_size
-            if (cand.k, bs) not in train_s:
+            tc = cand.transfer_config(config)
+            bs = tc.resolved_schedule().batch_size
+            # What a step costs depends on these, not on beta's value or the lr.
+            key = (cand.k, bs, tc.uses_spectral_norm, tc.resolved_bn_name(), cand.method == "lwf")
+            keys.append(key)
+            if key not in train_s:
                 x, y = _batch(train, bs)
                 # Per sample: a batch larger than the data is timed on all of it.
-                per_sample = _train_batch_seconds(source, x, y, cand.k, num_classes) / len(y)
-                train_s[cand.k, bs] = per_sample * bs
+                seconds = _train_batch_seconds(source, x, y, tc, num_classes, augmentation)
+                train_s[key] = seconds / len(y) * bs
         x, y = _batch(train, audit.batch_size)
         attacked = _target_model(source, num_classes, x.device)
         attack_per_sample = _attack_batch_seconds(attacked, x, y) / len(y)
@@ -501,15 +530,14 @@ def estimate_cost(
     # APGD-CE, then APGD-T once per target class, every step on every sample.
     passes = audit.apgd_steps * audit.apgd_restarts * (1 + targets)
     rows: list[dict[str, Any]] = []
-    for cand in plan:
+    for cand, key in zip(plan, keys, strict=True):
         s = config.schedule_for(cand.method)
         batches = s.epochs * math.ceil(len(train) / s.batch_size)
         rows.append(
             {
                 "name": cand.name,
                 "train_batches": batches,
-                "train_seconds": batches * train_s[cand.k, s.batch_size]
-                + s.epochs * evaluated * eval_per_sample,
+                "train_seconds": batches * train_s[key] + s.epochs * evaluated * eval_per_sample,
                 "audit_seconds_max": audited * passes * attack_per_sample,
             }
         )

@@ -28,6 +28,7 @@ from cartl_core.config import (
     CompareConfig,
     FDMConfig,
     LwFConfig,
+    LwFTune,
     ScheduleConfig,
     TraceConfig,
     TransferConfig,
@@ -51,7 +52,7 @@ __all__ = [
 _A, _S, _F, _T, _AU = AttackConfig(), ScheduleConfig(), FDMConfig(), TransferConfig(), AuditConfig()
 _TR = TraceConfig()
 _C = CompareConfig()
-Augment = Literal["auto", "paper", "crop-flip", "none"]
+Augment = Literal["auto", "paper", "crop", "crop-flip", "none"]
 Norm = Literal["linf", "l2"]
 
 #: Fields that accept a fraction written as text, such as ``"8/255"``.
@@ -174,6 +175,7 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
     residual_scale: float | None = None
     bn: str | None = None
     lwf_lambda: float = LwFConfig().lwf_lambda
+    lwf_tune: LwFTune = LwFConfig().tune
     arch: str | None = None
     source_classes: int | None = None
     resize: bool = False
@@ -191,7 +193,7 @@ class TransferParams(_Schedule, _Trace, _FinalAudit):
             residual_scale=self.residual_scale,
             bn=self.bn,
             schedule=self.schedule(base),
-            lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
+            lwf=LwFConfig(lwf_lambda=self.lwf_lambda, tune=self.lwf_tune),
             augmentation=self.augment,
             # The threat model the final audit will judge it by (its first radius).
             trace=self.trace(eps[0] if eps else None, norm),
@@ -270,6 +272,7 @@ class CompareParams(_Schedule):
     max_clean_drop: float = _C.max_clean_drop
     val_fraction: float = _C.val_fraction
     lwf_lambda: float = LwFConfig().lwf_lambda
+    lwf_tune: LwFTune = LwFConfig().tune
     audit_attacks: str = _AU.attacks
     no_audit: bool = False
     arch: str | None = None
@@ -297,7 +300,7 @@ class CompareParams(_Schedule):
                 lr=self.lr,
                 weight_decay=self.weight_decay,
                 augmentation=self.augment,
-                lwf=LwFConfig(lwf_lambda=self.lwf_lambda),
+                lwf=LwFConfig(lwf_lambda=self.lwf_lambda, tune=self.lwf_tune),
             )
         except ConfigError as exc:
             if exc.field in _COMPARE_NAMES:

@@ -19,7 +19,7 @@ from cartl_core.errors import ConfigError
 
 __all__ = ["Augmentation", "DeviceLoader", "augment", "augmented_copy", "dataset_mean_std"]
 
-_PRESETS = ("auto", "none", "crop-flip", "paper")
+_PRESETS = ("auto", "none", "crop", "crop-flip", "paper")
 
 
 @dataclass(frozen=True)
@@ -47,25 +47,34 @@ class Augmentation:
     @classmethod
     def auto(cls, input_shape: tuple[int, int, int]) -> Augmentation:
         """What the data can take: the paper's augmentation on 3-channel images of 32 px and up
-        (natural photos, where it was made), a crop alone on anything else.
+        (natural photos, where it was made), a crop alone on other images of 16 px and up, and
+        nothing on smaller ones.
 
-        Padding scales with the image (size / 8: 4 px at 32, 1 px at 8) because 4 px on an 8x8
-        digit moves it half off the canvas; flips and rotations are left out where a mirrored or
+        Padding scales with the image (size / 8: 4 px at 32, 2 px at 16) because 4 px on a small
+        image moves it half off the canvas; flips and rotations are left out where a mirrored or
         turned image may be another class (digits, letters, small or non-photographic inputs).
+        Below 16 px even a 1 px shift is an eighth of the image: on 8x8 digits it cost transfers
+        from a robust source nearly all their robustness (``bench/transfer_ablation.py``, the
+        "release" rows: robust accuracy 0.12-0.15 without it, 0.00-0.02 with it).
         """
         c, h, w = input_shape
-        padding = max(1, round(min(h, w) / 8))
+        if min(h, w) < 16:
+            return cls.none()
+        padding = round(min(h, w) / 8)
         if c == 3 and min(h, w) >= 32:
             return cls(crop_padding=padding, flip=True, rotation_degrees=15.0)
         return cls(crop_padding=padding)
 
     @classmethod
     def from_name(cls, name: str, input_shape: tuple[int, int, int] | None = None) -> Augmentation:
-        """A preset by name; ``auto`` needs the data's (C, H, W)."""
-        if name == "auto":
+        """A preset by name; ``auto`` and ``crop`` (size/8 px, at least 1) need the data's
+        (C, H, W)."""
+        if name in ("auto", "crop"):
             if input_shape is None:
-                raise ConfigError("augmentation 'auto' needs the data's input shape")
-            return cls.auto(input_shape)
+                raise ConfigError(f"augmentation {name!r} needs the data's input shape")
+            if name == "auto":
+                return cls.auto(input_shape)
+            return cls(crop_padding=max(1, round(min(input_shape[1:]) / 8)))
         if name == "none":
             return cls.none()
         if name == "crop-flip":

@@ -70,6 +70,18 @@ def test_parse_params_accepts_fractions_and_single_eps() -> None:
     assert t.audit_eps == (4 / 255, 0.03)
 
 
+def test_lwf_tune_reaches_the_transfer_and_every_compare_candidate() -> None:
+    t = parse_params("transfer", {"method": "lwf", "lwf_tune": "last-k"})
+    assert isinstance(t, TransferParams)
+    assert t.config().lwf.tune == "last-k"
+    c = parse_params("compare", {"eps": 0.1, "lwf_tune": "last-k"})
+    assert isinstance(c, CompareParams)
+    assert c.config().lwf.tune == "last-k"
+    with pytest.raises(ConfigError) as info:
+        TransferParams(method="lwf", lwf_tune="some").config()  # type: ignore[arg-type]
+    assert info.value.field == "lwf_tune"
+
+
 @pytest.mark.parametrize(
     ("kind", "raw", "field"),
     [
@@ -129,8 +141,8 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     # No audit_eps anywhere below: every audit is in the threat model the source was trained in.
     assert src.metrics["eps"] == pytest.approx(0.1)
     src_training = (read_description(tmp_path / "src.safetensors") or {})["training"]
-    # "auto" on 8x8 images: a 1-pixel crop only; the step follows eps (eps/4).
-    assert src_training["augmentation_used"] == "crop 1 px"
+    # "auto" on 8x8 images: no augmentation; the step follows eps (eps/4).
+    assert src_training["augmentation_used"] == "none"
     assert src_training["attack"]["alpha"] == pytest.approx(0.025)
     tgt = run_job(
         "transfer",

@@ -96,8 +96,9 @@ def test_mean_std_matches_torch() -> None:
 @pytest.mark.parametrize(
     ("shape", "expected"),
     [
-        # 8x8 digits: 1 px (4 px would push a digit half off the canvas), no flip or rotation.
-        ((1, 8, 8), Augmentation(crop_padding=1)),
+        # 8x8 digits: none (a 1 px shift is an eighth of the image; 4 px would be half).
+        ((1, 8, 8), Augmentation.none()),
+        ((3, 12, 12), Augmentation.none()),
         ((1, 28, 28), Augmentation(crop_padding=4)),
         # Small colour images are not assumed to be natural photos either.
         ((3, 16, 16), Augmentation(crop_padding=2)),
@@ -115,6 +116,7 @@ def test_auto_augmentation_follows_the_data(
 def test_auto_needs_a_shape_and_describe_says_what_runs() -> None:
     with pytest.raises(ConfigError, match="input shape"):
         Augmentation.from_name("auto")
-    assert Augmentation.from_name("auto", (1, 8, 8)).describe() == "crop 1 px"
+    assert Augmentation.from_name("auto", (1, 8, 8)).describe() == "none"
+    assert Augmentation.from_name("auto", (1, 28, 28)).describe() == "crop 4 px"
     assert Augmentation.paper_cifar().describe() == "crop 4 px, flip, rotate 15 deg"
     assert Augmentation.none().describe() == "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -123,10 +124,13 @@ class Client:
                 if response.is_error:
                     response.read()
                     raise ClientError(_problem(response))
+                expected = response.headers.get("X-Checksum-SHA256")
+                digest = hashlib.sha256()
                 size = 0
                 with tmp.open("wb") as f:
                     for chunk in response.iter_bytes(1024**2):
                         f.write(chunk)
+                        digest.update(chunk)
                         size += len(chunk)
         except httpx.HTTPError as exc:
             tmp.unlink(missing_ok=True)
@@ -134,6 +138,13 @@ class Client:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if expected is not None and digest.hexdigest() != expected.lower():
+            # Damaged on the way or at rest: nothing that fails its checksum is left behind.
+            tmp.unlink(missing_ok=True)
+            raise ClientError(
+                f"download of job {job_id}'s weights failed its checksum (got sha256 "
+                f"{digest.hexdigest()}, the server recorded {expected}); nothing was written"
+            )
         tmp.replace(out)
         return size
 

@@ -36,6 +36,10 @@ __all__ = [
 ]
 
 
+#: Most per-field errors one answer lists; the detail gives the count when there were more.
+MAX_FIELD_ERRORS = 20
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One invalid input: ``field`` is a dotted path such as ``params.k`` or ``file``."""
@@ -117,6 +121,15 @@ class UnprocessableError(AppError):
     @classmethod
     def one(cls, field: str, message: str) -> UnprocessableError:
         return cls([FieldError(field, message)])
+
+
+class StoredArtifactError(AppError):
+    """A stored file is missing or fails its recorded checksum: the server's fault, not the
+    client's, and no retry mends it; the detail names the object, never a server path."""
+
+    status = 500
+    title = "Stored Artifact Unavailable"
+    slug = "artifact-unavailable"
 
 
 class ServiceUnavailableError(AppError):

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.guards import RequestGuardMiddleware
 from app.api.instrumentation import RequestMetricsMiddleware
 from app.api.problems import install_problem_handlers, problem_responses
 from app.api.routes import checkpoints, datasets, health, jobs
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     install_problem_handlers(app)
+    # Inside the metrics middleware (added after it, so outside): refusals are counted too.
+    app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     # Full paths on the routers themselves (not a nested /v1 router): request metrics label

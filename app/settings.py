@@ -49,6 +49,14 @@ class Settings(BaseSettings):
         description="Largest total size a dataset archive may expand to (decompression bombs).",
     )
     upload_chunk_bytes: int = Field(default=1024**2, gt=0, description="Upload read size.")
+    max_json_bytes: int = Field(
+        default=1024**2, gt=0, description="Largest JSON request body; larger gets 413."
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body that sends nothing for this long is cut off (408).",
+    )
     probe_timeout_s: float = Field(
         default=600.0, gt=0, description="Time limit for validating one upload."
     )

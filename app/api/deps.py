@@ -13,6 +13,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import UnsupportedMediaTypeError
 from app.services.auth import authenticate
 from app.settings import Settings
 from app.storage import Storage
@@ -94,3 +95,15 @@ LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 CursorQuery = Annotated[
     str | None, Query(max_length=500, description="`next_cursor` of the previous page.")
 ]
+
+
+def require_json_body(request: Request, _owner: OwnerDep) -> None:
+    """415 for a body that is not JSON, after the key check (a wrong key is a 401 first)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaTypeError(
+            "send the body as JSON with 'Content-Type: application/json' (got "
+            f"{media or 'no Content-Type'})"
+        )

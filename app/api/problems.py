@@ -16,10 +16,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.errors import AppError, FieldError
+from app.errors import MAX_FIELD_ERRORS, AppError, FieldError, UnauthorizedError
+from app.services.auth import authenticate
 
 __all__ = [
     "PROBLEM_TYPE",
@@ -60,7 +62,16 @@ def problem(
         "detail": detail,
     }
     if errors:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+        # One error per field (a list of a million bad numbers is one problem), at most
+        # MAX_FIELD_ERRORS of them: the answer stays small whatever the request held.
+        first: dict[str, str] = {}
+        for e in errors:
+            first.setdefault(e.field[:200], e.message[:500])
+        body["errors"] = [
+            {"field": f, "message": m} for f, m in list(first.items())[:MAX_FIELD_ERRORS]
+        ]
+        if len(first) > MAX_FIELD_ERRORS:
+            body["errors_omitted"] = len(first) - MAX_FIELD_ERRORS
     body.update(extra or {})
     return ProblemResponse(body, status_code=status, headers=headers)
 
@@ -111,8 +122,25 @@ async def _app_error(_request: Request, exc: Exception) -> ProblemResponse:
     )
 
 
-async def _validation_error(_request: Request, exc: Exception) -> ProblemResponse:
+def _key_refusal(request: Request) -> ProblemResponse | None:
+    """The 401 a route would give this request's key, or None for a valid key."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    try:
+        with request.app.state.session_factory() as session:
+            authenticate(session, secret.strip() if scheme.lower() == "bearer" else None)
+    except UnauthorizedError as exc:
+        return problem(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(e.get("type") == "json_invalid" for e in exc.errors()):
+        # FastAPI decodes a JSON body before any dependency runs, so the key check comes here:
+        # an unauthenticated caller learns nothing about how its body was parsed.
+        refusal = await run_in_threadpool(_key_refusal, request)
+        if refusal is not None:
+            return refusal
     errors = [_field_error(e) for e in exc.errors()]
     if not errors:
         errors = [FieldError("body", "invalid request")]
@@ -170,6 +198,13 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
     413: ("payload-too-large", "Content Too Large", "the upload is larger than the limit"),
     415: ("unsupported-media-type", "Unsupported Media Type", "send multipart/form-data"),
     422: ("validation-error", "Validation Error", "params.k: must be between 1 and 5"),
+    500: (
+        "artifact-unavailable",
+        "Stored Artifact Unavailable",
+        "job job_019abc3f2e11c0ffee1234's weights are damaged in the artifact storage (their "
+        "sha256 no longer matches the one recorded when they were written); the operator has "
+        "been told (server log)",
+    ),
     503: ("service-unavailable", "Service Unavailable", "broker: unreachable"),
 }
 
@@ -181,6 +216,7 @@ _DESCRIPTIONS = {
     413: "The upload is larger than the configured limit.",
     415: "The body is not multipart/form-data.",
     422: "Invalid input; `errors` lists each field.",
+    500: "A stored file is missing or damaged.",
     503: "A dependency is unreachable.",
 }
 

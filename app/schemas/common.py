@@ -54,7 +54,11 @@ class Problem(BaseModel):
     status: int = Field(description="The HTTP status code.")
     detail: str = Field(description="What went wrong in this case, and what to fix.")
     errors: list[FieldErrorOut] | None = Field(
-        default=None, description="Per-field problems (422 only)."
+        default=None,
+        description="Per-field problems (422 only): the first per field, at most 20 fields.",
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="How many more fields had problems than `errors` lists."
     )
 
 

@@ -45,13 +45,16 @@ def revoke_key(session: Session, key_id: str) -> None:
         key.revoked_at = utcnow()
 
 
+MISSING_KEY = (
+    "missing API key: send the header 'Authorization: Bearer <key>' "
+    "(make a key with `cartl keys create --name NAME`)"
+)
+
+
 def authenticate(session: Session, secret: str | None) -> ApiKey:
     """The live key whose secret is ``secret``; :class:`UnauthorizedError` otherwise."""
     if not secret:
-        raise UnauthorizedError(
-            "missing API key: send the header 'Authorization: Bearer <key>' "
-            "(make a key with `cartl keys create --name NAME`)"
-        )
+        raise UnauthorizedError(MISSING_KEY)
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
     if key is None or key.revoked_at is not None:
         raise UnauthorizedError("invalid or revoked API key")

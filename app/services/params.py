@@ -23,11 +23,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from app.errors import FieldError, UnprocessableError
+from app.errors import MAX_FIELD_ERRORS, FieldError, UnprocessableError
 from cartl_core import ConfigError
 from cartl_core.jobs import FRACTION_FIELDS, Params, params_class, parse_params
 
-__all__ = ["jsonable_params", "params_json_schema", "resolve_params"]
+__all__ = ["MAX_LIST", "jsonable_params", "params_json_schema", "resolve_params"]
+
+#: Longest list a parameter may hold (radii, k values, methods, ...): far above any real use.
+MAX_LIST = 64
 
 
 @cache
@@ -51,17 +54,22 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
+        # The names are the client's: the answer stays small however many it sent.
+        shown = [name[:100] for name in unknown[:MAX_FIELD_ERRORS]]
         raise UnprocessableError(
-            [
-                FieldError(
-                    f"params.{name}",
-                    f"unknown parameter for a {kind} job; known: {', '.join(sorted(known))}",
-                )
-                for name in unknown
-            ]
+            [FieldError(f"params.{name}", f"unknown parameter for a {kind} job") for name in shown],
+            detail=f"{len(unknown)} unknown parameter(s) for a {kind} job, e.g. "
+            f"params.{shown[0]}; known: {', '.join(sorted(known))}",
         )
     # One radius where several are allowed (the audit's eps) is a list of one, as in the CLI.
     lists = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
+    long = sorted(
+        name for name, value in raw.items() if isinstance(value, list) and len(value) > MAX_LIST
+    )
+    if long:
+        raise UnprocessableError(
+            [FieldError(f"params.{name}", f"at most {MAX_LIST} values") for name in long]
+        )
     values = {
         name: [value] if name in lists and not isinstance(value, list) else value
         for name, value in raw.items()
@@ -76,8 +84,9 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
         typed = _adapter(kind).validate_json(json.dumps(values), strict=True)
     except ValidationError as exc:
         raise UnprocessableError(
+            # Per parameter, not per list item: a list of bad values is one error.
             [
-                FieldError(".".join(["params", *(str(p) for p in err["loc"])]), err["msg"])
+                FieldError(f"params.{err['loc'][0]}", _item_message(err))
                 for err in exc.errors(include_url=False)
             ]
         ) from None
@@ -85,6 +94,12 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
         return parse_params(kind, _as_raw(typed))
     except ConfigError as exc:
         raise UnprocessableError.one(_param_field(kind, exc.field, typed), str(exc)) from None
+
+
+def _item_message(err: Any) -> str:
+    loc = err["loc"]
+    where = f" (item {loc[1]})" if len(loc) > 1 and isinstance(loc[1], int) else ""
+    return f"{err['msg']}{where}"
 
 
 def jsonable_params(params: Params) -> dict[str, Any]:

@@ -86,3 +86,28 @@ def test_naive_timestamps_are_shown_as_utc() -> None:
 
     value = TypeAdapter(UtcDateTime).validate_python(datetime(2026, 1, 2, 3, 4, 5))
     assert value.isoformat() == "2026-01-02T03:04:05+00:00"
+
+
+def test_huge_params_get_a_small_answer(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    checkpoint_id, dataset_id = add_checkpoint(db), add_dataset(db)
+    base = {"kind": "audit", "checkpoint_id": checkpoint_id, "dataset_id": dataset_id}
+    # 30k unknown names (about 600 KB, under the JSON limit): 20 errors and a count.
+    unknown = {f"p{i:05d}": 1 for i in range(30_000)}
+    r = client.post("/v1/jobs", json={**base, "params": unknown}, headers=alice)
+    body = problem(r, 422)
+    assert len(body["errors"]) == 20
+    assert body["detail"].startswith("30000 unknown parameter(s)")
+    assert len(r.content) < 5_000
+    # A list far longer than any real use is refused whole, as one error.
+    r = client.post("/v1/jobs", json={**base, "params": {"eps": [0.1] * 50_000}}, headers=alice)
+    assert fields(problem(r, 422)) == {"params.eps": "at most 64 values"}
+    # Many bad values in one list: one error for the parameter, naming the first bad item.
+    r = client.post("/v1/jobs", json={**base, "params": {"eps": ["x"] * 60}}, headers=alice)
+    assert list(fields(problem(r, 422))) == ["params.eps"]
+    r = client.post("/v1/jobs", json={**base, "params": {"eps": [0.1, True] * 30}}, headers=alice)
+    assert fields(problem(r, 422))["params.eps"].endswith("(item 1)")
+    # The request body itself is bounded (413 beyond CARTL_MAX_JSON_BYTES, 1 MiB by default).
+    r = client.post("/v1/jobs", json={**base, "params": {"x" * 2_000_000: 1}}, headers=alice)
+    assert problem(r, 413)["detail"].startswith("the request body is larger than 1048576")

@@ -446,6 +446,48 @@ def test_weights_only_once_there_are_some(
     assert "audit" in problem(r, 409)["detail"]
 
 
+def test_damaged_or_missing_weights_are_refused_not_served(
+    client: TestClient,
+    alice: Auth,
+    inputs: tuple[str, str],
+    db: sessionmaker[Session],
+    storage_dir: Path,
+) -> None:
+    job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
+    content = b"pretend safetensors, 32 bytes.."
+    key = f"jobs/{job_id}/weights.safetensors"
+    (storage_dir / "jobs" / job_id).mkdir(parents=True)
+    path = storage_dir / key
+    path.write_bytes(content)
+    set_job(
+        db,
+        job_id,
+        status="succeeded",
+        weights_key=key,
+        weights_sha256=hashlib.sha256(content).hexdigest(),
+        weights_size=len(content),
+        finished_at=utcnow(),
+    )
+    assert client.get(f"/v1/jobs/{job_id}/weights", headers=alice).status_code == 200
+
+    # One flipped byte at rest: never served under the checksum recorded for the original.
+    path.write_bytes(b"P" + content[1:])
+    r = client.get(f"/v1/jobs/{job_id}/weights", headers=alice)
+    body = problem(r, 500)
+    assert body["type"].endswith("artifact-unavailable")
+    assert "damaged" in body["detail"]
+    assert str(storage_dir) not in r.text
+    assert "x-checksum-sha256" not in r.headers
+
+    # Gone: a server-side problem that says so, not "no weights yet" for a succeeded job.
+    path.unlink()
+    r = client.get(f"/v1/jobs/{job_id}/weights", headers=alice)
+    body = problem(r, 500)
+    assert "missing from the artifact storage" in body["detail"]
+    assert "yet" not in body["detail"]
+    assert str(storage_dir) not in r.text
+
+
 # --- cancelling --------------------------------------------------------------------------------
 
 

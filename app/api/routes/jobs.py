@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header, Query, Response
 from fastapi.responses import FileResponse, HTMLResponse
 
 from app.api.deps import (
@@ -16,15 +17,19 @@ from app.api.deps import (
     SessionFactoryDep,
     SettingsDep,
     StorageDep,
+    require_json_body,
 )
 from app.api.problems import problem_responses
 from app.db.models import JobKind, JobStatus
-from app.errors import ConflictError
+from app.errors import ConflictError, StoredArtifactError
 from app.schemas.common import Page
 from app.schemas.jobs import CREATE_EXAMPLES, JobCreate, JobMetricsOut, JobOut
 from app.services import jobs as service
 from app.services.ids import KEY_PATTERN
 from app.services.reports import job_report
+from app.storage import sha256_file
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,8 +58,12 @@ IdempotencyKey = Annotated[
         200: {"model": JobOut, "description": "An idempotent replay: the job made earlier."},
         **problem_responses(
             409,
+            413,
+            415,
             422,
             s409="The Idempotency-Key was used before with a different request.",
+            s413="The body is larger than CARTL_MAX_JSON_BYTES.",
+            s415="The body is not JSON.",
         ),
     },
 )
@@ -67,6 +76,7 @@ def create_job(
     settings: SettingsDep,
     enqueue: EnqueueDep,
     background: BackgroundTasks,
+    _json: Annotated[None, Depends(require_json_body)],
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     request = service.JobRequest(body.kind, body.checkpoint_id, body.dataset_id, body.params)
@@ -183,9 +193,11 @@ def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLRes
             404,
             409,
             422,
+            500,
             s404="No such job, or a compare job has no candidate of that name (the problem "
             "lists the names).",
             s409="The job has no weights (an audit, or not finished yet).",
+            s500="The stored weights are missing or fail their recorded sha256.",
             s422="`candidate` was given for a job that is not a compare.",
         ),
     },
@@ -207,13 +219,29 @@ def get_job_weights(
     if job.kind == JobKind.audit:
         raise ConflictError(f"job {job_id} is an audit; audits produce no weights")
     weights = service.job_weights(job, candidate)
+    what = f"job {job_id}'s weights" + (f" (candidate {candidate})" if candidate else "")
     if not storage.exists(weights.key):
+        if job.status == JobStatus.succeeded.value:
+            log.error("%s are missing from the artifact storage (key %s)", what, weights.key)
+            raise StoredArtifactError(
+                f"{what} are missing from the artifact storage although the job succeeded; "
+                "the operator has been told (server log)"
+            )
         raise ConflictError(
             f"job {job_id} has no weights yet (status {job.status}); they are there once it "
             "has succeeded"
         )
     headers = {}
     if weights.sha256:
+        # Every download is checked against the sha256 recorded when the file was written:
+        # bytes damaged at rest are refused rather than served under the original checksum.
+        if sha256_file(storage.path(weights.key)) != weights.sha256:
+            log.error("%s fail their recorded sha256 (key %s)", what, weights.key)
+            raise StoredArtifactError(
+                f"{what} are damaged in the artifact storage (their sha256 no longer matches "
+                "the one recorded when they were written); the operator has been told (server "
+                "log)"
+            )
         headers = {"ETag": f'"{weights.sha256}"', "X-Checksum-SHA256": weights.sha256}
     return FileResponse(
         storage.path(weights.key),

@@ -1,0 +1,176 @@
+"""Hostile clients against a real server (uvicorn on a port, Postgres, Redis), over raw sockets:
+what an in-process test client cannot do (stall a body, lie about its length, stream chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.db.migrate import upgrade
+from app.db.session import make_engine, make_sessionmaker
+from app.services.auth import create_key
+from app.settings import Settings
+from tests.services import (
+    ROOT,
+    free_port,
+    postgres_database,
+    redis_ready,
+    redis_url,
+    service_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+BODY_TIMEOUT_S = 2.0
+MAX_JSON_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    key: str
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("live")
+    redis_ready(redis_url(15))
+    with postgres_database() as db:
+        upgrade(db)
+        engine = make_engine(db)
+        with make_sessionmaker(engine)() as session, session.begin():
+            key = create_key(session, "alice")
+        engine.dispose()
+        settings = Settings(
+            _env_file=None,
+            data_dir=tmp,
+            database_url=db,
+            broker_url=redis_url(15),
+            queue="cartl-live-tests",  # no worker reads it
+        )
+        env = service_env(settings)
+        env.update(
+            CARTL_RUN_SWEEPER="false",
+            CARTL_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+            CARTL_MAX_JSON_BYTES=str(MAX_JSON_BYTES),
+        )
+        port = free_port()
+        log = tmp / "api.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        srv = Server(port, key, log)
+        try:
+            wait_for(lambda: _healthy(srv), 60, "uvicorn to answer")
+            yield srv
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _healthy(srv: Server) -> bool:
+    try:
+        return httpx.get(f"{srv.url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _raw(
+    srv: Server, head: str, body: bytes = b"", timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes, float]:
+    """Send ``head`` (request line and headers, no blank line) and ``body``, then read the
+    answer until the server closes or has sent its Content-Length; returns status, headers,
+    body and the seconds the answer took."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        top, _, rest = data.partition(b"\r\n\r\n")
+        lines = top.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return status, headers, rest, time.monotonic() - t0
+
+
+def _post_jobs(srv: Server, *extra: str, key: bool = True) -> str:
+    lines = ["POST /v1/jobs HTTP/1.1", "Host: test", *extra]
+    if key:
+        lines.append(f"Authorization: Bearer {srv.key}")
+    return "\n".join(lines)
+
+
+def test_a_stalled_json_body_is_cut_off(server: Server) -> None:
+    head = _post_jobs(server, "Content-Type: application/json", "Content-Length: 5000")
+    status, _, body, took = _raw(server, head, b'{"kind": "au')
+    assert status == 408
+    assert "stalled" in json.loads(body)["detail"]
+    assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + 10
+
+
+def test_an_oversized_body_is_413_from_its_length_alone(server: Server) -> None:
+    head = _post_jobs(server, "Content-Type: application/json", f"Content-Length: {10**9}")
+    status, _, body, took = _raw(server, head)  # nothing of the gigabyte is sent
+    assert status == 413
+    assert "CARTL_MAX_JSON_BYTES" in json.loads(body)["detail"]
+    assert took < 5
+
+
+def test_an_oversized_chunked_body_is_413_once_it_passes_the_limit(server: Server) -> None:
+    head = _post_jobs(server, "Content-Type: application/json", "Transfer-Encoding: chunked")
+    chunk = b"x" * 16384
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8)) + b"0\r\n\r\n"
+    status, _, answer, _ = _raw(server, head, body)
+    assert status == 413
+    assert json.loads(answer)["status"] == 413
+
+
+def test_the_key_comes_before_the_body(server: Server) -> None:
+    bad = b'{"kind": '
+    length = f"Content-Length: {len(bad)}"
+    no_key = _post_jobs(server, "Content-Type: application/json", length, key=False)
+    status, headers, _, _ = _raw(server, no_key, bad)
+    assert status == 401
+    assert headers["www-authenticate"] == "Bearer"
+    wrong = no_key + "\nAuthorization: Bearer cartl_not_a_key"
+    assert _raw(server, wrong, bad)[0] == 401
+    assert _raw(server, _post_jobs(server, "Content-Type: application/json", length), bad)[0] == 422
+
+
+def test_a_body_that_is_not_json_is_415(server: Server) -> None:
+    text = b"kind=audit"
+    head = _post_jobs(server, "Content-Type: text/plain", f"Content-Length: {len(text)}")
+    status, _, body, _ = _raw(server, head, text)
+    assert status == 415
+    assert "application/json" in json.loads(body)["detail"]
+    wrong_key = _post_jobs(server, "Content-Type: text/plain", f"Content-Length: {len(text)}",
+                           key=False) + "\nAuthorization: Bearer cartl_not_a_key"  # fmt: skip
+    assert _raw(server, wrong_key, text)[0] == 401

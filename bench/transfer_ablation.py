@@ -67,11 +67,13 @@ class Source:
     k: int
     epochs: int = 20
     lr: float = 0.05
+    schedule: str = "step"  # or "one-cycle", as the prototype pre-trained
 
     @property
     def key(self) -> str:
         kind = "AT" if self.fdm_lambda == 0 else f"FDM{self.fdm_lambda:g}-k{self.k}"
-        return f"{self.layout}-{kind}-e{self.epochs}-lr{self.lr:g}"
+        shape = "-1cycle" if self.schedule == "one-cycle" else ""
+        return f"{self.layout}-{kind}-e{self.epochs}-lr{self.lr:g}{shape}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ def _rows() -> list[Row]:
     proto: dict[str, Any] = {"norm_beta": 1.0, "bn": "all-source", "lr": 0.01,
                              "lr_schedule": "const"}  # fmt: skip
     proto30: dict[str, Any] = {**proto, "epochs": 30}
+    # The same fine-tuning without spectral normalisation (standard has none).
+    proto30_plain: dict[str, Any] = {k: v for k, v in proto30.items() if k != "norm_beta"}
+    pr1_at = Source("proto", 0.0, 2, epochs=30, schedule="one-cycle")
+    pr1_fdm = Source("proto", 0.01, 2, epochs=30, schedule="one-cycle")
     release_crop: dict[str, Any] = {"lr_schedule": "release", "augmentation": "crop"}
     return [
         # The product's demo today: gap layout, k 3, defaults.
@@ -172,18 +178,26 @@ def _rows() -> list[Row]:
         Row("proto FDM.01->cartl k2 (defaults)", pr_fdm, "cartl", 2),
         Row("proto AT->cartl k2 prototype", pr_at, "cartl", 2, **proto30),
         Row("proto FDM.05->cartl k2 prototype", pr_fdm05, "cartl", 2, **proto30),
+        # The prototype's own pre-training: one-cycle lr 0.05 over 30 epochs.
+        Row("proto1c AT->standard k2", pr1_at, "standard", 2, epochs=30),
+        Row("proto1c AT->standard k2 prototype-ft", pr1_at, "standard", 2, **proto30_plain),
+        Row("proto1c FDM.01->standard k2 prototype-ft", pr1_fdm, "standard", 2, **proto30_plain),
+        Row("proto1c FDM.01->cartl k2 prototype", pr1_fdm, "cartl", 2, **proto30),
+        Row("proto1c AT->cartl k2 prototype", pr1_at, "cartl", 2, **proto30),
     ]
 
 
 def _schedule(lr: float, kind: str, epochs: int) -> ScheduleConfig:
     if kind == "release":
         return ScheduleConfig()
+    if kind == "one-cycle":
+        return ScheduleConfig(epochs=epochs, batch_size=64, lr=lr, shape="one-cycle")
     if kind == "const":
         return ScheduleConfig(epochs=epochs, batch_size=64, lr=lr, warmup_epochs=0, milestones=())
     return ScheduleConfig(epochs=epochs, batch_size=64, lr=lr)
 
 
-def _source(src: Source, data: Dataset, cache: Path) -> BlockModel:
+def _source(src: Source, data: Dataset, cache: Path, device: str = "cpu") -> BlockModel:
     path = cache / f"{src.key}.safetensors"
     if path.exists():
         return load_model(path)
@@ -196,11 +210,11 @@ def _source(src: Source, data: Dataset, cache: Path) -> BlockModel:
         k=src.k,
         fdm_lambda=src.fdm_lambda,
         attack=AttackConfig(eps=EPS, alpha=EPS / 4, steps=7),
-        schedule=_schedule(src.lr, "step", src.epochs),
+        schedule=_schedule(src.lr, src.schedule, src.epochs),
         augmentation="none",
         trace=NO_TRACE,
     )
-    model = pretrain(data, "small-cnn", cfg, device="cpu", seed=0, init=init).model
+    model = pretrain(data, "small-cnn", cfg, device=device, seed=0, init=init).model
     cache.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path, class_names=data.class_names)
     return model
@@ -212,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the row names and exit")
     p.add_argument("--cache", type=Path, default=Path("bench/results/ablation"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... [default: cpu]")
     p.add_argument(
         "--split-seed",
         type=int,
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for r in rows:
         t0 = time.monotonic()
-        src = _source(r.source, source_data, cache)
+        src = _source(r.source, source_data, cache, args.device)
         cfg = TransferConfig(
             method=r.method,
             k=r.k,
@@ -245,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             trace=NO_TRACE,
         )
         torch.manual_seed(0)
-        model = transfer(src, target, cfg, device="cpu", seed=0).model
+        model = transfer(src, target, cfg, device=args.device, seed=0).model
         rep = run_ensemble(model, target.test, check)
         out = {**asdict(r), "source": r.source.key, "clean": rep.clean_accuracy,
                "robust": rep.robust_accuracy, "seconds": time.monotonic() - t0}  # fmt: skip

@@ -184,6 +184,13 @@ def _schedule_args(
         help=f"weight decay [default: {_SCHEDULE.weight_decay}; lwf: 2e-4]",
     )
     g.add_argument(
+        "--lr-schedule",
+        choices=("step", "one-cycle"),
+        default="step",
+        help="step = the paper's warm-up and x0.2 steps; one-cycle = PyTorch's OneCycleLR curve "
+        "peaking at --lr (not the paper's) [default: step]",
+    )
+    g.add_argument(
         "--augment",
         choices=("auto", "paper", "crop", "crop-flip", "none"),
         default="auto",

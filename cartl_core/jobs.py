@@ -27,6 +27,7 @@ from cartl_core.config import (
     AuditConfig,
     CompareConfig,
     FDMConfig,
+    LRShape,
     LwFConfig,
     LwFTune,
     ScheduleConfig,
@@ -67,16 +68,17 @@ class _Schedule:
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    lr_schedule: LRShape = "step"
     augment: Augment = "auto"
     seed: int = 0
 
     def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
-        changes = {
+        changes: dict[str, object] = {
             name: getattr(self, name)
             for name in ("epochs", "batch_size", "lr", "weight_decay")
             if getattr(self, name) is not None
         }
-        return base.with_(**changes)
+        return base.with_(**changes, shape=self.lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ class CompareParams(_Schedule):
                 batch_size=self.batch_size,
                 lr=self.lr,
                 weight_decay=self.weight_decay,
+                lr_schedule=self.lr_schedule,
                 augmentation=self.augment,
                 lwf=LwFConfig(lwf_lambda=self.lwf_lambda, tune=self.lwf_tune),
             )

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,12 @@ def make_optimizer(params: Iterable[nn.Parameter], s: ScheduleConfig) -> torch.o
 def make_scheduler(
     optimizer: torch.optim.Optimizer, s: ScheduleConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up per batch from 0 over ``warmup_epochs``, then x gamma at each milestone."""
+    """Linear warm-up per batch from 0 over ``warmup_epochs``, then x gamma at each milestone;
+    or, for ``shape="one-cycle"``, ``OneCycleLR``'s cosine curve (without its momentum cycle)."""
+    if s.shape == "one-cycle":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(_one_cycle, total=max(1, s.epochs * steps_per_epoch))
+        )
     warmup = s.warmup_epochs * steps_per_epoch
     milestones = s.milestone_epochs()
 
@@ -109,6 +115,18 @@ def make_scheduler(
         return float(s.gamma ** sum(epoch >= m for m in milestones))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _one_cycle(step: int, total: int, pct_start: float = 0.3) -> float:
+    """The factor on the peak lr at ``step`` of ``total``, as torch's OneCycleLR (cos anneal,
+    div_factor 25, final_div_factor 1e4) computes it."""
+    start, end = 1 / 25, 1 / 25 / 1e4
+    up = max(1.0, pct_start * total - 1)
+    if step <= up:
+        lo, hi, t = start, 1.0, step / up
+    else:
+        lo, hi, t = 1.0, end, min(1.0, (step - up) / max(1.0, total - 1 - up))
+    return hi + (lo - hi) * (1 + math.cos(math.pi * t)) / 2
 
 
 @torch.inference_mode()

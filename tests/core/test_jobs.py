@@ -82,6 +82,20 @@ def test_lwf_tune_reaches_the_transfer_and_every_compare_candidate() -> None:
     assert info.value.field == "lwf_tune"
 
 
+def test_lr_schedule_reaches_every_training_job() -> None:
+    pre = parse_params("pretrain", {"lr_schedule": "one-cycle"})
+    assert isinstance(pre, PretrainParams)
+    assert pre.config().schedule.shape == "one-cycle"
+    tr = parse_params("transfer", {"lr_schedule": "one-cycle", "method": "lwf"})
+    assert isinstance(tr, TransferParams)
+    schedule = tr.config().resolved_schedule()
+    # The method's own schedule (LwF's lr) keeps its values; only the curve changes.
+    assert (schedule.shape, schedule.lr) == ("one-cycle", 0.001)
+    cmp = parse_params("compare", {"eps": 0.1, "lr_schedule": "one-cycle"})
+    assert isinstance(cmp, CompareParams)
+    assert cmp.config().schedule_for("cartl").shape == "one-cycle"
+
+
 @pytest.mark.parametrize(
     ("kind", "raw", "field"),
     [

@@ -285,6 +285,28 @@ def test_schedule_warmup_and_milestones() -> None:
     assert lrs[10 * 90] == pytest.approx(0.0008)
 
 
+def test_one_cycle_schedule_is_torchs_one_cycle_lr() -> None:
+    from cartl_core.training.loop import make_scheduler
+
+    ours = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05)
+    ref = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05)
+    s = ScheduleConfig(epochs=30, lr=0.05, shape="one-cycle")
+    sched = make_scheduler(ours, s, steps_per_epoch=10)
+    ref_sched = torch.optim.lr_scheduler.OneCycleLR(
+        ref, max_lr=0.05, total_steps=300, cycle_momentum=False
+    )
+    for step in range(300):
+        assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], abs=1e-12)
+        ours.step()
+        ref.step()
+        sched.step()
+        if step < 299:  # OneCycleLR refuses to step past its total
+            ref_sched.step()
+    with pytest.raises(ConfigError) as info:
+        ScheduleConfig(shape="cosine")  # type: ignore[arg-type]
+    assert info.value.field == "lr_schedule"
+
+
 def test_cartl_freezes_bn_affine_everywhere_but_reestimates_statistics(
     source: BlockModel, tiny_data: Dataset
 ) -> None:

@@ -99,6 +99,25 @@ class PayloadTooLargeError(AppError):
     slug = "payload-too-large"
 
 
+class RequestTimeoutError(AppError):
+    status = 408
+    title = "Request Timeout"
+    slug = "request-timeout"
+
+    def __init__(self, detail: str) -> None:
+        # The rest of the body may still be on its way: the connection cannot be reused.
+        super().__init__(detail, headers={"Connection": "close"})
+
+
+class TooManyRequestsError(AppError):
+    status = 429
+    title = "Too Many Requests"
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class UnsupportedMediaTypeError(AppError):
     status = 415
     title = "Unsupported Media Type"

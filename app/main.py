@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api.guards import RequestGuardMiddleware
 from app.api.instrumentation import RequestMetricsMiddleware
+from app.api.limits import UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
 from app.api.routes import checkpoints, datasets, health, jobs
 from app.db.session import make_engine, make_sessionmaker
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.upload_slots = UploadSlots()
     install_problem_handlers(app)
     # Inside the metrics middleware (added after it, so outside): refusals are counted too.
     app.add_middleware(RequestGuardMiddleware)

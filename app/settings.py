@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         description="Largest total size a dataset archive may expand to (decompression bombs).",
     )
     upload_chunk_bytes: int = Field(default=1024**2, gt=0, description="Upload read size.")
+    max_uploads_per_key: int = Field(
+        default=4, ge=1, description="Uploads one API key may stream at once (429 beyond)."
+    )
     max_json_bytes: int = Field(
         default=1024**2, gt=0, description="Largest JSON request body; larger gets 413."
     )

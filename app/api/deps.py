@@ -6,13 +6,15 @@ reads the environment or makes an engine at import.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.limits import UploadSlots
 from app.errors import UnsupportedMediaTypeError
 from app.services.auth import authenticate
 from app.settings import Settings
@@ -90,6 +92,30 @@ def get_owner(
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def get_upload_owner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> AsyncIterator[str]:
+    """The caller's owner name for an upload, holding one of the key's upload slots until the
+    endpoint returns. The key is checked in a session that is closed at once: an upload holds
+    no database connection while its body streams or its file is probed."""
+    factory = get_session_factory(request)
+    secret = credentials.credentials if credentials else None
+
+    def check() -> str:
+        with factory() as session:
+            return authenticate(session, secret).name
+
+    owner = await anyio.to_thread.run_sync(check)
+    settings = get_settings_dep(request)
+    slots: UploadSlots = request.app.state.upload_slots
+    with slots.hold(owner, settings.max_uploads_per_key, retry_after_s=5):
+        yield owner
+
+
+UploadOwnerDep = Annotated[str, Depends(get_upload_owner, scope="function")]
 
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 CursorQuery = Annotated[

@@ -189,6 +189,11 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
         "missing API key: send the header 'Authorization: Bearer <key>'",
     ),
     404: ("not-found", "Not Found", "no job with id 'job_019abc3f2e11c0ffee1234'"),
+    408: (
+        "request-timeout",
+        "Request Timeout",
+        "the request body stalled: nothing arrived for 30 s (CARTL_BODY_TIMEOUT_S)",
+    ),
     409: (
         "conflict",
         "Conflict",
@@ -198,6 +203,12 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
     413: ("payload-too-large", "Content Too Large", "the upload is larger than the limit"),
     415: ("unsupported-media-type", "Unsupported Media Type", "send multipart/form-data"),
     422: ("validation-error", "Validation Error", "params.k: must be between 1 and 5"),
+    429: (
+        "too-many-requests",
+        "Too Many Requests",
+        "this key already has 4 uploads in progress, the most it may have at once "
+        "(CARTL_MAX_UPLOADS_PER_KEY); retry after one finishes",
+    ),
     500: (
         "artifact-unavailable",
         "Stored Artifact Unavailable",
@@ -212,10 +223,12 @@ _DESCRIPTIONS = {
     400: "Malformed request.",
     401: "Missing, unknown or revoked API key.",
     404: "No such object (or it belongs to another key's owner).",
+    408: "The body stalled (nothing arrived for CARTL_BODY_TIMEOUT_S); the connection closes.",
     409: "The object's state forbids this.",
     413: "The upload is larger than the configured limit.",
     415: "The body is not multipart/form-data.",
     422: "Invalid input; `errors` lists each field.",
+    429: "Too many uploads in progress for this key; `Retry-After` says when to try again.",
     500: "A stored file is missing or damaged.",
     503: "A dependency is unreachable.",
 }

@@ -9,6 +9,7 @@ and stops at ``max_upload_bytes`` with a 413; the small text fields are kept in 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.errors import (
     BadRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
@@ -137,7 +139,7 @@ def receiver(request: Request, storage: Storage, settings: Settings) -> Receiver
     async def receive(key_for: Callable[[str], str]) -> ReceivedUpload:
         parts = _start(request, settings)
         stored, key, filename = None, "", ""
-        async with aclosing(_events(request, parts)) as events:
+        async with aclosing(_events(request, parts, settings.body_timeout_s)) as events:
             async for event in events:
                 if isinstance(event, _FileStart):
                     filename, key = event.filename, key_for(event.filename)
@@ -180,11 +182,28 @@ def _start(request: Request, settings: Settings) -> _Parts:
     return _Parts(charset.decode("latin-1") if isinstance(charset, bytes) else str(charset))
 
 
-async def _events(request: Request, parts: _Parts) -> AsyncGenerator[_Event, None]:
+async def _stream(request: Request, timeout_s: float) -> AsyncGenerator[bytes, None]:
+    """The body's chunks; a body that sends nothing for ``timeout_s`` is cut off (408)."""
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the upload stalled: nothing arrived for {timeout_s:g} s (CARTL_BODY_TIMEOUT_S)"
+            ) from None
+        yield chunk
+
+
+async def _events(
+    request: Request, parts: _Parts, timeout_s: float
+) -> AsyncGenerator[_Event, None]:
     _, options = parse_options_header(request.headers["content-type"])
     parser = MultipartParser(options[b"boundary"], parts.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
+        async for chunk in _stream(request, timeout_s):
             parser.write(chunk)
             while parts.events:
                 yield parts.events.pop(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import new_id
 from app.db.models import Checkpoint
@@ -43,7 +43,11 @@ FORM_FIELDS = {"arch", "num_classes", "in_channels", "input_size"}
 
 
 async def create_checkpoint(
-    session: Session, settings: Settings, storage: Storage, owner: str, receive: Receiver
+    factory: sessionmaker[Session],
+    settings: Settings,
+    storage: Storage,
+    owner: str,
+    receive: Receiver,
 ) -> Checkpoint:
     checkpoint_id = new_id("ckpt")
 
@@ -82,7 +86,7 @@ async def create_checkpoint(
             size=upload.stored.size,
             storage_key=upload.key,
         )
-        await commit_new(session, row)
+        await commit_new(factory, row)
         return row
 
     return await store_then(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import new_id
 from app.db.models import DatasetRow
@@ -30,7 +30,11 @@ DEFAULT_NAME = "dataset.bin"
 
 
 async def create_dataset(
-    session: Session, settings: Settings, storage: Storage, owner: str, receive: Receiver
+    factory: sessionmaker[Session],
+    settings: Settings,
+    storage: Storage,
+    owner: str,
+    receive: Receiver,
 ) -> DatasetRow:
     dataset_id = new_id("ds")
 
@@ -57,7 +61,7 @@ async def create_dataset(
             size=upload.stored.size,
             storage_key=upload.key,
         )
-        await commit_new(session, row)
+        await commit_new(factory, row)
         return row
 
     return await store_then(storage, f"datasets/{dataset_id}", receive, DEFAULT_NAME, register)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import Base
 from app.db.models import Job, JobStatus
@@ -110,12 +110,13 @@ async def store_then(
         raise
 
 
-async def commit_new(session: Session, row: Base) -> None:
-    """Insert and commit in a worker thread: the database call must not block the event loop."""
+async def commit_new(factory: sessionmaker[Session], row: Base) -> None:
+    """Insert and commit in a worker thread, in a session of its own: an upload holds no
+    database connection while its body streams or its file is probed, only for this insert."""
 
     def insert() -> None:
-        session.add(row)
-        session.commit()
+        with factory() as session, session.begin():
+            session.add(row)
 
     await anyio.to_thread.run_sync(insert)
 

@@ -47,8 +47,9 @@ def test_a_compare_job_is_queued_with_every_param(
     [
         ({}, "params.eps", "needs eps"),
         ({"eps": 0.1, "k": [2, 6]}, "params.k", "k=6 is out of range"),
-        ({"eps": 0.1, "k": ["2"]}, "params.k.0", "valid integer"),
-        ({"eps": 0.1, "methods": ["standard", "magic"]}, "params.methods.1", "'cartl'"),
+        # One error per parameter, naming the list item.
+        ({"eps": 0.1, "k": ["2"]}, "params.k", "valid integer (item 0)"),
+        ({"eps": 0.1, "methods": ["standard", "magic"]}, "params.methods", "(item 1)"),
         ({"eps": 0.1, "bn": ["nope"]}, "params.bn", "unknown bn_presets value"),
         ({"eps": 0.1, "max_clean_drop": 2}, "params.max_clean_drop", "in [0, 1]"),
         ({"eps": 0.1, "val_fraction": 0}, "params.val_fraction", "between 0 and 1"),

@@ -40,6 +40,7 @@ MAX_JSON_BYTES = 64 * 1024
 class Server:
     port: int
     key: str
+    other_key: str
     log: Path
 
     @property
@@ -56,6 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         engine = make_engine(db)
         with make_sessionmaker(engine)() as session, session.begin():
             key = create_key(session, "alice")
+            other_key = create_key(session, "bob")
         engine.dispose()
         settings = Settings(
             _env_file=None,
@@ -77,7 +79,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        srv = Server(port, key, log)
+        srv = Server(port, key, other_key, log)
         try:
             wait_for(lambda: _healthy(srv), 60, "uvicorn to answer")
             yield srv
@@ -126,6 +128,71 @@ def _post_jobs(srv: Server, *extra: str, key: bool = True) -> str:
     if key:
         lines.append(f"Authorization: Bearer {srv.key}")
     return "\n".join(lines)
+
+
+def _stalled_upload(srv: Server) -> socket.socket:
+    """An upload that sends its headers and 1 KB of a declared 10 MB body, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    head = (
+        "POST /v1/checkpoints HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {srv.key}\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\n"
+        f"Content-Length: {10 * 1024**2}\r\n\r\n"
+    )
+    part = (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="m.safetensors"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    sock.sendall(head.encode() + part + b"\0" * 1024)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    lines = data.partition(b"\r\n\r\n")[0].decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers
+
+
+def test_a_flood_of_stalled_uploads_locks_nobody_out(server: Server) -> None:
+    """15 stalled uploads from one key: 4 (CARTL_MAX_UPLOADS_PER_KEY) are let in and cut off
+    after the body timeout, the rest are told to come back; nobody else waits for any of it."""
+    socks = [_stalled_upload(server) for _ in range(15)]
+    try:
+        time.sleep(0.5)  # every upload has reached the server and holds what it holds
+        other = {"Authorization": f"Bearer {server.other_key}"}
+        t0 = time.monotonic()
+        for _ in range(10):
+            r = httpx.get(f"{server.url}/v1/jobs", headers=other, timeout=10)
+            assert r.status_code == 200, r.text
+        assert time.monotonic() - t0 < 5
+        # The same key's own reads are not blocked either: uploads hold no database connection.
+        mine = httpx.get(
+            f"{server.url}/v1/checkpoints",
+            headers={"Authorization": f"Bearer {server.key}"},
+            timeout=10,
+        )
+        assert mine.status_code == 200, mine.text
+        answers = [_answer(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [408] * 4 + [429] * 11, statuses
+    assert all(h.get("retry-after") == "5" for status, h in answers if status == 429)
+    # Once the stalled ones are gone, the key may upload again (a 4xx about the file, not 429).
+    r = httpx.post(
+        f"{server.url}/v1/checkpoints",
+        headers={"Authorization": f"Bearer {server.key}"},
+        files={"file": ("m.safetensors", b"not a checkpoint")},
+        timeout=60,
+    )
+    assert r.status_code == 422, r.text
 
 
 def test_a_stalled_json_body_is_cut_off(server: Server) -> None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import CursorQuery, LimitQuery, OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import (
+    CursorQuery,
+    LimitQuery,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StorageDep,
+    UploadOwnerDep,
+)
 from app.api.problems import problem_responses
 from app.api.uploads import multipart_body, receiver
 from app.schemas.checkpoints import CheckpointOut
@@ -23,7 +32,7 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
     "refused with 422 naming the problem, and nothing is kept. Self-describing CARTL "
     "safetensors need no other field; plain state dicts (`.pt`, `.pth`, `.safetensors` "
     "without a CARTL header) need `arch`.",
-    responses=problem_responses(400, 413, 415, 422),
+    responses=problem_responses(400, 408, 413, 415, 422, 429),
     openapi_extra=multipart_body(
         {
             "arch": "Architecture of plain weights: small-cnn, resnet18-cifar, wrn-D-W, "
@@ -36,13 +45,13 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 )
 async def upload_checkpoint(
     request: Request,
-    owner: OwnerDep,
-    session: SessionDep,
+    owner: UploadOwnerDep,
+    factory: SessionFactoryDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> CheckpointOut:
     row = await service.create_checkpoint(
-        session, settings, storage, owner, receiver(request, storage, settings)
+        factory, settings, storage, owner, receiver(request, storage, settings)
     )
     return CheckpointOut.model_validate(row)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import CursorQuery, LimitQuery, OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import (
+    CursorQuery,
+    LimitQuery,
+    OwnerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StorageDep,
+    UploadOwnerDep,
+)
 from app.api.problems import problem_responses
 from app.api.uploads import multipart_body, receiver
 from app.schemas.common import Page
@@ -24,18 +33,18 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "Archives are checked for path traversal, links and decompression bombs before anything "
     "is extracted; labels must fit the classes. A bad file gives 422 naming the problem, and "
     "nothing is kept.",
-    responses=problem_responses(400, 413, 415, 422),
+    responses=problem_responses(400, 408, 413, 415, 422, 429),
     openapi_extra=multipart_body({}),
 )
 async def upload_dataset(
     request: Request,
-    owner: OwnerDep,
-    session: SessionDep,
+    owner: UploadOwnerDep,
+    factory: SessionFactoryDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> DatasetOut:
     row = await service.create_dataset(
-        session, settings, storage, owner, receiver(request, storage, settings)
+        factory, settings, storage, owner, receiver(request, storage, settings)
     )
     return DatasetOut.model_validate(row)
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.limits import UploadSlots
 from app.errors import UnsupportedMediaTypeError
 from app.services.auth import authenticate
+from app.services.ids import ID_PATTERN
 from app.settings import Settings
 from app.storage import Storage
 
@@ -119,7 +120,12 @@ UploadOwnerDep = Annotated[str, Depends(get_upload_owner, scope="function")]
 
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 CursorQuery = Annotated[
-    str | None, Query(max_length=500, description="`next_cursor` of the previous page.")
+    str | None,
+    Query(
+        pattern=ID_PATTERN,
+        description="`next_cursor` of the previous page: the id of its last item (any id-shaped "
+        "value works and means the items created before it).",
+    ),
 ]
 
 

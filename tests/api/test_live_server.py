@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from app.db.migrate import upgrade
-from app.db.session import make_engine, make_sessionmaker
-from app.services.auth import create_key
-from app.settings import Settings
-from tests.services import (
-    ROOT,
-    free_port,
-    postgres_database,
-    redis_ready,
-    redis_url,
-    service_env,
-    wait_for,
-)
+from tests.api.live import Server, live_api
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,63 +20,11 @@ BODY_TIMEOUT_S = 2.0
 MAX_JSON_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Server:
-    port: int
-    key: str
-    other_key: str
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("live")
-    redis_ready(redis_url(15))
-    with postgres_database() as db:
-        upgrade(db)
-        engine = make_engine(db)
-        with make_sessionmaker(engine)() as session, session.begin():
-            key = create_key(session, "alice")
-            other_key = create_key(session, "bob")
-        engine.dispose()
-        settings = Settings(
-            _env_file=None,
-            data_dir=tmp,
-            database_url=db,
-            broker_url=redis_url(15),
-            queue="cartl-live-tests",  # no worker reads it
-        )
-        env = service_env(settings)
-        env.update(
-            CARTL_RUN_SWEEPER="false",
-            CARTL_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-            CARTL_MAX_JSON_BYTES=str(MAX_JSON_BYTES),
-        )
-        port = free_port()
-        log = tmp / "api.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        srv = Server(port, key, other_key, log)
-        try:
-            wait_for(lambda: _healthy(srv), 60, "uvicorn to answer")
-            yield srv
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def _healthy(srv: Server) -> bool:
-    try:
-        return httpx.get(f"{srv.url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    env = {"CARTL_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "CARTL_MAX_JSON_BYTES": str(MAX_JSON_BYTES)}
+    with live_api(tmp_path_factory.mktemp("live"), **env) as srv:
+        yield srv
 
 
 def _raw(

@@ -57,10 +57,12 @@ IdempotencyKey = Annotated[
     responses={
         200: {"model": JobOut, "description": "An idempotent replay: the job made earlier."},
         **problem_responses(
+            400,
             409,
             413,
             415,
             422,
+            s400="The body could not be read as text (send UTF-8 JSON).",
             s409="The Idempotency-Key was used before with a different request.",
             s413="The body is larger than CARTL_MAX_JSON_BYTES.",
             s415="The body is not JSON.",

@@ -81,13 +81,24 @@ def _serve_commands(sub: Any) -> None:
 
 def _session_factory() -> Any:
     from app.db.migrate import upgrade
-    from app.db.session import make_engine, make_sessionmaker
+    from app.db.session import (
+        DamagedDatabaseError,
+        check_integrity,
+        make_engine,
+        make_sessionmaker,
+    )
     from app.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        check_integrity(engine)  # before migrating: a damaged file is not touched
+    except DamagedDatabaseError as exc:
+        engine.dispose()
+        raise SystemExit(f"cartl: error: {exc}") from None
     upgrade(settings.resolved_database_url)
-    return settings, make_sessionmaker(make_engine(settings.resolved_database_url))
+    return settings, make_sessionmaker(engine)
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from app.api.instrumentation import RequestMetricsMiddleware
 from app.api.limits import UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
 from app.api.routes import checkpoints, datasets, health, jobs
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import check_integrity, make_engine, make_sessionmaker
 from app.schemas.common import Problem
 from app.schemas.jobs import PARAMS_SCHEMAS
 from app.services.metrics import ServiceMetrics
@@ -82,6 +82,11 @@ async def _resources(
         # The embedded default keeps its SQLite file there.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
+    try:
+        check_integrity(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     factory = make_sessionmaker(engine)
     app.state.settings = settings
     app.state.engine = engine

@@ -7,9 +7,21 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "rows_changed", "transaction"]
+__all__ = [
+    "DamagedDatabaseError",
+    "check_integrity",
+    "make_engine",
+    "make_sessionmaker",
+    "rows_changed",
+    "transaction",
+]
+
+
+class DamagedDatabaseError(RuntimeError):
+    """The SQLite file fails its integrity check: serving from it could lose or invent rows."""
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -25,6 +37,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # busy_timeout makes a writer wait for the lock instead of failing at once.
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk (WAL synced) before it returns, so a job that was reported as
+    # succeeded is still there after a crash or power loss; WAL's NORMAL default may drop it.
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
@@ -44,3 +59,24 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def rows_changed(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (what conditional updates decide on)."""
     return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def check_integrity(engine: Engine) -> None:
+    """SQLite's ``quick_check`` at start: a damaged file is refused with what to do, instead of
+    served (rows silently missing). Postgres checks its own pages and WAL; nothing to do there."""
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as conn:
+            found = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    except DatabaseError as exc:
+        # Damage in the header or the schema fails before the check can say anything.
+        found = [str(exc.orig)]
+    if found != ["ok"]:
+        where = engine.url.database or "the database"
+        problems = "; ".join(found[:3]) + ("; ..." if len(found) > 3 else "")
+        raise DamagedDatabaseError(
+            f"the SQLite database {where} is damaged (quick_check: {problems}); refusing to "
+            "serve from it. Restore it from a backup, or move it aside to start with an empty "
+            "one (its jobs' files in the artifact folder are then no longer listed)"
+        )

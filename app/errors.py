@@ -7,11 +7,15 @@ Services raise these (they know nothing of HTTP frameworks); :mod:`app.api.probl
     ├── BadRequestError              400  a malformed request (e.g. a broken multipart body)
     ├── UnauthorizedError            401  no API key, or an unknown or revoked one
     ├── NotFoundError                404  no such object, or another owner's
+    ├── RequestTimeoutError          408  a body that stalled past CARTL_BODY_TIMEOUT_S
     ├── ConflictError                409  the object's state forbids it (in use, finished, ...)
     ├── PayloadTooLargeError         413  an upload past the size limit
-    ├── UnsupportedMediaTypeError    415  an upload that is not multipart/form-data
+    ├── UnsupportedMediaTypeError    415  a body of the wrong media type
     ├── UnprocessableError           422  well-formed but invalid: lists ``FieldError``s
-    └── ServiceUnavailableError      503  the database or the broker is unreachable
+    ├── TooManyRequestsError         429  past a per-key limit; carries Retry-After
+    ├── StoredArtifactError          500  a stored file missing or failing its checksum
+    ├── ServiceUnavailableError      503  the database, broker or storage is unusable
+    └── StorageFullError             507  the artifact storage is full
 
 Every message says what to fix; none carries a traceback or an internal path.
 """
@@ -23,13 +27,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "MAX_FIELD_ERRORS",
     "AppError",
     "BadRequestError",
     "ConflictError",
     "FieldError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "ServiceUnavailableError",
+    "StorageFullError",
+    "StoredArtifactError",
+    "TooManyRequestsError",
     "UnauthorizedError",
     "UnprocessableError",
     "UnsupportedMediaTypeError",
@@ -149,6 +158,12 @@ class StoredArtifactError(AppError):
     status = 500
     title = "Stored Artifact Unavailable"
     slug = "artifact-unavailable"
+
+
+class StorageFullError(AppError):
+    status = 507
+    title = "Insufficient Storage"
+    slug = "storage-full"
 
 
 class ServiceUnavailableError(AppError):

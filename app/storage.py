@@ -7,6 +7,7 @@ relative POSIX paths made by the service, never by users.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -82,8 +83,19 @@ class Storage:
         return StoredFile(dest, dest.stat().st_size, sha256_file(dest))
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove a key's folder (``checkpoints/ID``) and everything in it."""
+        """Remove a key's folder (``checkpoints/ID``) and everything in it, as far as possible
+        (clean-up after a failure, which must not raise a second error)."""
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def remove_prefix(self, prefix: str) -> None:
+        """Remove a key's folder or raise ``OSError``; a folder that is not there is fine."""
+        path = self.path(prefix)
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        if path.exists():
+            raise OSError(errno.EIO, "the folder is still there after removing it")
 
 
 def sha256_file(path: Path, chunk: int = 1024**2) -> str:
@@ -92,3 +104,31 @@ def sha256_file(path: Path, chunk: int = 1024**2) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """``"full"``, ``"unwritable"`` or None: what a failed write says about the storage.
+
+    Libraries report a full disk in their own words: an ``OSError`` somewhere in the chain,
+    safetensors' "(os error 28)", torch's zip writer "inline_container.cc ... unexpected pos"
+    (the position it expected after a short write; errno is lost on the way).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return "full"
+        if isinstance(seen, OSError) and seen.errno in _UNWRITABLE:
+            return "unwritable"
+        text = str(seen)
+        if "os error 28" in text or "No space left on device" in text:
+            return "full"
+        if "os error 30" in text or "Read-only file system" in text:
+            return "unwritable"
+        if "inline_container.cc" in text and "unexpected pos" in text:
+            return "full"
+        seen = seen.__cause__ or seen.__context__
+    return None

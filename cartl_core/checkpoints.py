@@ -59,8 +59,12 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"cartl": json.dumps(description)})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={"cartl": json.dumps(description)})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return description
 
 

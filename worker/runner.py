@@ -26,7 +26,7 @@ from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
 from app.db.session import make_engine, make_sessionmaker, rows_changed
 from app.services.jobs import candidates_prefix
 from app.settings import Settings, get_settings
-from app.storage import Storage, sha256_file
+from app.storage import Storage, sha256_file, storage_problem
 
 __all__ = ["execute"]
 
@@ -174,7 +174,7 @@ class _Run:
         except Exception as exc:
             if not isinstance(exc, CartlError):
                 log.exception("job %s failed", job.id)
-            self._finish(JobStatus.failed, error=describe_error(exc))
+            self._finish(JobStatus.failed, error=self._public_error(exc, describe_error(exc)))
             self._clean_up(job, state)
             return "failed"
         if compare:
@@ -196,6 +196,25 @@ class _Run:
         state.unlink(missing_ok=True)
         log.info("job %s: succeeded %s", job.id, outcome.metrics.get("robust_accuracy"))
         return "succeeded"
+
+    def _public_error(self, exc: BaseException, described: str) -> str:
+        """The job's error as its owner sees it: storage trouble named as such (a retry cannot
+        fix it; the operator must), and never a path on this server."""
+        problem = storage_problem(exc)
+        if problem == "full":
+            return (
+                "the artifact storage is full: the job could not write its files (nothing "
+                "half-written was kept); submit it again once the operator has freed space"
+            )
+        if problem == "unwritable":
+            return (
+                "the artifact storage cannot be written (read-only, or no permission); the "
+                "operator must fix it before the job can run"
+            )
+        root = self.storage.root
+        for path in {str(root), str(root.resolve())}:
+            described = described.replace(path, "<artifact storage>")
+        return described
 
     def _clean_up(self, job: Job, state: Path) -> None:
         """What an unfinished job leaves: its resumable state, a compare's candidates."""

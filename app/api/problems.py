@@ -236,6 +236,12 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
         "been told (server log)",
     ),
     503: ("service-unavailable", "Service Unavailable", "broker: unreachable"),
+    507: (
+        "storage-full",
+        "Insufficient Storage",
+        "the artifact storage is full: nothing of this upload was kept; try again once the "
+        "operator has freed space",
+    ),
 }
 
 _DESCRIPTIONS = {
@@ -250,6 +256,7 @@ _DESCRIPTIONS = {
     429: "Too many uploads in progress for this key; `Retry-After` says when to try again.",
     500: "A stored file is missing or damaged.",
     503: "A dependency is unreachable.",
+    507: "The artifact storage is full; nothing was kept.",
 }
 
 

@@ -10,6 +10,7 @@ deleted and no row remains.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,9 +22,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import Base
 from app.db.models import Job, JobStatus
-from app.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    ServiceUnavailableError,
+    StorageFullError,
+    UnprocessableError,
+)
 from app.services.ids import is_id
-from app.storage import Storage, StoredFile
+from app.storage import Storage, StoredFile, storage_problem
 
 __all__ = [
     "ReceivedUpload",
@@ -105,8 +113,19 @@ async def store_then(
     try:
         upload = await receive(lambda filename: f"{prefix}/{safe_filename(filename, default_name)}")
         return await register(upload)
-    except BaseException:
+    except BaseException as exc:
         storage.delete_prefix(prefix)
+        problem = storage_problem(exc) if isinstance(exc, Exception) else None
+        if problem == "full":
+            raise StorageFullError(
+                "the artifact storage is full: nothing of this upload was kept; try again once "
+                "the operator has freed space"
+            ) from None
+        if problem == "unwritable":
+            raise ServiceUnavailableError(
+                "the artifact storage cannot be written (read-only, or no permission); nothing "
+                "of this upload was kept"
+            ) from None
         raise
 
 
@@ -141,12 +160,20 @@ def get_owned(
 def delete_owned(
     session: Session, storage: Storage, model: type[U], owner: str, object_id: str, what: str
 ) -> None:
-    """Delete the row (unless a live job uses it), commit, then its files (``<table>/<id>``)."""
+    """Delete the files (``<table>/<id>``) and then the row, unless a live job uses it; the
+    request's session commits. Files that cannot be removed fail the request and keep the row
+    (a 503 that says so), so nothing is reported deleted that is still on disk."""
     row = get_owned(session, model, owner, object_id, what, lock=True)
     ensure_unused(session, what, object_id, getattr(Job, f"{what}_id"))
+    try:
+        storage.remove_prefix(f"{model.__tablename__}/{object_id}")
+    except OSError as exc:
+        raise ServiceUnavailableError(
+            f"the files of {what} {object_id} could not be removed from the artifact storage "
+            f"({os.strerror(exc.errno) if exc.errno else 'error'}); nothing was deleted, try "
+            "again once the operator has fixed the storage"
+        ) from None
     session.delete(row)
-    session.commit()
-    storage.delete_prefix(f"{model.__tablename__}/{object_id}")
 
 
 def ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:

@@ -259,8 +259,12 @@ class TrainLoop:
             return
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self._state(next_epoch), tmp)
-        os.replace(tmp, self.state_path)
+        try:
+            torch.save(self._state(next_epoch), tmp)
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not also leave half a file behind
+            raise
 
     def _resume(self) -> int:
         if self.state_path is None or not self.state_path.exists():

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
     "refused with 422 naming the problem, and nothing is kept. Self-describing CARTL "
     "safetensors need no other field; plain state dicts (`.pt`, `.pth`, `.safetensors` "
     "without a CARTL header) need `arch`.",
-    responses=problem_responses(400, 408, 413, 415, 422, 429),
+    responses=problem_responses(400, 408, 413, 415, 422, 429, 503, 507),
     openapi_extra=multipart_body(
         {
             "arch": "Architecture of plain weights: small-cnn, resnet18-cifar, wrn-D-W, "
@@ -79,7 +79,13 @@ def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> 
     status_code=204,
     response_class=Response,
     summary="Delete a checkpoint and its file",
-    responses=problem_responses(404, 409, s409="A queued or running job uses it."),
+    responses=problem_responses(
+        404,
+        409,
+        503,
+        s409="A queued or running job uses it.",
+        s503="The files could not be removed.",
+    ),
 )
 def delete_checkpoint(
     checkpoint_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep

@@ -33,7 +33,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "Archives are checked for path traversal, links and decompression bombs before anything "
     "is extracted; labels must fit the classes. A bad file gives 422 naming the problem, and "
     "nothing is kept.",
-    responses=problem_responses(400, 408, 413, 415, 422, 429),
+    responses=problem_responses(400, 408, 413, 415, 422, 429, 503, 507),
     openapi_extra=multipart_body({}),
 )
 async def upload_dataset(
@@ -72,7 +72,13 @@ def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> Datase
     status_code=204,
     response_class=Response,
     summary="Delete a dataset and its file",
-    responses=problem_responses(404, 409, s409="A queued or running job uses it."),
+    responses=problem_responses(
+        404,
+        409,
+        503,
+        s409="A queued or running job uses it.",
+        s503="The files could not be removed.",
+    ),
 )
 def delete_dataset(
     dataset_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep

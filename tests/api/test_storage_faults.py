@@ -1,0 +1,112 @@
+"""A full or read-only artifact store, for real: a 1 MiB tmpfs (mounting needs root, which CI
+has; elsewhere these tests skip)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from app.storage import storage_problem
+from tests.api.live import live_api
+from tests.services import write_checkpoint
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_what_libraries_say_on_a_full_disk_is_read_as_full(small_disk: Path) -> None:
+    big = torch.zeros(1_000_000)  # 4 MB into 1 MiB
+    errors = []
+    for write in (
+        lambda: torch.save({"w": big}, small_disk / "a.pt"),
+        lambda: save_file({"w": big}, str(small_disk / "b.safetensors")),
+        lambda: (small_disk / "c.bin").write_bytes(bytes(4_000_000)),
+    ):
+        with pytest.raises(Exception) as info:  # noqa: PT011 - each library its own type
+            write()
+        errors.append(info.value)
+        for f in small_disk.iterdir():
+            f.unlink()
+    assert [storage_problem(e) for e in errors] == ["full", "full", "full"]
+    assert storage_problem(ValueError("bad input")) is None
+
+
+def test_an_upload_to_a_full_store_is_507_and_leaves_nothing(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    src = write_checkpoint(tmp_path / "m.safetensors")
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(src.read_bytes() + bytes(3 * 1024**2))  # larger than the disk
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv", CARTL_STORAGE_DIR=str(small_disk)) as srv:
+        r = httpx.post(
+            f"{srv.url}/v1/checkpoints",
+            headers=srv.headers(),
+            files={"file": ("big.safetensors", big.read_bytes())},
+            timeout=60,
+        )
+        assert r.status_code == 507, r.text
+        body = r.json()
+        assert body["type"].endswith("storage-full")
+        assert str(small_disk) not in r.text
+        assert [p for p in small_disk.rglob("*") if p.is_file()] == []
+        # A file that fits still goes in: the store works again once there is room.
+        ok = httpx.post(
+            f"{srv.url}/v1/checkpoints",
+            headers=srv.headers(),
+            files={"file": ("m.safetensors", src.read_bytes())},
+            timeout=60,
+        )
+        assert ok.status_code == 201, ok.text
+
+
+def test_a_delete_that_cannot_remove_the_files_fails_and_keeps_the_row(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    src = write_checkpoint(tmp_path / "m.safetensors")
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv", CARTL_STORAGE_DIR=str(small_disk)) as srv:
+        made = httpx.post(
+            f"{srv.url}/v1/checkpoints",
+            headers=srv.headers(),
+            files={"file": ("m.safetensors", src.read_bytes())},
+            timeout=60,
+        )
+        assert made.status_code == 201, made.text
+        ckpt = made.json()["id"]
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        try:
+            r = httpx.delete(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
+            assert r.status_code == 503, r.text
+            assert "could not be removed" in r.json()["detail"]
+            assert str(small_disk) not in r.text
+            # Still listed, still on disk: nothing claims to be gone that is not.
+            got = httpx.get(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
+            assert got.status_code == 200
+            assert list((small_disk / "checkpoints" / ckpt).iterdir())
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        r = httpx.delete(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
+        assert r.status_code == 204, r.text
+        assert not (small_disk / "checkpoints" / ckpt).exists()

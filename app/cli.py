@@ -172,9 +172,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from worker.recovery import requeue_dead_local
 
     settings, factory = _session_factory()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # Jobs its previous run's worker held: resumed now, not after their heartbeat goes stale.
+    for job_id in requeue_dead_local(factory):
+        print(f"job {job_id}: its worker stopped with the last run; resuming it", flush=True)
     key = _first_key(factory)
     worker = None if args.no_worker else _start_worker(settings)
     url = f"http://{args.host}:{args.port}"

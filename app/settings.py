@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         default=10.0, gt=0, description="How often a running job records that it is alive."
     )
+    cancel_poll_s: float = Field(
+        default=1.0, gt=0, description="How often a running job looks for a cancel request."
+    )
     stale_after_s: float = Field(
         default=120.0,
         gt=0,

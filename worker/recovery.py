@@ -14,9 +14,12 @@ can run at once. The worker's claim caps the attempts.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +30,7 @@ from app.db.session import rows_changed
 from app.services.queue import enqueue_job
 from app.settings import Settings
 
-__all__ = ["SweepResult", "Sweeper", "sweep"]
+__all__ = ["SweepResult", "Sweeper", "requeue_dead_local", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,58 @@ def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
     return SweepResult(requeued, sent)
 
 
+def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
+    """Running jobs whose worker was a process on this machine that no longer exists, put back
+    to ``queued`` at once (the next sweep sends them): what ``cartl serve`` does when it starts,
+    instead of waiting ``stale_after_s`` for their heartbeat to go stale. Only for workers on
+    this host, whose process ids can be checked; a reused id just leaves the job to the sweep."""
+    prefix = f"{socket.gethostname()}:"
+    with factory() as s, s.begin():
+        held = s.execute(
+            select(Job.id, Job.worker).where(
+                Job.status == JobStatus.running.value, Job.worker.startswith(prefix)
+            )
+        ).all()
+        requeued = []
+        for job_id, worker in held:
+            pid = (worker or "").rpartition(":")[2]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            changed = s.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id, Job.status == JobStatus.running.value, Job.worker == worker
+                )
+                .values(
+                    status=JobStatus.queued.value,
+                    enqueued_at=None,
+                    worker=None,
+                    progress={"stage": "requeued: its worker stopped with the server"},
+                )
+            )
+            if rows_changed(changed):
+                requeued.append(job_id)
+                log.warning("job %s: its worker %s is gone; requeued", job_id, worker)
+    return requeued
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    try:
+        # A killed worker's pool child lingers as a zombie until it is reaped: dead all the same.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class Sweeper:
-    """Runs :func:`sweep` every ``settings.sweep_interval_s`` in a daemon thread."""
+    """Runs :func:`sweep` every ``settings.sweep_interval_s`` in a daemon thread (the first time
+    at once)."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
         self.settings = settings
@@ -96,7 +149,9 @@ class Sweeper:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweep_interval_s):
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.settings.sweep_interval_s
             try:
                 result = sweep(self.factory, self.settings)
                 if result.requeued or result.sent:

@@ -238,10 +238,18 @@ class _Run:
     # ------------------------------------------------------------------ reporting
 
     def _heartbeat(self) -> None:
-        while not self.done.wait(self.settings.heartbeat_s):
+        """Stamp ``heartbeat_at`` every ``heartbeat_s``, and look for a cancel request every
+        ``cancel_poll_s`` (one indexed read): a cancel reaches the job within about a second,
+        which then stops at its next batch."""
+        poll = min(self.settings.cancel_poll_s, self.settings.heartbeat_s)
+        last_beat = time.monotonic()
+        while not self.done.wait(poll):
             try:
                 with self.factory() as s, s.begin():
-                    s.execute(update(Job).where(*self._where_mine()).values(heartbeat_at=utcnow()))
+                    if time.monotonic() - last_beat >= self.settings.heartbeat_s:
+                        mine = update(Job).where(*self._where_mine())
+                        s.execute(mine.values(heartbeat_at=utcnow()))
+                        last_beat = time.monotonic()
                     cancel = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
                 if cancel:
                     self.cancel.set()
@@ -321,6 +329,11 @@ class _Run:
         return {**self.trace, **metrics}
 
     def _on_audit_progress(self, attack: str, done: int, total: int) -> None:
+        from cartl_core import CancelledError
+
+        if self.cancel.is_set():
+            # Audits have no batches of their own to stop at: each progress report is one.
+            raise CancelledError(f"audit cancelled during {attack}")
         self.progress = {
             **self.progress,
             "stage": "audit",

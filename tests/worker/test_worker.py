@@ -7,8 +7,10 @@ and the job finishes from its last saved epoch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from tests.services import (
     write_checkpoint,
     write_npz,
 )
-from worker.recovery import Sweeper, sweep
+from worker.recovery import Sweeper, requeue_dead_local, sweep
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -70,6 +72,7 @@ class Stack:
 
 
 def _settings(tmp: Path, database_url: str, broker_url: str, **kw: Any) -> Settings:
+    fast = {"heartbeat_s": 0.3, "stale_after_s": 3.0, "sweep_interval_s": 0.5}
     return Settings(
         data_dir=tmp,
         database_url=database_url,
@@ -77,11 +80,8 @@ def _settings(tmp: Path, database_url: str, broker_url: str, **kw: Any) -> Setti
         storage_dir=tmp / "artifacts",
         queue=f"test-{new_id('q')}",
         device="cpu",
-        heartbeat_s=0.3,
-        stale_after_s=3.0,
-        sweep_interval_s=0.5,
         progress_interval_s=0.2,
-        **kw,
+        **{**fast, **kw},
     )
 
 
@@ -209,6 +209,34 @@ def test_worker_killed_mid_job_is_redelivered_and_resumes(stack: Stack) -> None:
         assert job.history[epoch - 1] == before[epoch]
 
 
+def test_a_restart_requeues_its_dead_workers_jobs_at_once(tmp_path: Path) -> None:
+    """What `cartl serve` does on start: a job held by a worker process of this machine that no
+    longer exists resumes now, not after stale_after_s (600 s here)."""
+    db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
+    settings = _settings(
+        tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}", stale_after_s=600.0
+    )
+    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
+        ckpt, ds = _inputs(st)
+        job_id = _job(st, ckpt, ds, epochs=8, method="neft")
+        first = st.worker()
+        assert enqueue_job(st.factory, st.settings, job_id)
+        wait_for(lambda: len(st.job(job_id).history) >= 2, 120, "two finished epochs")
+        first.kill()
+        assert st.job(job_id).status == "running"
+        assert sweep(st.factory, st.settings).requeued == 0  # the heartbeat is not stale yet
+        t0 = time.monotonic()
+        assert requeue_dead_local(st.factory) == [job_id]
+        assert requeue_dead_local(st.factory) == []  # once only
+        st.worker()
+        assert sweep(st.factory, st.settings).sent == 1
+        job = st.wait_status(job_id, JobStatus.succeeded, JobStatus.failed, timeout=180)
+        assert job.status == "succeeded", job.error
+        assert job.attempts == 2
+        assert [h["epoch"] for h in job.history] == list(range(1, 9))
+        assert time.monotonic() - t0 < 120
+
+
 def test_pool_child_killed_is_retried_at_once(stack: Stack, tmp_path: Path) -> None:
     """The out-of-memory case: only the process running the job dies. Celery hands the message
     back (reject on worker lost) and the job is retried without waiting for a stale heartbeat."""
@@ -247,6 +275,29 @@ def test_cancel_stops_a_running_job_at_the_next_batch(stack: Stack) -> None:
     assert job.status == "cancelled"
     assert job.finished_at is not None
     assert len(job.history) < 50
+
+
+def test_cancel_reaches_the_job_within_seconds_not_a_heartbeat(tmp_path: Path) -> None:
+    """Heartbeats 60 s apart: only the cancel poll (CARTL_CANCEL_POLL_S, 1 s) can be that fast."""
+    db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
+    settings = _settings(
+        tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
+        heartbeat_s=60.0, stale_after_s=600.0,
+    )  # fmt: skip
+    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
+        ckpt, ds = _inputs(st)
+        job_id = _job(st, ckpt, ds, epochs=50)
+        st.worker()
+        assert enqueue_job(st.factory, st.settings, job_id)
+        wait_for(lambda: st.job(job_id).progress.get("epoch", 0) >= 1, 120, "the job to start")
+        with st.factory() as s, s.begin():
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.cancel_requested = True
+        t0 = time.monotonic()
+        job = st.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, timeout=30)
+        assert job.status == "cancelled"
+        assert time.monotonic() - t0 < 5
 
 
 def test_a_job_that_fails_records_a_readable_error(stack: Stack) -> None:

@@ -257,7 +257,8 @@ def get_job_weights(
     "/{job_id}/cancel",
     summary="Cancel a job",
     description="A queued job is cancelled at once. A running job gets `cancel_requested`: "
-    "the worker stops at the next batch and the job ends `cancelled`.",
+    "its worker sees it within about a second (`CARTL_CANCEL_POLL_S`), stops at the next "
+    "batch or audit step, and the job ends `cancelled`.",
     responses=problem_responses(404, 409, s409="The job has already finished."),
 )
 def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:

@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api.guards import RequestGuardMiddleware
 from app.api.instrumentation import RequestMetricsMiddleware
-from app.api.limits import UploadSlots
+from app.api.limits import KeyCache, UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
 from app.api.routes import checkpoints, datasets, health, jobs
 from app.db.session import check_integrity, make_engine, make_sessionmaker
@@ -89,6 +89,7 @@ async def _resources(
         raise
     factory = make_sessionmaker(engine)
     app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.key_cache_s)
     app.state.engine = engine
     app.state.session_factory = factory
     app.state.storage = Storage(settings.resolved_storage_dir)

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Largest total size a dataset archive may expand to (decompression bombs).",
     )
     upload_chunk_bytes: int = Field(default=1024**2, gt=0, description="Upload read size.")
+    key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a valid API key is trusted without a lookup (a revoked key is "
+        "refused within this time; 0 looks up every request).",
+    )
     max_uploads_per_key: int = Field(
         default=4, ge=1, description="Uploads one API key may stream at once (429 beyond)."
     )

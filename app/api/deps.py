@@ -14,7 +14,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.limits import UploadSlots
+from app.api.limits import KeyCache, UploadSlots
 from app.errors import UnsupportedMediaTypeError
 from app.services.auth import authenticate
 from app.services.ids import ID_PATTERN
@@ -38,24 +38,27 @@ __all__ = [
 Enqueuer = Callable[[sessionmaker[Session], Settings, str], bool]
 
 
-def get_settings_dep(request: Request) -> Settings:
+# The ones below only read app.state: async, so they run inline instead of each taking a trip
+# through the thread pool (a sync dependency costs one, which the hot GETs felt).
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """Commit when the endpoint returns, roll back if it raises, before the response is sent."""
-    with get_session_factory(request)() as session:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with factory() as session:
         try:
             yield session
             session.commit()
@@ -84,33 +87,41 @@ _bearer = HTTPBearer(
 )
 
 
-def get_owner(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The name of the caller's key: the owner of what it makes, and the filter on what it sees."""
-    return authenticate(session, credentials.credentials if credentials else None).name
-
-
-OwnerDep = Annotated[str, Depends(get_owner)]
-
-
-async def get_upload_owner(
+async def get_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> AsyncIterator[str]:
-    """The caller's owner name for an upload, holding one of the key's upload slots until the
-    endpoint returns. The key is checked in a session that is closed at once: an upload holds
-    no database connection while its body streams or its file is probed."""
-    factory = get_session_factory(request)
+) -> str:
+    """The name of the caller's key: the owner of what it makes, and the filter on what it sees.
+
+    A key seen valid in the last ``key_cache_s`` seconds is not looked up again (a revoked key
+    is refused by every process within that time); others are checked in a short session of
+    their own, so no request holds a connection for its key check.
+    """
     secret = credentials.credentials if credentials else None
+    cache: KeyCache = request.app.state.key_cache
+    if secret:
+        owner = cache.get(secret)
+        if owner is not None:
+            return owner
+    factory: sessionmaker[Session] = request.app.state.session_factory
 
     def check() -> str:
         with factory() as session:
             return authenticate(session, secret).name
 
     owner = await anyio.to_thread.run_sync(check)
-    settings = get_settings_dep(request)
+    if secret:
+        cache.put(secret, owner)
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def get_upload_owner(request: Request, owner: OwnerDep) -> AsyncIterator[str]:
+    """The caller's owner name for an upload, holding one of the key's upload slots until the
+    endpoint returns (the key check holds no database connection, as for every request)."""
+    settings: Settings = request.app.state.settings
     slots: UploadSlots = request.app.state.upload_slots
     with slots.hold(owner, settings.max_uploads_per_key, retry_after_s=5):
         yield owner

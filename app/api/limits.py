@@ -7,13 +7,15 @@ everyone else. The count is per API process; with several processes, the limit i
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app.errors import TooManyRequestsError
+from app.services.auth import hash_key
 
-__all__ = ["UploadSlots"]
+__all__ = ["KeyCache", "UploadSlots"]
 
 
 class UploadSlots:
@@ -37,3 +39,28 @@ class UploadSlots:
             self.active[owner] -= 1
             if not self.active[owner]:
                 del self.active[owner]
+
+
+class KeyCache:
+    """Keys recently found valid, by the hash of their secret: owner name and when to look
+    again. Only valid keys are kept (a wrong key is checked every time), at most ``size``."""
+
+    def __init__(self, ttl_s: float, size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._valid: dict[str, tuple[str, float]] = {}
+
+    def get(self, secret: str) -> str | None:
+        if self.ttl_s <= 0:
+            return None
+        found = self._valid.get(hash_key(secret))
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def put(self, secret: str, owner: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._valid) >= self.size:
+            self._valid.clear()  # simplest bound; a burst of new keys costs a lookup each
+        self._valid[hash_key(secret)] = (owner, time.monotonic() + self.ttl_s)

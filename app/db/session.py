@@ -24,12 +24,20 @@ class DamagedDatabaseError(RuntimeError):
     """The SQLite file fails its integrity check: serving from it could lose or invent rows."""
 
 
+#: Connections each process keeps open, and no more: a request beyond them waits for one to be
+#: returned (it waits up to 30 s) rather than opening and closing a connection of its own, which
+#: under load cost more than the queries (SQLite: every open runs the pragmas below and touches
+#: the WAL index; Postgres: a new backend process).
+POOL_SIZE = 10
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    pool = {"pool_size": POOL_SIZE, "max_overflow": 0, **kwargs}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Select, Update, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.db.base import new_id, utcnow
 from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
@@ -95,10 +95,17 @@ def create_job(
     return job, True
 
 
-def get_job(session: Session, owner: str, job_id: str) -> Job:
+#: What a job's status (``JobOut``) never shows: the per-epoch history and the full audit, the
+#: two columns that grow with the run. Loading them for every poll was most of a poll's cost.
+SUMMARY = (defer(Job.history), defer(Job.audit))
+
+
+def get_job(session: Session, owner: str, job_id: str, *, summary: bool = False) -> Job:
+    """``owner``'s job; with ``summary``, the large columns stay unloaded (see ``SUMMARY``)."""
     job = None
     if is_id(job_id):
-        job = session.scalar(select(Job).where(Job.owner == owner, Job.id == job_id))
+        query = select(Job).where(Job.owner == owner, Job.id == job_id)
+        job = session.scalar(query.options(*SUMMARY) if summary else query)
     if job is None:
         raise NotFoundError(f"no job with id {job_id!r}")
     return job
@@ -113,7 +120,7 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
 ) -> Page[Job]:
-    query: Select[Job] = select(Job).where(Job.owner == owner)
+    query: Select[Job] = select(Job).where(Job.owner == owner).options(*SUMMARY)
     if status is not None:
         query = query.where(Job.status == status.value)
     if kind is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -10,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.base import utcnow
 from app.db.models import ApiKey
 from app.services.auth import hash_key
+from tests.api.conftest import ClientFactory
 from tests.api.helpers import problem
 from tests.api.test_jobs import add_checkpoint, add_dataset, post_job
 
@@ -50,14 +53,37 @@ def test_no_valid_key_is_401(
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_revoked_key_is_401(client: TestClient, alice: Auth, db: sessionmaker[Session]) -> None:
-    assert client.get("/v1/jobs", headers=alice).status_code == 200
-    secret = alice["Authorization"].removeprefix("Bearer ")
+def _revoke(db: sessionmaker[Session], auth: Auth) -> None:
+    secret = auth["Authorization"].removeprefix("Bearer ")
     with db() as session, session.begin():
         session.execute(
             update(ApiKey).where(ApiKey.key_hash == hash_key(secret)).values(revoked_at=utcnow())
         )
+
+
+def test_revoked_key_is_401(
+    make_client: ClientFactory, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    client = make_client(key_cache_s=0)  # every request looks the key up
+    assert client.get("/v1/jobs", headers=alice).status_code == 200
+    _revoke(db, alice)
     assert "revoked" in problem(client.get("/v1/jobs", headers=alice), 401)["detail"]
+
+
+def test_a_revoked_key_is_refused_within_the_key_cache_time(
+    make_client: ClientFactory, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    client = make_client(key_cache_s=0.5)
+    assert client.get("/v1/jobs", headers=alice).status_code == 200
+    _revoke(db, alice)
+    # Trusted for at most CARTL_KEY_CACHE_S after it was last looked up, then refused.
+    assert client.get("/v1/jobs", headers=alice).status_code == 200
+    time.sleep(0.6)
+    assert "revoked" in problem(client.get("/v1/jobs", headers=alice), 401)["detail"]
+    # A wrong key is never cached: it is looked up, and refused, every time.
+    wrong = {"Authorization": "Bearer cartl_wrong"}
+    for _ in range(2):
+        problem(client.get("/v1/jobs", headers=wrong), 401)
 
 
 def test_keys_are_stored_hashed(alice: Auth, db: sessionmaker[Session]) -> None:

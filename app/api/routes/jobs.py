@@ -110,9 +110,18 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", summary="Get a job's status", responses=problem_responses(404))
-def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
-    return JobOut.from_job(service.get_job(session, owner, job_id))
+@router.get(
+    "/{job_id}",
+    summary="Get a job's status",
+    response_model=JobOut,
+    responses=problem_responses(404),
+)
+def get_job(job_id: str, owner: OwnerDep, factory: SessionFactoryDep) -> Response:
+    # The endpoint clients poll: one trip to the thread pool, a read-only session of its own,
+    # and the model serialised once (a returned Response is not validated a second time).
+    with factory() as session:
+        job = JobOut.from_job(service.get_job(session, owner, job_id, summary=True))
+    return Response(job.model_dump_json(), media_type="application/json")
 
 
 @router.get(

@@ -157,7 +157,8 @@ class ScheduleConfig(_Config):
             raise ConfigError("milestones are fractions of epochs in (0, 1]", field="milestones")
 
     def milestone_epochs(self) -> list[int]:
-        return sorted({round(m * self.epochs) for m in self.milestones})
+        # Never epoch 0: with 1 or 2 epochs, 0.4 * epochs would round to a decay before training.
+        return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
 
 
 @dataclass(frozen=True)

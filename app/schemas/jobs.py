@@ -113,6 +113,15 @@ class ProgressOut(BaseModel):
         default=None,
         description="A compare: its cost estimate, made before the first candidate trained.",
     )
+    attack: str | None = Field(
+        default=None, description="During an audit: the attack running, e.g. apgd-t @ 0.0314."
+    )
+    audit_done: int | None = Field(
+        default=None, description="During an audit: samples that attack has finished."
+    )
+    audit_total: int | None = Field(
+        default=None, description="During an audit: samples that attack runs on."
+    )
 
 
 class JobLinks(BaseModel):

@@ -201,9 +201,13 @@ class TrainLoop:
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         batches = len(self.loader)
+        lr = float(self.optimizer.param_groups[0]["lr"])
         for batch, (x, y) in enumerate(self.loader):
             if self.should_stop is not None and self.should_stop():
                 raise CancelledError(f"{self.stage} cancelled in epoch {epoch + 1}")
+            # The record shows the lr of the epoch's last step (the scheduler steps per batch,
+            # so reading it after the epoch would show the next epoch's).
+            lr = float(self.optimizer.param_groups[0]["lr"])
             out = self.step(x, y)
             self.scheduler.step()
             seen += int(y.shape[0])
@@ -223,7 +227,6 @@ class TrainLoop:
         metrics = {k: float(v) / max(1, seen) for k, v in sums.items()}
         if self.after_epoch is not None:
             metrics.update(self.after_epoch(epoch))
-        lr = float(self.optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch + 1, lr, time.monotonic() - t0, metrics)
         self.history.append(record)
         if self.warn is not None:

@@ -285,6 +285,20 @@ def test_schedule_warmup_and_milestones() -> None:
     assert lrs[10 * 90] == pytest.approx(0.0008)
 
 
+def test_short_runs_never_decay_before_training() -> None:
+    assert ScheduleConfig(epochs=1).milestone_epochs() == [1]
+    assert ScheduleConfig(epochs=2).milestone_epochs() == [1, 2]
+    assert ScheduleConfig(epochs=100).milestone_epochs() == [40, 70, 90]
+
+
+def test_each_epoch_records_the_lr_it_trained_with(source: BlockModel, tiny_data: Dataset) -> None:
+    schedule = ScheduleConfig(epochs=3, batch_size=32, lr=0.1, warmup_epochs=0, milestones=(0.5,))
+    config = _transfer_cfg("standard").with_(schedule=schedule)
+    history = transfer(source, tiny_data, config, device="cpu").history
+    # Milestone at epoch 2 (round(0.5 * 3)): epochs 1 and 2 train at 0.1, epoch 3 at 0.02.
+    assert [h.lr for h in history] == pytest.approx([0.1, 0.1, 0.02])
+
+
 def test_one_cycle_schedule_is_torchs_one_cycle_lr() -> None:
     from cartl_core.training.loop import make_scheduler
 

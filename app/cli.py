@@ -326,14 +326,23 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``: VALUE as JSON where it is JSON, a comma-separated list as a list (as the
+    CLI's own options take them: ``-p eps=8/255,0.1``), else text (fractions such as 8/255 are
+    the server's to parse)."""
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise CartlError(f"-p {text!r}: write NAME=VALUE, e.g. -p k=4")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # text such as 8/255 or cartl; the server parses fractions
+    value: Any = _json_or_text(raw)
+    if isinstance(value, str) and "," in raw:
+        value = [_json_or_text(part.strip()) for part in raw.split(",")]
     return name.strip().replace("-", "_"), value
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None:
@@ -348,7 +357,11 @@ def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    from cartl_core.jobs import parse_params
+
     params = dict(_param(p) for p in args.param)
+    # The server checks them again; checking here first means a refused job uploads nothing.
+    parse_params(args.kind, params)
     client = _client(args)
     form = {
         "arch": args.arch,

@@ -412,6 +412,26 @@ def test_progress_and_metrics_are_shown(
 # --- weights -----------------------------------------------------------------------------------
 
 
+def _succeed_with_weights(
+    db: sessionmaker[Session], storage_dir: Path, job_id: str, content: bytes
+) -> Path:
+    """Mark the job succeeded with ``content`` stored as its weights; returns the file."""
+    key = f"jobs/{job_id}/weights.safetensors"
+    path = storage_dir / key
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    set_job(
+        db,
+        job_id,
+        status="succeeded",
+        weights_key=key,
+        weights_sha256=hashlib.sha256(content).hexdigest(),
+        weights_size=len(content),
+        finished_at=utcnow(),
+    )
+    return path
+
+
 def test_weights_only_once_there_are_some(
     client: TestClient,
     alice: Auth,
@@ -424,19 +444,8 @@ def test_weights_only_once_there_are_some(
     assert "no weights yet" in problem(r, 409)["detail"]
 
     content = b"pretend safetensors"
-    key = f"jobs/{job_id}/weights.safetensors"
-    (storage_dir / "jobs" / job_id).mkdir(parents=True)
-    (storage_dir / key).write_bytes(content)
+    _succeed_with_weights(db, storage_dir, job_id, content)
     digest = hashlib.sha256(content).hexdigest()
-    set_job(
-        db,
-        job_id,
-        status="succeeded",
-        weights_key=key,
-        weights_sha256=digest,
-        weights_size=len(content),
-        finished_at=utcnow(),
-    )
     r = client.get(f"/v1/jobs/{job_id}/weights", headers=alice)
     assert r.status_code == 200
     assert r.content == content
@@ -461,19 +470,7 @@ def test_damaged_or_missing_weights_are_refused_not_served(
 ) -> None:
     job_id = post_job(client, alice, "transfer", *inputs).json()["id"]
     content = b"pretend safetensors, 32 bytes.."
-    key = f"jobs/{job_id}/weights.safetensors"
-    (storage_dir / "jobs" / job_id).mkdir(parents=True)
-    path = storage_dir / key
-    path.write_bytes(content)
-    set_job(
-        db,
-        job_id,
-        status="succeeded",
-        weights_key=key,
-        weights_sha256=hashlib.sha256(content).hexdigest(),
-        weights_size=len(content),
-        finished_at=utcnow(),
-    )
+    path = _succeed_with_weights(db, storage_dir, job_id, content)
     assert client.get(f"/v1/jobs/{job_id}/weights", headers=alice).status_code == 200
 
     # One flipped byte at rest: never served under the checksum recorded for the original.

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from app.storage import storage_problem
-from tests.api.live import live_api
+from tests.api.live import Server, live_api
 from tests.services import write_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,6 +33,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _upload(srv: Server, name: str, content: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{srv.url}/v1/checkpoints",
+        headers=srv.headers(),
+        files={"file": (name, content)},
+        timeout=60,
+    )
 
 
 def test_what_libraries_say_on_a_full_disk_is_read_as_full(small_disk: Path) -> None:
@@ -60,24 +69,14 @@ def test_an_upload_to_a_full_store_is_507_and_leaves_nothing(
     big.write_bytes(src.read_bytes() + bytes(3 * 1024**2))  # larger than the disk
     (tmp_path / "srv").mkdir()
     with live_api(tmp_path / "srv", CARTL_STORAGE_DIR=str(small_disk)) as srv:
-        r = httpx.post(
-            f"{srv.url}/v1/checkpoints",
-            headers=srv.headers(),
-            files={"file": ("big.safetensors", big.read_bytes())},
-            timeout=60,
-        )
+        r = _upload(srv, "big.safetensors", big.read_bytes())
         assert r.status_code == 507, r.text
         body = r.json()
         assert body["type"].endswith("storage-full")
         assert str(small_disk) not in r.text
         assert [p for p in small_disk.rglob("*") if p.is_file()] == []
         # A file that fits still goes in: the store works again once there is room.
-        ok = httpx.post(
-            f"{srv.url}/v1/checkpoints",
-            headers=srv.headers(),
-            files={"file": ("m.safetensors", src.read_bytes())},
-            timeout=60,
-        )
+        ok = _upload(srv, "m.safetensors", src.read_bytes())
         assert ok.status_code == 201, ok.text
 
 
@@ -87,12 +86,7 @@ def test_a_delete_that_cannot_remove_the_files_fails_and_keeps_the_row(
     src = write_checkpoint(tmp_path / "m.safetensors")
     (tmp_path / "srv").mkdir()
     with live_api(tmp_path / "srv", CARTL_STORAGE_DIR=str(small_disk)) as srv:
-        made = httpx.post(
-            f"{srv.url}/v1/checkpoints",
-            headers=srv.headers(),
-            files={"file": ("m.safetensors", src.read_bytes())},
-            timeout=60,
-        )
+        made = _upload(srv, "m.safetensors", src.read_bytes())
         assert made.status_code == 201, made.text
         ckpt = made.json()["id"]
         subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)

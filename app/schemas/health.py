@@ -16,7 +16,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ok", "checks": {"database": "ok", "broker": "ok"}}]
+            "examples": [
+                {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+            ]
         }
     )
 

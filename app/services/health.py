@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import threading
+
 from kombu.connection import Connection
 from sqlalchemy import Engine, text
 
-__all__ = ["check_broker", "check_database"]
+from app.storage import Storage
+
+__all__ = ["MIN_FREE_BYTES", "check_broker", "check_database", "check_storage"]
 
 
 def check_database(engine: Engine) -> str:
@@ -25,4 +32,29 @@ def check_broker(url: str, timeout_s: float) -> str:
             )
     except Exception as exc:
         return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+#: Free space below which the artifact storage counts as full for readiness: less than one
+#: ordinary upload or one small model's training state.
+MIN_FREE_BYTES = 64 * 1024**2
+
+
+def check_storage(storage: Storage) -> str:
+    """The artifact folder takes a write (a probe file, written, synced and removed) and has
+    room: a store that is read-only or full makes every job and upload fail."""
+    probe = storage.root / f".ready-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # on a read-only store even this fails
+            probe.unlink()
+        return f"cannot be written ({os.strerror(exc.errno) if exc.errno else 'error'})"
+    free = shutil.disk_usage(storage.root).free
+    if free < MIN_FREE_BYTES:
+        return f"nearly full ({free // 1024**2} MiB free, less than {MIN_FREE_BYTES // 1024**2})"
     return "ok"

@@ -21,7 +21,8 @@ def test_healthz_needs_no_key(client: TestClient) -> None:
 def test_readyz_when_everything_is_up(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    checks = {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert r.json() == {"status": "ok", "checks": checks}
 
 
 def test_readyz_names_what_is_down(make_client: ClientFactory) -> None:
@@ -30,6 +31,7 @@ def test_readyz_names_what_is_down(make_client: ClientFactory) -> None:
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["broker"].startswith("unreachable")
     assert "broker" in body["detail"]
+    assert body["checks"]["storage"] == "ok"
 
 
 def test_metrics_are_prometheus_text(client: TestClient, alice: Auth) -> None:

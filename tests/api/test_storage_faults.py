@@ -104,3 +104,22 @@ def test_a_delete_that_cannot_remove_the_files_fails_and_keeps_the_row(
         r = httpx.delete(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
         assert r.status_code == 204, r.text
         assert not (small_disk / "checkpoints" / ckpt).exists()
+
+
+def test_readyz_fails_while_the_store_is_read_only_or_full(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv", CARTL_STORAGE_DIR=str(small_disk)) as srv:
+        # A 1 MiB disk is already below the free-space floor: full for readiness.
+        r = httpx.get(f"{srv.url}/readyz", timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.json()["checks"]["storage"].startswith("nearly full")
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        try:
+            r = httpx.get(f"{srv.url}/readyz", timeout=30)
+            assert r.status_code == 503, r.text
+            assert r.json()["checks"]["storage"].startswith("cannot be written")
+            assert str(small_disk) not in r.text
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)

@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (database and broker reachable), ``/metrics``.
+"""``/healthz`` (the process answers), ``/readyz`` (database and broker reachable, artifact storage
+writable with room), ``/metrics``.
 
 None of them needs an API key: they are for load balancers, orchestrators and Prometheus.
 """
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api.deps import SettingsDep
 from app.api.problems import problem, problem_responses
 from app.schemas.health import Health, Readiness
-from app.services.health import check_broker, check_database
+from app.services.health import check_broker, check_database, check_storage
 
 router = APIRouter(tags=["health"])
 
@@ -27,21 +28,23 @@ async def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the database and the broker are reachable",
+    summary="Readiness: database and broker reachable, artifact storage writable",
     response_class=Response,
     responses={
-        200: {"model": Readiness, "description": "Both are reachable."},
+        200: {"model": Readiness, "description": "All three are usable."},
         **problem_responses(503, s503="One is not; `checks` says which."),
     },
 )
 async def readyz(request: Request, settings: SettingsDep) -> Response:
     engine = request.app.state.engine
     timeout = settings.readiness_timeout_s
-    database, broker = await asyncio.gather(
+    storage = request.app.state.storage
+    database, broker, store = await asyncio.gather(
         _within(timeout, lambda: check_database(engine)),
         _within(timeout, lambda: check_broker(settings.resolved_broker_url, timeout)),
+        _within(timeout, lambda: check_storage(storage)),
     )
-    checks = {"database": database, "broker": broker}
+    checks = {"database": database, "broker": broker, "storage": store}
     down = {name: state for name, state in checks.items() if state != "ok"}
     if down:
         detail = "; ".join(f"{name}: {state}" for name, state in down.items())

@@ -559,6 +559,14 @@ class _Bars:
         self.bar.n = event.batch
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in event.metrics.items()}, refresh=True)
 
+    def line(self, text: str) -> None:
+        """A line above the bars, at once (an epoch's numbers as it ends, not after the audit)."""
+        if self.bar is not None:
+            self.bar.clear()
+        print(text, file=sys.stderr, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
+
     def audit(self, name: str, done: int, total: int) -> None:
         if self.quiet:
             return
@@ -621,6 +629,12 @@ def _train(
     from cartl_core.training.loop import EpochRecord
 
     bars = _Bars(args.quiet)
+    printed: list[int] = []
+
+    def show_epoch(record: Any, _model: Any) -> None:
+        bars.line(_epoch_line(record))
+        printed.append(record.epoch)
+
     state = _state_path(args.out)
     outcome = run_job(
         kind,
@@ -632,11 +646,14 @@ def _train(
         device=args.device,
         on_progress=bars.training,
         on_audit_progress=bars.audit,
+        on_epoch=show_epoch,
     )
     bars.close()
     history = [EpochRecord.from_dict(h) for h in outcome.history]
-    for record in history:
-        print(_epoch_line(record), file=sys.stderr)
+    if len(printed) < len(history):
+        # A resumed run: the epochs finished before the interruption come from its state.
+        for record in history[: len(history) - len(printed)]:
+            print(_epoch_line(record), file=sys.stderr)
     report = AuditReport.from_dict(outcome.audit) if outcome.audit is not None else None
     if report is not None:
         print(report.table())

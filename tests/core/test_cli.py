@@ -66,6 +66,11 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
         )
         == 0
     )
+    err = capsys.readouterr().err
+    # The one epoch's line, once, printed as the epoch ended (so before "saved").
+    lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1"]
+    assert err.index(lines[0]) < err.index("saved ")
     d = read_description(source)
     assert d is not None
     assert d["training"]["method"] == "fdm"

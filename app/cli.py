@@ -451,15 +451,21 @@ def _cmd_jobs_plot(args: argparse.Namespace) -> int:
             raise CartlError(f"job {job['id']} has no metrics yet ({job['status']})")
     else:
         rows = []
+        ensembles: set[str] = set()
         for job_id in args.ids:
             job = client.job(job_id)
             m = job.get("metrics") or {}
             if "robust_accuracy" not in m:
                 raise CartlError(f"job {job_id} has no audit to compare ({job['status']})")
-            rows.append(
-                (f"{_label(job)}\n{job_id[-6:]}", m["clean_accuracy"], m["robust_accuracy"])
-            )
-        plots.plot_comparison(rows, args.out, robust_label="PGD robust (main attack)")
+            # Each job's own threat model and ensemble under its bars: jobs audited at
+            # different radii are not comparable, and the chart must say so.
+            threat = f"{m.get('norm') or 'linf'} eps {m['eps']:g}" if m.get("eps") else ""
+            label = "\n".join(filter(None, [_label(job), job_id[-6:], threat]))
+            rows.append((label, m["clean_accuracy"], m["robust_accuracy"]))
+            ensembles.add(str(m.get("ensemble") or "pgd"))
+        plots.plot_comparison(
+            rows, args.out, robust_label=f"robust ({', '.join(sorted(ensembles))})"
+        )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

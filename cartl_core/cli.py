@@ -899,7 +899,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
         rows = [(c["name"].replace("-", "\n", 1), c["test_clean"], c["test_robust"])
                 for c in m["candidates"]]  # fmt: skip
-        plot_comparison(rows, args.plot, robust_label=f"robust ({m['selection']['ensemble']})")
+        sel = m["selection"]
+        threat = f"{sel['ensemble']}, {sel['norm']} eps {sel['eps']:g}"
+        plot_comparison(rows, args.plot, robust_label=f"robust ({threat})")
     if args.report is not None:
         facts = {"dataset": args.data, "source": args.source, "weights": args.out_dir}
         _write_report(args.report, outcome, f"cartl compare: {args.out_dir}", facts)
@@ -954,7 +956,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from cartl_core.plots import plot_reproduction
 
-        plot_reproduction(result.rows, args.plot)
+        plot_reproduction(result.rows, args.plot, eps=settings.eps)
     return 0
 
 

@@ -99,22 +99,26 @@ def plot_comparison(
     ax.bar_label(clean, fmt="%.2f", fontsize=8)
     ax.bar_label(robust, fmt="%.2f", fontsize=8)
     ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
-    # Headroom above 1 for the legend, so it never covers a bar's label.
-    ax.set_ylim(0, 1.25)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    ax.legend(loc="upper left", ncols=2)
+    # Above the axes, not inside them: inside, it covered the label of a bar near 1.0.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=2, frameon=False)
     return _save(fig, path)
 
 
-def plot_reproduction(rows: Sequence[ReproductionRow], path: str | Path) -> Path:
+def plot_reproduction(
+    rows: Sequence[ReproductionRow], path: str | Path, *, eps: float | None = None
+) -> Path:
     """Clean and robust accuracy side by side for every model the demo audited (compare's choice
-    labelled with the candidate's name)."""
+    labelled with the candidate's name); ``eps``, the Linf radius, goes into the legend."""
+    ensemble = f"{rows[0].ensemble} ensemble" if rows else "robust"
+    radius = "" if eps is None else f", Linf eps {eps:g}"
     return plot_comparison(
         [(_reproduction_label(r), r.clean_accuracy, r.robust_accuracy) for r in rows],
         path,
         title="digits 0-4 -> 5-9: robustness kept by each transfer",
-        robust_label=f"robust ({rows[0].ensemble} ensemble)" if rows else "robust",
+        robust_label=f"robust ({ensemble}{radius})",
     )
 
 

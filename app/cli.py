@@ -79,7 +79,10 @@ def _serve_commands(sub: Any) -> None:
     revoke.set_defaults(func=_cmd_keys_revoke)
 
 
-def _session_factory() -> Any:
+def _session_factory(create: bool = False) -> Any:
+    """Settings and a session factory on the configured database. Only ``create`` (``cartl
+    serve``) may make the embedded data folder: a ``keys`` command run in the wrong directory
+    would otherwise make an empty database there and hand out keys nobody's server knows."""
     from app.db.migrate import upgrade
     from app.db.session import (
         DamagedDatabaseError,
@@ -90,6 +93,13 @@ def _session_factory() -> Any:
     from app.settings import get_settings
 
     settings = get_settings()
+    embedded = settings.database_url is None
+    if embedded and not create and not (settings.data_dir / "cartl.sqlite").is_file():
+        raise SystemExit(
+            f"cartl: error: no CARTL database in {settings.data_dir.resolve()} (the data folder, "
+            "CARTL_DATA_DIR): run this where `cartl serve` runs, or set CARTL_DATA_DIR or "
+            "CARTL_DATABASE_URL to the server's"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -174,7 +184,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
     from worker.recovery import requeue_dead_local
 
-    settings, factory = _session_factory()
+    settings, factory = _session_factory(create=True)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     # Jobs its previous run's worker held: resumed now, not after their heartbeat goes stale.
     for job_id in requeue_dead_local(factory):

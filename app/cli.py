@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -182,10 +181,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.settings import apply_log_level
     from worker.recovery import requeue_dead_local
 
     settings, factory = _session_factory(create=True)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    apply_log_level(settings)
     # Jobs its previous run's worker held: resumed now, not after their heartbeat goes stale.
     for job_id in requeue_dead_local(factory):
         print(f"job {job_id}: its worker stopped with the last run; resuming it", flush=True)

@@ -26,7 +26,7 @@ from app.schemas.common import Problem
 from app.schemas.jobs import PARAMS_SCHEMAS
 from app.services.metrics import ServiceMetrics
 from app.services.params import params_json_schema
-from app.settings import Settings, get_settings
+from app.settings import Settings, apply_log_level, get_settings
 from app.storage import Storage
 
 __all__ = ["app", "create_app"]
@@ -89,6 +89,7 @@ async def _resources(
         raise
     factory = make_sessionmaker(engine)
     app.state.settings = settings
+    apply_log_level(settings)
     app.state.key_cache = KeyCache(settings.key_cache_s)
     app.state.engine = engine
     app.state.session_factory = factory

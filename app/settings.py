@@ -6,6 +6,7 @@ process, and tests build their own :class:`Settings` and hand them in.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -121,3 +122,16 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+#: The packages whose loggers ``CARTL_LOG_LEVEL`` sets.
+LOGGERS = ("app", "worker", "cartl_core")
+
+
+def apply_log_level(settings: Settings) -> None:
+    """``CARTL_LOG_LEVEL`` for this process, whichever started it (``cartl serve``, uvicorn or a
+    Celery worker): the project's loggers get the level, and the root logger a handler if the
+    process has none yet (uvicorn configures only its own loggers)."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(settings.log_level.upper())

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.settings import Settings, get_settings
+from app.settings import Settings, apply_log_level, get_settings
 
 __all__ = ["TASK_NAME", "celery_app", "celery_config", "sender_for"]
 
@@ -52,7 +52,9 @@ def _transport_options(url: str) -> dict[str, Any]:
 class _CartlCelery(Celery):  # type: ignore[misc]
     def on_configure(self) -> None:
         # Celery calls this when the configuration is first needed, not at import.
-        self.conf.update(celery_config(get_settings()))
+        settings = get_settings()
+        apply_log_level(settings)
+        self.conf.update(celery_config(settings))
 
 
 celery_app = _CartlCelery("cartl", set_as_current=False)

@@ -7,6 +7,7 @@ from typing import Any, cast
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.settings import LOGGERS
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import fields, problem
 
@@ -121,3 +122,16 @@ def test_openapi_documents_everything(client: TestClient) -> None:
     # /v1 routes declare the bearer scheme; health routes need none.
     assert create["security"] == [{"HTTPBearer": []}]
     assert "security" not in paths["/healthz"]["get"]
+
+
+def test_the_api_applies_cartl_log_level(make_client: ClientFactory) -> None:
+    import logging
+
+    try:
+        make_client(log_level="WARNING")
+        assert all(logging.getLogger(n).level == logging.WARNING for n in LOGGERS)
+        make_client(log_level="DEBUG")
+        assert all(logging.getLogger(n).level == logging.DEBUG for n in LOGGERS)
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

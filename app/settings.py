@@ -114,10 +114,6 @@ class Settings(BaseSettings):
     def resolved_storage_dir(self) -> Path:
         return (self.storage_dir or self.data_dir / "artifacts").resolve()
 
-    @property
-    def embedded_broker(self) -> bool:
-        return self.resolved_broker_url.startswith("sqla+")
-
 
 @lru_cache
 def get_settings() -> Settings:

@@ -123,7 +123,6 @@ def _checkpoint_summary(
     input_size: int | None,
 ) -> dict[str, Any]:
     from cartl_core import load_model, read_description
-    from cartl_core.checkpoints import FORMAT
 
     description = read_description(path)
     if description is not None:
@@ -151,7 +150,6 @@ def _checkpoint_summary(
         "num_classes": spec.num_classes,
         "num_blocks": model.num_blocks,
         "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
-        "self_describing": description.get("format") == FORMAT,
         "description": description,
     }
 

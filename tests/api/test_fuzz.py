@@ -49,7 +49,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
              f"{srv.url}/openapi.json", "-H", f"Authorization: Bearer {srv.key}",
-             "--checks", "all", "--workers", "1", "--max-examples", "15", "--seed", "1",
+             "--checks", "all", "--workers", "1", "--max-examples", "10", "--seed", "1",
              "--suppress-health-check", "all"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
         )  # fmt: skip

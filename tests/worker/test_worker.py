@@ -187,9 +187,10 @@ def test_worker_killed_mid_job_is_redelivered_and_resumes(stack: Stack) -> None:
     ckpt, ds = _inputs(stack)
     job_id = _job(stack, ckpt, ds, epochs=12, method="neft")
     first = stack.worker()
+    assert enqueue_job(stack.factory, stack.settings, job_id)
+    # Started after the send: its first sweep runs at once and would send the job itself.
     sweeper = Sweeper(stack.settings, stack.factory).start()
     try:
-        assert enqueue_job(stack.factory, stack.settings, job_id)
         wait_for(lambda: len(stack.job(job_id).history) >= 2, 120, "two finished epochs")
         before = {h["epoch"]: h for h in stack.job(job_id).history}
         first.kill()

@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem
-from app.services.auth import MISSING_KEY
+from app.services.auth import MISSING_KEY, bearer_secret
 from app.settings import Settings
 
 __all__ = ["RequestGuardMiddleware"]
@@ -66,8 +66,7 @@ class RequestGuardMiddleware:
 
 
 def _require_bearer(headers: Headers) -> None:
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
+    if bearer_secret(headers.get("authorization", "")) is None:
         raise _RefusedError(
             401, "unauthorized", "Unauthorized", MISSING_KEY, WWW_Authenticate="Bearer"
         )

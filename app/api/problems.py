@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.errors import MAX_FIELD_ERRORS, AppError, FieldError, UnauthorizedError
-from app.services.auth import authenticate
+from app.services.auth import authenticate, bearer_secret
 
 __all__ = [
     "PROBLEM_TYPE",
@@ -125,10 +125,10 @@ async def _app_error(_request: Request, exc: Exception) -> ProblemResponse:
 
 def _key_refusal(request: Request) -> ProblemResponse | None:
     """The 401 a route would give this request's key, or None for a valid key."""
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    secret = bearer_secret(request.headers.get("authorization", ""))
     try:
         with request.app.state.session_factory() as session:
-            authenticate(session, secret.strip() if scheme.lower() == "bearer" else None)
+            authenticate(session, secret)
     except UnauthorizedError as exc:
         return problem(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
     return None

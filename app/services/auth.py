@@ -17,7 +17,15 @@ from app.db.base import new_id, utcnow
 from app.db.models import ApiKey
 from app.errors import NotFoundError, UnauthorizedError
 
-__all__ = ["KEY_PREFIX", "authenticate", "create_key", "hash_key", "revoke_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "MISSING_KEY",
+    "authenticate",
+    "bearer_secret",
+    "create_key",
+    "hash_key",
+    "revoke_key",
+]
 
 KEY_PREFIX = "cartl_"
 
@@ -49,6 +57,14 @@ MISSING_KEY = (
     "missing API key: send the header 'Authorization: Bearer <key>' "
     "(make a key with `cartl keys create --name NAME`)"
 )
+
+
+def bearer_secret(authorization: str) -> str | None:
+    """The key in an ``Authorization: Bearer KEY`` header value, or None."""
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return secret.strip() or None
 
 
 def authenticate(session: Session, secret: str | None) -> ApiKey:

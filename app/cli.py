@@ -260,7 +260,7 @@ def _client_commands(sub: Any) -> None:
         description="Start a pretrain, transfer, audit or compare job on a running server. "
         "--checkpoint and --dataset take a local file (uploaded first) or an id from an "
         "earlier upload. Job parameters use the names of this CLI's options with underscores: "
-        "-p method=cartl -p k=4 -p eps=8/255 -p audit_eps=[0.01,0.03].",
+        "-p method=cartl -p k=4 -p eps=8/255 -p audit_eps=0.01,0.03.",
     )
     p.add_argument("kind", choices=("pretrain", "transfer", "audit", "compare"))
     p.add_argument("--checkpoint", help="source / audited checkpoint: a file or an id")
@@ -273,7 +273,8 @@ def _client_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a job parameter (JSON value, or text)",
+        help="a job parameter, written as the option of the same name takes it (lists "
+        "comma-separated); repeat for several",
     )
     p.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
     p.add_argument("--watch", action="store_true", help="then follow it with a progress bar")
@@ -335,24 +336,33 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.server, args.key)
 
 
-def _param(text: str) -> tuple[str, Any]:
-    """``NAME=VALUE``: VALUE as JSON where it is JSON, a comma-separated list as a list (as the
-    CLI's own options take them: ``-p eps=8/255,0.1``), else text (fractions such as 8/255 are
-    the server's to parse)."""
-    name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
-        raise CartlError(f"-p {text!r}: write NAME=VALUE, e.g. -p k=4")
-    value: Any = _json_or_text(raw)
-    if isinstance(value, str) and "," in raw:
-        value = [_json_or_text(part.strip()) for part in raw.split(",")]
-    return name.strip().replace("-", "_"), value
+def job_params(kind: str, texts: Sequence[str]) -> dict[str, Any]:
+    """``-p NAME=VALUE`` options read as the ``cartl`` command's own options read them (the
+    same schema, :mod:`cartl_core.options`): ``-p eps=8/255``, ``-p audit_eps=8/255,0.1``.
 
+    Names may use dashes; the values become JSON values for the API.
+    """
+    from cartl_core.jobs import params_class
+    from cartl_core.options import option_specs, parse_text
 
-def _json_or_text(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+    specs = {spec.name: spec for spec in option_specs(params_class(kind))}
+    params: dict[str, Any] = {}
+    for text in texts:
+        name, sep, raw = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise CartlError(f"-p {text!r}: write NAME=VALUE, e.g. -p k=4")
+        spec = specs.get(name)
+        if spec is None:
+            raise CartlError(
+                f"-p {name}: not a parameter of a {kind} job; known: {', '.join(sorted(specs))}"
+            )
+        try:
+            value = parse_text(spec, raw)
+        except ValueError as exc:
+            raise CartlError(f"-p {name}: {exc}") from None
+        params[name] = list(value) if isinstance(value, tuple) else value
+    return params
 
 
 def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None:
@@ -369,7 +379,7 @@ def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None
 def _cmd_submit(args: argparse.Namespace) -> int:
     from cartl_core.jobs import parse_params
 
-    params = dict(_param(p) for p in args.param)
+    params = job_params(args.kind, args.param)
     # The server checks them again; checking here first means a refused job uploads nothing.
     parse_params(args.kind, params)
     client = _client(args)

@@ -1,7 +1,9 @@
 """The ``cartl`` command line: pretrain, transfer, audit, compare, demo, inspect, models.
 
-Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. Eps and
-step sizes accept fractions (``8/255``). Every default comes from :mod:`cartl_core.config`.
+Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. The
+options that are job parameters are generated from the dataclasses in :mod:`cartl_core.jobs`
+(:mod:`cartl_core.options`), so they have the service's names, defaults, help and parsing; this
+module adds only the paths, output and display options around them.
 """
 
 from __future__ import annotations
@@ -12,57 +14,27 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from cartl_core.config import (
-    ATTACK_NAMES,
-    BN_PRESETS,
-    COMPARE_BN_PRESETS,
-    COMPARE_K_OFFSETS,
-    COMPARE_NORM_BETAS,
-    TRANSFER_METHODS,
-    AttackConfig,
-    AuditConfig,
-    CompareConfig,
-    FDMConfig,
-    LwFConfig,
-    ScheduleConfig,
-    TraceConfig,
-    TransferConfig,
-)
+from cartl_core.config import TRANSFER_METHODS
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
+from cartl_core.options import add_options, fraction_value
 from cartl_core.reproduction import DigitsSettings
 
 __all__ = ["add_commands", "build_parser", "main", "run"]
-
-_ATTACK = AttackConfig()
-_SCHEDULE = ScheduleConfig()
-_FDM = FDMConfig()
-_TRANSFER = TransferConfig()
-_AUDIT = AuditConfig()
-_TRACE = TraceConfig()
-_COMPARE = CompareConfig()
-P = TypeVar("P", PretrainParams, TransferParams, AuditParams, CompareParams)
 
 
 def fraction(text: str) -> float:
     """A positive number, written as a decimal or a fraction such as 8/255."""
     try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number or fraction like 8/255"
-        ) from None
+        value = fraction_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
-
-
-def fraction_list(text: str) -> tuple[float, ...]:
-    return tuple(fraction(part) for part in text.split(",") if part.strip())
 
 
 def _choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
@@ -80,24 +52,8 @@ def _choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        items = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers"
-        ) from None
-    if not items:
-        raise argparse.ArgumentTypeError("give at least one integer")
-    return items
-
-
-def _fmt(value: float) -> str:
-    frac = Fraction(value).limit_denominator(1000)
-    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else str(value)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, seed: bool = False) -> None:
+    """The options every command has that are not job parameters (``seed`` for the demo)."""
     p.add_argument(
         "--plot",
         type=Path,
@@ -109,7 +65,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -120,147 +77,6 @@ def _report_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="also write a self-contained HTML report here (charts, checks, provenance)",
-    )
-
-
-def _resize_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--resize",
-        action="store_true",
-        help=f"resize the images to the {what}'s input size (bilinear, antialiased) [default: "
-        "off; images of another size are an error]",
-    )
-
-
-def _source_args(p: argparse.ArgumentParser, lwf: argparse._ActionsContainer) -> None:
-    """What transfer and compare ask of a source: LwF's weight (in ``lwf``'s group), and how to
-    read plain weights and fit the target's images to it."""
-    lwf.add_argument(
-        "--lwf-lambda",
-        type=float,
-        default=LwFConfig().lwf_lambda,
-        help=f"lwf feature-distance weight [default: {LwFConfig().lwf_lambda}]",
-    )
-    lwf.add_argument(
-        "--lwf-tune",
-        choices=("all", "last-k"),
-        default=LwFConfig().tune,
-        help="after the head-only epochs, tune the whole model (all, the method's own) or only "
-        f"the last k blocks [default: {LwFConfig().tune}]",
-    )
-    p.add_argument("--arch", default=None, help="architecture, for a source of plain weights")
-    p.add_argument(
-        "--source-classes",
-        type=int,
-        default=None,
-        help="class count of a plain-weights source [default: from its last layer]",
-    )
-    _resize_arg(p, "source")
-
-
-def _schedule_args(
-    p: argparse.ArgumentParser, epochs_default: int | None = None, trace: bool = True
-) -> None:
-    g = p.add_argument_group("schedule (SGD, one warm-up epoch, x0.2 at 40%%/70%%/90%% of epochs)")
-    g.add_argument(
-        "--epochs",
-        type=int,
-        default=epochs_default,
-        help=f"training epochs [default: {_SCHEDULE.epochs}; lwf: 52]",
-    )
-    g.add_argument(
-        "--batch-size", type=int, default=None, help=f"batch size [default: {_SCHEDULE.batch_size}]"
-    )
-    g.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"peak learning rate [default: {_SCHEDULE.lr}; lwf: 0.001]",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=None,
-        help=f"weight decay [default: {_SCHEDULE.weight_decay}; lwf: 2e-4]",
-    )
-    g.add_argument(
-        "--lr-schedule",
-        choices=("step", "one-cycle"),
-        default="step",
-        help="step = the paper's warm-up and x0.2 steps; one-cycle = PyTorch's OneCycleLR curve "
-        "peaking at --lr (not the paper's) [default: step]",
-    )
-    g.add_argument(
-        "--augment",
-        choices=("auto", "paper", "crop", "crop-flip", "none"),
-        default="auto",
-        help="training augmentation: auto = paper on 3-channel images of 32 px and up, crop on "
-        "other images of 16 px and up, none below; paper = crop 4 + flip + rotate 15 deg "
-        "(CIFAR); crop = a crop of size/8 px (at least 1); crop-flip; none [default: auto]",
-    )
-    if not trace:
-        return
-    t = p.add_argument_group(
-        "robust trace (early-exit PGD on a fixed test subset after every epoch; monitoring only)"
-    )
-    t.add_argument(
-        "--trace-samples",
-        type=int,
-        default=_TRACE.samples,
-        help="test samples attacked after each epoch, cut to stay under ~10%% of an epoch's "
-        f"cost (at least {_TRACE.min_samples}); 0 turns the trace off "
-        f"[default: {_TRACE.samples}]",
-    )
-    t.add_argument(
-        "--trace-steps",
-        type=int,
-        default=_TRACE.steps,
-        help=f"PGD steps of the trace, step eps/4 [default: {_TRACE.steps}]",
-    )
-
-
-def _audit_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    g = p.add_argument_group("audit attacks")
-    g.add_argument(
-        f"--{prefix}eps",
-        type=fraction_list,
-        default=None,
-        help="attack radius, or several separated by commas [default: the eps the model was "
-        f"made robust at, from its header; else {_fmt(_AUDIT.eps[0])}]",
-    )
-    g.add_argument(
-        f"--{prefix}attacks",
-        default=None,
-        metavar="ENSEMBLE",
-        help="the attacks behind the robust accuracy, run in sequence on the samples still "
-        "robust: standard (APGD-CE, APGD-T, Square: AutoAttack-grade), fast (APGD-CE, APGD-T), "
-        f"paper (PGD with --{prefix}steps) or a comma-separated list of "
-        f"{', '.join(ATTACK_NAMES)} [default: {_AUDIT.attacks}]",
-    )
-    g.add_argument(
-        f"--{prefix}steps",
-        type=int,
-        default=None,
-        help=f"steps of the paper's PGD, always reported as a named attack "
-        f"[default: {_AUDIT.steps}; the paper's main protocol: 100]",
-    )
-    g.add_argument(
-        f"--{prefix}alpha",
-        type=fraction,
-        default=None,
-        help="PGD step size [default: eps/4, i.e. 2/255 at 8/255]",
-    )
-    g.add_argument(
-        f"--{prefix}restarts",
-        type=int,
-        default=None,
-        help=f"random restarts [default: {_AUDIT.restarts}]",
-    )
-    g.add_argument(
-        f"--{prefix}norm",
-        choices=("linf", "l2"),
-        default=None,
-        help="threat model [default: the model's own, from its header; else linf]",
     )
 
 
@@ -288,52 +104,8 @@ def add_commands(sub: Any) -> None:
         type=Path,
         help="source dataset (npz, ImageFolder zip/tar.gz, CIFAR python tarball, SVHN .mat)",
     )
-    p.add_argument(
-        "--arch",
-        required=True,
-        help="small-cnn, resnet18-cifar, wrn-D-W (e.g. wrn-34-10) or torchvision:NAME",
-    )
-    p.add_argument(
-        "--k",
-        type=int,
-        default=_FDM.k,
-        help=f"number of last blocks that will be fine-tuned [default: {_FDM.k}]",
-    )
-    p.add_argument(
-        "--fdm-lambda",
-        type=float,
-        default=_FDM.fdm_lambda,
-        help=f"weight of the feature-distance term; 0 = plain adversarial training "
-        f"[default: {_FDM.fdm_lambda}]",
-    )
-    p.add_argument(
-        "--fdm-reduction",
-        choices=("sum", "mean"),
-        default=_FDM.reduction,
-        help="sum the term over the batch (the release) or average it [default: sum]",
-    )
-    p.add_argument(
-        "--eps",
-        type=fraction,
-        default=_ATTACK.eps,
-        help=f"training attack radius (Linf) [default: {_fmt(_ATTACK.eps)}]",
-    )
-    p.add_argument(
-        "--alpha",
-        type=fraction,
-        default=None,
-        help="training attack step [default: eps/4, the paper's 2/255 at 8/255]",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=_ATTACK.steps,
-        help=f"training attack steps [default: {_ATTACK.steps}]",
-    )
-    _schedule_args(p)
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
-    p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
-    _audit_args(p, prefix="audit-")
+    add_options(p, PretrainParams)
     _common(p)
     _report_arg(p)
     p.set_defaults(func=_cmd_pretrain)
@@ -346,56 +118,8 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--source", required=True, type=Path, help="source checkpoint")
     p.add_argument("--data", required=True, type=Path, help="target dataset")
-    p.add_argument(
-        "--method",
-        choices=TRANSFER_METHODS,
-        default=_TRANSFER.method,
-        help=f"transfer method [default: {_TRANSFER.method}]",
-    )
-    p.add_argument(
-        "--k",
-        type=int,
-        default=_TRANSFER.k,
-        help=f"number of last blocks to fine-tune [default: {_TRANSFER.k}]",
-    )
-    p.add_argument(
-        "--norm-beta",
-        type=float,
-        default=None,
-        help="spectral-norm target for neft/cartl [default: neft 0.6, cartl 0.4]",
-    )
-    p.add_argument(
-        "--spectral-mode",
-        choices=("exact", "at-most"),
-        default="exact",
-        help="scale every layer to norm beta, or only those above it [default: exact]",
-    )
-    p.add_argument(
-        "--spectral-estimate",
-        choices=("matrix", "conv"),
-        default="matrix",
-        help="bound each kernel reshaped to a matrix (the paper) or each convolution's exact "
-        "operator norm [default: matrix]",
-    )
-    p.add_argument(
-        "--residual-scale",
-        type=float,
-        default=None,
-        help="fine-tuned residual output = s*(shortcut + residual) "
-        "[default: 0.5 for neft/cartl, 1 otherwise]",
-    )
-    p.add_argument(
-        "--bn",
-        choices=tuple(BN_PRESETS),
-        default=None,
-        help="BatchNorm preset [default: standard source-stats, neft trainable, "
-        "cartl frozen, lwf trainable]",
-    )
-    _source_args(p, p)
-    _schedule_args(p)
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
-    p.add_argument("--no-audit", action="store_true", help="skip the PGD audit at the end")
-    _audit_args(p, prefix="audit-")
+    add_options(p, TransferParams)
     _common(p)
     _report_arg(p)
     p.set_defaults(func=_cmd_transfer)
@@ -410,41 +134,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint to audit")
     p.add_argument("--data", required=True, type=Path, help="dataset; its test split is used")
-    _audit_args(p)
-    p.add_argument("--no-fgsm", action="store_true", help="skip FGSM")
-    p.add_argument(
-        "--apgd-steps",
-        type=int,
-        default=_AUDIT.apgd_steps,
-        help=f"APGD iterations per run [default: {_AUDIT.apgd_steps}, AutoAttack's]",
-    )
-    p.add_argument(
-        "--apgd-targets",
-        type=int,
-        default=_AUDIT.apgd_targets,
-        help=f"APGD-T target classes, at most classes - 1 [default: {_AUDIT.apgd_targets}]",
-    )
-    p.add_argument(
-        "--square-queries",
-        type=int,
-        default=_AUDIT.square_queries,
-        help=f"Square Attack query budget per sample [default: {_AUDIT.square_queries}]",
-    )
-    p.add_argument(
-        "--check-samples",
-        type=int,
-        default=_AUDIT.check_samples,
-        help=f"samples the masking checks attack at other radii [default: {_AUDIT.check_samples}]",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=_AUDIT.batch_size,
-        help=f"attack batch size [default: {_AUDIT.batch_size}]",
-    )
-    p.add_argument("--limit", type=int, default=None, help="audit only the first N test samples")
-    p.add_argument("--arch", default=None, help="architecture, for plain weights")
-    _resize_arg(p, "model")
+    add_options(p, AuditParams)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _common(p)
     _report_arg(p)
@@ -511,7 +201,7 @@ def add_commands(sub: Any) -> None:
         metavar="DIR",
         help="only write the two tasks as DIR/source.npz and DIR/target.npz",
     )
-    _common(p)
+    _common(p, seed=True)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("inspect", help="print a checkpoint's description")
@@ -522,14 +212,12 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-def _params(cls: type[P], args: argparse.Namespace) -> P:
-    """The job parameters (:mod:`cartl_core.jobs`) from the options; None keeps the default."""
-    values = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(cls)
-        if getattr(args, f.name, None) is not None
-    }
-    return cls(**values)
+def _params(kind: str, args: argparse.Namespace) -> Any:
+    """The job parameters from the options, checked as the service checks them."""
+    from cartl_core.jobs import params_class, parse_params
+
+    fields = dataclasses.fields(params_class(kind))
+    return parse_params(kind, {f.name: getattr(args, f.name) for f in fields})
 
 
 class _Bars:
@@ -610,11 +298,11 @@ def _state_path(out: Path) -> Path:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    return _train("pretrain", _params(PretrainParams, args), None, args)
+    return _train("pretrain", _params("pretrain", args), None, args)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
-    return _train("transfer", _params(TransferParams, args), args.source, args)
+    return _train("transfer", _params("transfer", args), args.source, args)
 
 
 def _train(
@@ -694,7 +382,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     bars = _Bars(args.quiet or args.json)
     outcome = run_job(
         "audit",
-        _params(AuditParams, args),
+        _params("audit", args),
         dataset_path=args.data,
         checkpoint_path=args.checkpoint,
         device=args.device,
@@ -737,85 +425,13 @@ def _compare_command(sub: Any) -> None:
     p.add_argument("--source", required=True, type=Path, help="source checkpoint")
     p.add_argument("--data", required=True, type=Path, help="target dataset")
     p.add_argument(
-        "--eps",
-        required=True,
-        type=fraction,
-        help="attack radius candidates are audited and chosen at (e.g. 8/255)",
-    )
-    p.add_argument(
-        "--norm", choices=("linf", "l2"), default=_COMPARE.norm, help="threat model [default: linf]"
-    )
-    g = p.add_argument_group("candidates")
-    g.add_argument(
-        "--methods",
-        type=_choice_list(TRANSFER_METHODS),
-        default=_COMPARE.methods,
-        metavar="LIST",
-        help=f"transfer methods, comma-separated [default: {','.join(_COMPARE.methods)}]",
-    )
-    offsets = ", ".join(f"{o:+d}" for o in COMPARE_K_OFFSETS)
-    g.add_argument(
-        "--k",
-        type=int_list,
-        default=None,
-        metavar="LIST",
-        help=f"k values, comma-separated [default: the k the source was pre-trained for "
-        f"(from its header, else {_TRANSFER.k}) {offsets}, within the model's blocks]",
-    )
-    betas = "; ".join(f"{m} {','.join(map(str, b))}" for m, b in COMPARE_NORM_BETAS.items())
-    g.add_argument(
-        "--norm-beta",
-        type=fraction_list,
-        default=None,
-        metavar="LIST",
-        help=f"spectral-norm targets tried with neft and cartl [default: {betas}]",
-    )
-    presets = "; ".join(f"{m} {','.join(b)}" for m, b in COMPARE_BN_PRESETS.items())
-    g.add_argument(
-        "--bn",
-        type=_choice_list(tuple(BN_PRESETS)),
-        default=None,
-        metavar="LIST",
-        help=f"BatchNorm presets tried with every method [default: {presets}]",
-    )
-    g.add_argument(
-        "--max-candidates",
-        type=int,
-        default=_COMPARE.max_candidates,
-        help="train at most this many, keeping the first by k, then beta, then BN preset, then "
-        f"method, each in its list's order [default: {_COMPARE.max_candidates}]",
-    )
-    g.add_argument(
-        "--max-clean-drop",
-        type=float,
-        default=_COMPARE.max_clean_drop,
-        help="the chosen one's validation clean accuracy is at most this below the best "
-        f"candidate's [default: {_COMPARE.max_clean_drop}]",
-    )
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        default=_COMPARE.val_fraction,
-        help="share of each class's training images held out for validation "
-        f"[default: {_COMPARE.val_fraction}]",
-    )
-    _source_args(p, g)
-    _schedule_args(p, trace=False)
-    p.add_argument(
         "--out-dir",
         required=True,
         type=Path,
         metavar="DIR",
         help="folder for every candidate's weights and chosen.safetensors",
     )
-    p.add_argument(
-        "--audit-attacks",
-        default=_AUDIT.attacks,
-        metavar="ENSEMBLE",
-        help="the chosen model's full audit at --eps: standard, fast, paper or a list "
-        f"[default: {_AUDIT.attacks}]",
-    )
-    p.add_argument("--no-audit", action="store_true", help="skip the chosen model's full audit")
+    add_options(p, CompareParams)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     _common(p)
     _report_arg(p)
@@ -861,7 +477,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from cartl_core.compare import candidate_table
     from cartl_core.jobs import run_job
 
-    params = _params(CompareParams, args)
+    params = _params("compare", args)
     bar = _CompareBar(args.quiet or args.json)
     audit_bars = _Bars(args.quiet or args.json)
     try:

@@ -34,9 +34,14 @@ class CartlError(Exception):
 class ConfigError(CartlError, ValueError):
     """An option is out of range or does not fit the model or the data."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, more: tuple[ConfigError, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.field = field
+        #: Other parameters found wrong in the same check (each one named), for an answer that
+        #: lists them all.
+        self.more = more
 
 
 class ArchitectureError(CartlError, ValueError):

@@ -12,17 +12,22 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, cast
 
 import torch
 
 from cartl_core.config import (
+    ATTACK_NAMES,
+    BN_PRESETS,
+    COMPARE_BN_PRESETS,
+    COMPARE_K_OFFSETS,
+    COMPARE_NORM_BETAS,
     AttackConfig,
     AuditConfig,
     CompareConfig,
@@ -36,15 +41,23 @@ from cartl_core.config import (
     TransferMethod,
 )
 from cartl_core.errors import CartlError, ConfigError
+from cartl_core.models import list_models
+from cartl_core.options import (
+    format_number,
+    fraction_fields,
+    fraction_value,
+    list_fields,
+    option,
+)
 
 __all__ = [
-    "FRACTION_FIELDS",
     "AuditParams",
     "CompareParams",
     "JobOutcome",
     "PretrainParams",
     "TransferParams",
     "describe_error",
+    "normalise_values",
     "params_class",
     "parse_params",
     "run_job",
@@ -56,21 +69,82 @@ _C = CompareConfig()
 Augment = Literal["auto", "paper", "crop", "crop-flip", "none"]
 Norm = Literal["linf", "l2"]
 
-#: Fields that accept a fraction written as text, such as ``"8/255"``.
-FRACTION_FIELDS = frozenset({"eps", "alpha", "audit_eps", "audit_alpha"})
+SCHEDULE = "schedule (SGD, one warm-up epoch, x0.2 at 40%/70%/90% of epochs)"
+TRACE = "robust trace (early-exit PGD on a fixed test subset after every epoch; monitoring only)"
+AUDIT = "audit attacks"
+CANDIDATES = "candidates"
+
+#: The audit's options, shared by ``audit`` (``--eps``) and a training's final audit
+#: (``--audit-eps``).
+_AUDIT_HELP: dict[str, dict[str, Any]] = {
+    "eps": {
+        "help": "attack radius, or several separated by commas",
+        "default_text": "the eps the model was made robust at, from its header; else "
+        f"{format_number(_AU.eps[0])}",
+        "fraction": True,
+        "group": AUDIT,
+    },
+    "attacks": {
+        "help": "the attacks behind the robust accuracy, run in sequence on the samples still "
+        "robust: standard (APGD-CE, APGD-T, Square: AutoAttack-grade), fast (APGD-CE, APGD-T), "
+        f"paper (the paper's PGD) or a comma-separated list of {', '.join(ATTACK_NAMES)}",
+        "metavar": "ENSEMBLE",
+        "group": AUDIT,
+    },
+    "steps": {
+        "help": "steps of the paper's PGD, always reported as a named attack",
+        "default_text": f"{_AU.steps}; the paper's main protocol: 100",
+        "group": AUDIT,
+    },
+    "alpha": {
+        "help": "PGD step size",
+        "default_text": "eps/4, i.e. 2/255 at 8/255",
+        "fraction": True,
+        "group": AUDIT,
+    },
+    "restarts": {"help": "random restarts", "group": AUDIT},
+    "norm": {
+        "help": "threat model",
+        "default_text": "the model's own, from its header; else linf",
+        "group": AUDIT,
+    },
+}
+_RESIZE_HELP = (
+    "resize the images to the {what}'s input size (bilinear, antialiased) [off: images of "
+    "another size are an error]"
+)
 
 
 @dataclass(frozen=True)
 class _Schedule:
     """Optional overrides of the method's schedule; None keeps the method's default."""
 
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    lr_schedule: LRShape = "step"
-    augment: Augment = "auto"
-    seed: int = 0
+    epochs: int | None = option(
+        None, "training epochs", default_text=f"{_S.epochs}; lwf: 52", group=SCHEDULE
+    )
+    batch_size: int | None = option(
+        None, "batch size", default_text=str(_S.batch_size), group=SCHEDULE
+    )
+    lr: float | None = option(
+        None, "peak learning rate", default_text=f"{_S.lr}; lwf: 0.001", group=SCHEDULE
+    )
+    weight_decay: float | None = option(
+        None, "weight decay", default_text=f"{_S.weight_decay}; lwf: 2e-4", group=SCHEDULE
+    )
+    lr_schedule: LRShape = option(
+        _S.shape,
+        "step = the paper's warm-up and x0.2 steps; one-cycle = PyTorch's OneCycleLR curve "
+        "peaking at lr (not the paper's)",
+        group=SCHEDULE,
+    )
+    augment: Augment = option(
+        "auto",
+        "training augmentation: auto = paper on 3-channel images of 32 px and up, crop on "
+        "other images of 16 px and up, none below; paper = crop 4 + flip + rotate 15 deg "
+        "(CIFAR); crop = a crop of size/8 px (at least 1); crop-flip; none",
+        group=SCHEDULE,
+    )
+    seed: int = option(0, "random seed")
 
     def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
         changes: dict[str, object] = {
@@ -85,8 +159,13 @@ class _Schedule:
 class _Trace:
     """The robust trace run after every epoch (``trace_samples`` 0 turns it off)."""
 
-    trace_samples: int = _TR.samples
-    trace_steps: int = _TR.steps
+    trace_samples: int = option(
+        _TR.samples,
+        "test samples attacked after each epoch, cut to stay under ~10% of an epoch's cost "
+        f"(at least {_TR.min_samples}); 0 turns the trace off",
+        group=TRACE,
+    )
+    trace_steps: int = option(_TR.steps, "PGD steps of the trace, step eps/4", group=TRACE)
 
     def trace(self, eps: float | None = None, norm: Norm | None = None) -> TraceConfig:
         return TraceConfig(samples=self.trace_samples, steps=self.trace_steps, eps=eps, norm=norm)
@@ -117,13 +196,13 @@ class _FinalAudit:
     against (a pre-training's attack; a transfer's source's), else the paper's Linf 8/255.
     """
 
-    audit_eps: tuple[float, ...] | None = None
-    audit_attacks: str = _AU.attacks
-    audit_steps: int = _AU.steps
-    audit_alpha: float | None = _AU.alpha
-    audit_restarts: int = _AU.restarts
-    audit_norm: Norm | None = None
-    no_audit: bool = False
+    audit_eps: tuple[float, ...] | None = option(None, **_AUDIT_HELP["eps"])
+    audit_attacks: str = option(_AU.attacks, **_AUDIT_HELP["attacks"])
+    audit_steps: int = option(_AU.steps, **_AUDIT_HELP["steps"])
+    audit_alpha: float | None = option(_AU.alpha, **_AUDIT_HELP["alpha"])
+    audit_restarts: int = option(_AU.restarts, **_AUDIT_HELP["restarts"])
+    audit_norm: Norm | None = option(None, **_AUDIT_HELP["norm"])
+    no_audit: bool = option(False, "skip the audit at the end")
 
     def audit_config(self, threat: Threat | None = None) -> AuditConfig:
         eps, norm = _threat_model(self.audit_eps, self.audit_norm, threat)
@@ -138,16 +217,49 @@ class _FinalAudit:
 
 
 @dataclass(frozen=True)
+class _FromSource:
+    """What a transfer or a compare asks of its source: LwF's settings, and how to read plain
+    weights and fit the target's images to them."""
+
+    lwf_lambda: float = option(LwFConfig().lwf_lambda, "lwf feature-distance weight")
+    lwf_tune: LwFTune = option(
+        LwFConfig().tune,
+        "after the head-only epochs, tune the whole model (all, the method's own) or only the "
+        "last k blocks",
+    )
+    arch: str | None = option(None, "architecture, for a source of plain weights")
+    source_classes: int | None = option(
+        None,
+        "class count of a plain-weights source",
+        default_text="from its last layer",
+    )
+    resize: bool = option(False, _RESIZE_HELP.format(what="source"))
+
+
+@dataclass(frozen=True)
 class PretrainParams(_Schedule, _Trace, _FinalAudit):
     """``cartl pretrain``: FDM (or, with ``fdm_lambda`` 0, plain adversarial) training."""
 
-    arch: str = "resnet18-cifar"
-    k: int = _F.k
-    fdm_lambda: float = _F.fdm_lambda
-    fdm_reduction: Literal["sum", "mean"] = _F.reduction
-    eps: float = _A.eps
-    alpha: float | None = _A.alpha
-    steps: int = _A.steps
+    arch: str = option(
+        "resnet18-cifar",
+        f"architecture: {', '.join(list_models())}",
+        cli_required=True,
+    )
+    k: int = option(_F.k, "number of last blocks that will be fine-tuned")
+    fdm_lambda: float = option(
+        _F.fdm_lambda, "weight of the feature-distance term; 0 = plain adversarial training"
+    )
+    fdm_reduction: Literal["sum", "mean"] = option(
+        _F.reduction, "sum the term over the batch (the release) or average it"
+    )
+    eps: float = option(_A.eps, "training attack radius (Linf)", fraction=True)
+    alpha: float | None = option(
+        _A.alpha,
+        "training attack step",
+        default_text="eps/4, the paper's 2/255 at 8/255",
+        fraction=True,
+    )
+    steps: int = option(_A.steps, "training attack steps")
 
     @property
     def threat(self) -> Threat:
@@ -166,21 +278,33 @@ class PretrainParams(_Schedule, _Trace, _FinalAudit):
 
 
 @dataclass(frozen=True)
-class TransferParams(_Schedule, _Trace, _FinalAudit):
+class TransferParams(_FromSource, _Schedule, _Trace, _FinalAudit):
     """``cartl transfer``: fine-tune a source on the target with one of the four methods."""
 
-    method: Literal["standard", "neft", "cartl", "lwf"] = _T.method
-    k: int = _T.k
-    norm_beta: float | None = None
-    spectral_mode: Literal["exact", "at-most"] = _T.spectral_mode
-    spectral_estimate: Literal["matrix", "conv"] = _T.spectral_estimate
-    residual_scale: float | None = None
-    bn: str | None = None
-    lwf_lambda: float = LwFConfig().lwf_lambda
-    lwf_tune: LwFTune = LwFConfig().tune
-    arch: str | None = None
-    source_classes: int | None = None
-    resize: bool = False
+    method: TransferMethod = option(_T.method, "transfer method")
+    k: int = option(_T.k, "number of last blocks to fine-tune")
+    norm_beta: float | None = option(
+        None, "spectral-norm target for neft/cartl", default_text="neft 0.6, cartl 0.4"
+    )
+    spectral_mode: Literal["exact", "at-most"] = option(
+        _T.spectral_mode, "scale every layer to norm beta, or only those above it"
+    )
+    spectral_estimate: Literal["matrix", "conv"] = option(
+        _T.spectral_estimate,
+        "bound each kernel reshaped to a matrix (the paper) or each convolution's exact "
+        "operator norm",
+    )
+    residual_scale: float | None = option(
+        None,
+        "fine-tuned residual output = s*(shortcut + residual)",
+        default_text="0.5 for neft/cartl, 1 otherwise",
+    )
+    bn: str | None = option(
+        None,
+        "BatchNorm preset",
+        default_text="standard source-stats, neft trainable, cartl frozen, lwf trainable",
+        choices=tuple(BN_PRESETS),
+    )
 
     def config(self, threat: Threat | None = None) -> TransferConfig:
         """``threat``: the source's threat model, the trace's radius unless the audit names one."""
@@ -207,22 +331,24 @@ class AuditParams:
     """``cartl audit``: clean accuracy, the attack ensemble (per-sample worst case), the paper's
     PGD and FGSM as named attacks, and the masking checks, on the test split."""
 
-    eps: tuple[float, ...] | None = None
-    attacks: str = _AU.attacks
-    steps: int = _AU.steps
-    alpha: float | None = _AU.alpha
-    restarts: int = _AU.restarts
-    norm: Norm | None = None
-    apgd_steps: int = _AU.apgd_steps
-    apgd_targets: int = _AU.apgd_targets
-    square_queries: int = _AU.square_queries
-    check_samples: int = _AU.check_samples
-    no_fgsm: bool = False
-    batch_size: int = _AU.batch_size
-    limit: int | None = None
-    seed: int = 0
-    arch: str | None = None
-    resize: bool = False
+    eps: tuple[float, ...] | None = option(None, **_AUDIT_HELP["eps"])
+    attacks: str = option(_AU.attacks, **_AUDIT_HELP["attacks"])
+    steps: int = option(_AU.steps, **_AUDIT_HELP["steps"])
+    alpha: float | None = option(_AU.alpha, **_AUDIT_HELP["alpha"])
+    restarts: int = option(_AU.restarts, **_AUDIT_HELP["restarts"])
+    norm: Norm | None = option(None, **_AUDIT_HELP["norm"])
+    no_fgsm: bool = option(False, "skip FGSM")
+    apgd_steps: int = option(_AU.apgd_steps, "APGD iterations per run (AutoAttack's)")
+    apgd_targets: int = option(_AU.apgd_targets, "APGD-T target classes, at most classes - 1")
+    square_queries: int = option(_AU.square_queries, "Square Attack query budget per sample")
+    check_samples: int = option(
+        _AU.check_samples, "samples the masking checks attack at other radii"
+    )
+    batch_size: int = option(_AU.batch_size, "attack batch size")
+    limit: int | None = option(None, "audit only the first N test samples", metavar="N")
+    seed: int = option(0, "random seed")
+    arch: str | None = option(None, "architecture, for plain weights")
+    resize: bool = option(False, _RESIZE_HELP.format(what="model"))
 
     def config(self, threat: Threat | None = None) -> AuditConfig:
         """``threat``: the checkpoint's own threat model, used where ``eps``/``norm`` are unset."""
@@ -253,7 +379,7 @@ _COMPARE_NAMES = {
 
 
 @dataclass(frozen=True)
-class CompareParams(_Schedule):
+class CompareParams(_FromSource, _Schedule):
     """``cartl compare``: transfer candidates over methods x k x beta x BN preset, one chosen on
     a validation split of the target's training data (see :mod:`cartl_core.compare`).
 
@@ -264,22 +390,63 @@ class CompareParams(_Schedule):
     with ``audit_attacks`` (``no_audit`` skips it).
     """
 
-    eps: float | None = None
-    norm: Norm = _C.norm
-    methods: tuple[TransferMethod, ...] = cast("tuple[TransferMethod, ...]", _C.methods)
-    k: tuple[int, ...] | None = None
-    norm_beta: tuple[float, ...] | None = None
-    bn: tuple[str, ...] | None = None
-    max_candidates: int = _C.max_candidates
-    max_clean_drop: float = _C.max_clean_drop
-    val_fraction: float = _C.val_fraction
-    lwf_lambda: float = LwFConfig().lwf_lambda
-    lwf_tune: LwFTune = LwFConfig().tune
-    audit_attacks: str = _AU.attacks
-    no_audit: bool = False
-    arch: str | None = None
-    source_classes: int | None = None
-    resize: bool = False
+    eps: float | None = option(
+        None,
+        "attack radius candidates are audited and chosen at (e.g. 8/255)",
+        fraction=True,
+        cli_required=True,
+    )
+    norm: Norm = option(_C.norm, "threat model")
+    methods: tuple[TransferMethod, ...] = option(
+        cast("tuple[TransferMethod, ...]", _C.methods),
+        "transfer methods, comma-separated",
+        group=CANDIDATES,
+    )
+    k: tuple[int, ...] | None = option(
+        None,
+        "k values, comma-separated",
+        default_text="the k the source was pre-trained for (from its header, else "
+        f"{_T.k}) {', '.join(f'{o:+d}' for o in COMPARE_K_OFFSETS)}, within the model's blocks",
+        group=CANDIDATES,
+    )
+    norm_beta: tuple[float, ...] | None = option(
+        None,
+        "spectral-norm targets tried with neft and cartl",
+        default_text="; ".join(
+            f"{m} {','.join(map(str, b))}" for m, b in COMPARE_NORM_BETAS.items()
+        ),
+        group=CANDIDATES,
+        fraction=True,
+    )
+    bn: tuple[str, ...] | None = option(
+        None,
+        "BatchNorm presets tried with every method",
+        default_text="; ".join(f"{m} {','.join(b)}" for m, b in COMPARE_BN_PRESETS.items()),
+        group=CANDIDATES,
+        choices=tuple(BN_PRESETS),
+    )
+    max_candidates: int = option(
+        _C.max_candidates,
+        "train at most this many, keeping the first by k, then beta, then BN preset, then "
+        "method, each in its list's order",
+        group=CANDIDATES,
+    )
+    max_clean_drop: float = option(
+        _C.max_clean_drop,
+        "the chosen one's validation clean accuracy is at most this below the best candidate's",
+        group=CANDIDATES,
+    )
+    val_fraction: float = option(
+        _C.val_fraction,
+        "share of each class's training images held out for validation",
+        group=CANDIDATES,
+    )
+    audit_attacks: str = option(
+        _AU.attacks,
+        "the chosen model's full audit at eps: standard, fast, paper or a list",
+        metavar="ENSEMBLE",
+    )
+    no_audit: bool = option(False, "skip the chosen model's full audit")
 
     def config(self) -> CompareConfig:
         if self.eps is None:
@@ -351,15 +518,7 @@ def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
             f"unknown parameter {unknown[0]!r} for a {kind} job; known: {', '.join(sorted(known))}",
             field=unknown[0],
         )
-    values = {k: _fraction(k, v) if k in FRACTION_FIELDS else v for k, v in raw.items()}
-    # One eps where several are allowed (the audit's) is a list of one.
-    for f in dataclasses.fields(cls):
-        if str(f.type).startswith("tuple") and f.name in values:
-            v = values[f.name]
-            if isinstance(v, list):
-                values[f.name] = tuple(v)
-            elif not (isinstance(v, tuple) or v is None):
-                values[f.name] = (v,)
+    values = normalise_values(cls, raw)
     params = cls(**values)
     # The final audit first: a transfer's robust trace takes its radius from the audit's, so a
     # bad audit_eps is reported as itself, not as the trace's.
@@ -369,19 +528,48 @@ def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
     return params
 
 
-def _fraction(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        return tuple(_fraction(name, v) for v in value)
+def normalise_values(cls: type[Params], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with fractions written as text turned into numbers and one value where several
+    are allowed (the audit's eps) made a list of one; non-finite numbers refused.
+
+    Raises :class:`ConfigError` naming the parameter.
+    """
+    fractions, lists = fraction_fields(cls), list_fields(cls)
+    out, errors = {}, []
+    for name, value in raw.items():
+        if name in lists and value is not None:
+            value = tuple(value) if isinstance(value, list | tuple) else (value,)
+        try:
+            if name in fractions:
+                value = _numbers(name, value, fraction_value)
+            if not _finite(value):
+                raise ConfigError(f"{name} must be a finite number; got {value!r}", field=name)
+        except ConfigError as exc:
+            errors.append(exc)
+        out[name] = value
+    if errors:
+        first, *more = errors
+        raise ConfigError(str(first), field=first.field, more=tuple(more))
+    return out
+
+
+def _numbers(name: str, value: Any, parse: Callable[[str], float]) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_numbers(name, v, parse) for v in value)
     if isinstance(value, str):
         try:
-            return float(Fraction(value.strip()))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(
-                f"{name} must be a number or a fraction like 8/255; got {value!r}", field=name
-            ) from None
+            return parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}", field=name) from None
     return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 @dataclass

@@ -1,23 +1,23 @@
 """Job parameters: the API's ``params`` object, checked in three steps.
 
 1. Names: every key must be a field of the kind's dataclass in :mod:`cartl_core.jobs` (the CLI
-   options' names).
+   options' names). Lists are bounded (:data:`MAX_LIST`).
 2. Types: pydantic validates the values against those same dataclasses (strict JSON rules: ``"3"``
-   is not an integer). Fractions written as text (``"8/255"``) are turned into numbers first.
+   is not an integer), after :func:`cartl_core.jobs.normalise_values` turned fractions written as
+   text (``"8/255"``) into numbers and refused non-finite ones, as it does for the CLI.
 3. Ranges and consistency: :func:`cartl_core.jobs.parse_params`, the same check the CLI and the
    worker use.
 
-The dataclasses are the single source of the defaults; nothing here restates one. Errors name the
-field as ``params.NAME``.
+The dataclasses and their field metadata (:mod:`cartl_core.options`) are the single source of
+names, defaults, help and parsing; nothing here restates one. Errors name the field as
+``params.NAME``, one error per field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
-from fractions import Fraction
 from functools import cache
 from typing import Any
 
@@ -25,7 +25,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.errors import MAX_FIELD_ERRORS, FieldError, UnprocessableError
 from cartl_core import ConfigError
-from cartl_core.jobs import FRACTION_FIELDS, Params, params_class, parse_params
+from cartl_core.jobs import Params, normalise_values, params_class, parse_params
+from cartl_core.options import describe
 
 __all__ = ["MAX_LIST", "jsonable_params", "params_json_schema", "resolve_params"]
 
@@ -39,12 +40,12 @@ def _adapter(kind: str) -> TypeAdapter[Any]:
 
 
 def params_json_schema(kind: str) -> dict[str, Any]:
-    """The JSON schema of ``kind``'s params, defaults included; fractions may be text."""
+    """The JSON schema of ``kind``'s params: defaults, and each field's help as its description."""
     schema = _adapter(kind).json_schema(mode="validation")
     schema["additionalProperties"] = False
+    descriptions = describe(params_class(kind))
     for name, prop in schema.get("properties", {}).items():
-        if name in FRACTION_FIELDS:
-            prop["description"] = 'a number, or a fraction written as text such as "8/255"'
+        prop["description"] = descriptions[name]
     return schema
 
 
@@ -61,8 +62,6 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
             detail=f"{len(unknown)} unknown parameter(s) for a {kind} job, e.g. "
             f"params.{shown[0]}; known: {', '.join(sorted(known))}",
         )
-    # One radius where several are allowed (the audit's eps) is a list of one, as in the CLI.
-    lists = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
     long = sorted(
         name for name, value in raw.items() if isinstance(value, list) and len(value) > MAX_LIST
     )
@@ -70,16 +69,12 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
         raise UnprocessableError(
             [FieldError(f"params.{name}", f"at most {MAX_LIST} values") for name in long]
         )
-    values = {
-        name: [value] if name in lists and not isinstance(value, list) else value
-        for name, value in raw.items()
-    }
-    values = {name: _fractions(name, value) for name, value in values.items()}
-    infinite = sorted(name for name, value in values.items() if not _finite(value))
-    if infinite:
+    try:
+        values = normalise_values(cls, raw)
+    except ConfigError as exc:
         raise UnprocessableError(
-            [FieldError(f"params.{name}", "must be a finite number") for name in infinite]
-        )
+            [FieldError(f"params.{e.field}", str(e)) for e in (exc, *exc.more)]
+        ) from None
     try:
         typed = _adapter(kind).validate_json(json.dumps(values), strict=True)
     except ValidationError as exc:
@@ -106,33 +101,6 @@ def jsonable_params(params: Params) -> dict[str, Any]:
     """Plain JSON values (tuples become lists) for the job row and the response."""
     out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(params)))
     return out
-
-
-def _fractions(name: str, value: Any) -> Any:
-    if name not in FRACTION_FIELDS:
-        return value
-    if isinstance(value, list):
-        return [_fraction(name, v) for v in value]
-    return _fraction(name, value)
-
-
-def _fraction(name: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return float(Fraction(value.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise UnprocessableError.one(
-            f"params.{name}", f"must be a number or a fraction like 8/255; got {value!r}"
-        ) from None
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
 
 
 def _as_raw(params: Params) -> dict[str, Any]:

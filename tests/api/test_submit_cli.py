@@ -4,23 +4,50 @@ uploads nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from app.cli import _param
+from app.cli import job_params
+from cartl_core.errors import CartlError
 from tests.api.live import live_api
 from tests.services import ROOT, write_checkpoint, write_npz
 
 
 def test_param_values_read_like_cli_options() -> None:
-    assert _param("k=4") == ("k", 4)
-    assert _param("method=cartl") == ("method", "cartl")
-    assert _param("eps=8/255") == ("eps", "8/255")
-    assert _param("audit-eps=8/255,0.1") == ("audit_eps", ["8/255", 0.1])
-    assert _param("eps=[0.1, 0.2]") == ("eps", [0.1, 0.2])
+    params = job_params(
+        "transfer",
+        ["k=4", "method=cartl", "audit-eps=8/255,0.1", "no_audit=true", "audit_alpha=1/255"],
+    )
+    assert params == {
+        "k": 4,
+        "method": "cartl",
+        "audit_eps": [pytest.approx(8 / 255), 0.1],
+        "no_audit": True,
+        "audit_alpha": pytest.approx(1 / 255),
+    }
+    assert job_params("audit", ["eps=[0.1, 0.2]"]) == {"eps": [0.1, 0.2]}
+    assert job_params("audit", ["eps=8/255"]) == {"eps": [pytest.approx(8 / 255)]}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("k=four", "-p k: 'four' is not an integer"),
+        ("method=best", "-p method: 'best' is not one of standard, neft, cartl, lwf"),
+        ("audit_eps=eight", "not a number or a fraction like 8/255"),
+        ("lr=nan", "-p lr: 'nan' is not a finite number"),
+        ("kk=3", "-p kk: not a parameter of a transfer job; known:"),
+        ("k", "write NAME=VALUE"),
+    ],
+)
+def test_a_bad_param_is_named_with_what_to_write(text: str, says: str) -> None:
+    with pytest.raises(CartlError, match=re.escape(says)):
+        job_params("transfer", [text])
 
 
 def test_a_refused_submit_uploads_nothing_and_says_why_once(tmp_path: Path) -> None:

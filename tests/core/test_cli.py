@@ -230,7 +230,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_bad_eps_rejected_by_parser() -> None:
     result = _run("audit", "--checkpoint", "x", "--data", "y", "--eps", "eight")
     assert result.returncode == 2
-    assert "not a number or fraction" in result.stderr
+    assert "not a number or a fraction like 8/255" in result.stderr
 
 
 def test_fraction_parsing() -> None:

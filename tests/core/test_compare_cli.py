@@ -69,4 +69,4 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
 
     result = _run(*base, "--methods", "standard,magic")
     assert result.returncode == 2
-    assert "comma-separated list of standard, neft, cartl, lwf" in result.stderr
+    assert "'magic' is not one of standard, neft, cartl, lwf" in result.stderr

@@ -1,0 +1,279 @@
+"""The job parameters' one schema.
+
+Every field of the parameter dataclasses in :mod:`cartl_core.jobs` carries an :class:`Option` as
+field metadata: its help text, how its default reads, its group in ``--help``, whether it takes a
+fraction such as ``8/255``. From that and the field's type this module generates
+
+- the ``cartl`` command's options (:func:`add_options`),
+- the parsing of one value written as text (:func:`parse_text`), used by those options and by
+  the service client's ``-p NAME=VALUE``,
+- the descriptions in the API's JSON schema (:func:`describe`),
+
+so names, defaults, help and fraction parsing exist once. Range checks stay with the configs
+(:mod:`cartl_core.config`), which every path runs through :func:`cartl_core.jobs.parse_params`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+__all__ = [
+    "Option",
+    "OptionSpec",
+    "add_options",
+    "describe",
+    "format_number",
+    "fraction_fields",
+    "fraction_value",
+    "list_fields",
+    "option",
+    "option_specs",
+    "parse_text",
+]
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a parameter says about itself beyond its name, type and default.
+
+    ``default_text`` is how ``--help`` shows a default that is not a plain value (``None``
+    meaning "the method's own", say). ``choices`` names the allowed values of a ``str`` field
+    whose values come from a table rather than a ``Literal``. ``cli_required``: the CLI asks for
+    it although the dataclass has a default (a pre-training names its architecture).
+    """
+
+    help: str
+    default_text: str | None = None
+    group: str | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    fraction: bool = False
+    cli_required: bool = False
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with its :class:`Option` (``meta`` are the Option's other fields)."""
+    return dataclasses.field(default=default, metadata={"option": Option(help=help, **meta)})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One parameter as the generators see it: the field, its Option and its resolved type."""
+
+    name: str
+    default: Any
+    option: Option
+    base: type  # bool, int, float or str
+    is_list: bool
+    optional: bool
+    choices: tuple[str, ...] | None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default_text(self) -> str | None:
+        if self.option.default_text is not None:
+            return self.option.default_text
+        if self.default is None or self.base is bool:
+            return None
+        if self.is_list:
+            return ",".join(self._show(v) for v in self.default)
+        return self._show(self.default)
+
+    def _show(self, value: Any) -> str:
+        return format_number(value) if self.option.fraction else str(value)
+
+
+_SPECS: dict[type, tuple[OptionSpec, ...]] = {}
+
+
+def option_specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
+    """The parameters of ``cls`` in field order; a field without an Option is a bug."""
+    if cls not in _SPECS:
+        _SPECS[cls] = _specs(cls)
+    return _SPECS[cls]
+
+
+def _specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("option")
+        if not isinstance(meta, Option):
+            raise TypeError(f"{cls.__name__}.{f.name} has no Option: declare it with option()")
+        base, is_list, optional, choices = _shape(hints[f.name])
+        specs.append(
+            OptionSpec(
+                name=f.name,
+                default=f.default,
+                option=meta,
+                base=base,
+                is_list=is_list,
+                optional=optional,
+                choices=meta.choices or choices,
+            )
+        )
+    return tuple(specs)
+
+
+def _shape(hint: Any) -> tuple[type, bool, bool, tuple[str, ...] | None]:
+    """(base type, is a list, may be None, allowed values) of a parameter's annotation."""
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        (hint,) = args
+    is_list = typing.get_origin(hint) is tuple
+    if is_list:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is Literal:
+        return str, is_list, optional, tuple(typing.get_args(hint))
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"parameter type {hint!r} has no text form")
+    return hint, is_list, optional, None
+
+
+def fraction_fields(cls: type) -> frozenset[str]:
+    """The parameters of ``cls`` that accept a fraction written as text."""
+    return frozenset(s.name for s in option_specs(cls) if s.option.fraction)
+
+
+def list_fields(cls: type) -> frozenset[str]:
+    """The parameters of ``cls`` that hold several values (one value is a list of one)."""
+    return frozenset(s.name for s in option_specs(cls) if s.is_list)
+
+
+def fraction_value(text: str) -> float:
+    """``"8/255"``, ``"0.1"`` or ``"1e-3"`` as a float; ValueError says what was wrong."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a number or a fraction like 8/255") from None
+    return value
+
+
+def format_number(value: float) -> str:
+    """A radius as people write it: ``8/255`` rather than ``0.0313...``."""
+    frac = Fraction(value).limit_denominator(1000)
+    return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else str(value)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_text(spec: OptionSpec, text: str) -> Any:
+    """One parameter's value written as on the command line (lists comma-separated).
+
+    Raises ValueError with a message that names what the value should look like.
+    """
+    if not spec.is_list:
+        return _scalar(spec, text)
+    items = [part.strip() for part in text.strip().strip("[]").split(",") if part.strip()]
+    if not items:
+        raise ValueError(f"give at least one value, comma-separated; got {text!r}")
+    return tuple(_scalar(spec, item) for item in items)
+
+
+def _scalar(spec: OptionSpec, text: str) -> Any:
+    text = text.strip()
+    if spec.base is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"{text!r} is not true or false")
+    if spec.choices is not None:
+        if text not in spec.choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(spec.choices)}")
+        return text
+    if spec.base is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if spec.base is float:
+        value = fraction_value(text) if spec.option.fraction else _float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
+        return value
+    return text
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+def _arg_type(spec: OptionSpec) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return parse_text(spec, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = spec.name  # argparse names the type in some of its own messages
+    return parse
+
+
+def help_text(spec: OptionSpec, *, cli: bool = True) -> str:
+    """The help line with its default, as ``--help`` (``cli``) and the API's schema show it."""
+    default = None if cli and spec.option.cli_required else spec.default_text()
+    return f"{spec.option.help} [default: {default}]" if default is not None else spec.option.help
+
+
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] = frozenset()
+) -> None:
+    """One ``--flag`` per parameter of ``cls`` (except ``skip``), in groups as the Options say.
+
+    Defaults are the dataclass's own, so the parsed namespace holds a complete set of params.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {
+        g.title: g for g in parser._action_groups if g.title is not None
+    }
+    for spec in option_specs(cls):
+        if spec.name in skip:
+            continue
+        title = spec.option.group
+        where: argparse._ActionsContainer = parser
+        if title is not None:
+            where = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        # argparse %-formats help lines; the schema's text is plain.
+        kwargs: dict[str, Any] = {"help": help_text(spec).replace("%", "%%")}
+        if spec.base is bool and not spec.is_list:
+            where.add_argument(spec.flag, action="store_true", **kwargs)
+            continue
+        if spec.choices is not None and not spec.is_list:
+            kwargs["choices"] = spec.choices
+        else:
+            kwargs["type"] = _arg_type(spec)
+        metavar = spec.option.metavar or ("LIST" if spec.is_list else None)
+        if metavar is not None:
+            kwargs["metavar"] = metavar
+        if spec.option.cli_required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = spec.default
+        where.add_argument(spec.flag, **kwargs)
+
+
+def describe(cls: type) -> dict[str, str]:
+    """Each parameter's description for the API's JSON schema."""
+    out = {}
+    for spec in option_specs(cls):
+        text = help_text(spec, cli=False)
+        if spec.is_list:
+            text += "; one value or a list"
+        if spec.option.fraction:
+            text += '; a number, or a fraction written as text such as "8/255"'
+        out[spec.name] = text
+    return out

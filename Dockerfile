@@ -37,9 +37,8 @@ RUN mkdir cartl_core app worker \
     && pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -e . \
     && rm -rf README.md cartl_core app worker cartl.egg-info
 
-# The source tree itself, not only an installed wheel: app/db/migrate.py finds migrations/ beside
-# the packages. Editable, so the installed package is this tree; owned by root and read-only to
-# the service user.
+# The source tree itself, installed editable, so the installed package is this tree (alembic.ini
+# and migrations/ included); owned by root and read-only to the service user.
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e .
 

@@ -107,7 +107,7 @@ async def _resources(
 
 def _start_sweeper(settings: Settings, factory: Any) -> Any:
     # Imported here: the sweeper brings Celery along, which only a running server needs.
-    from worker.recovery import Sweeper
+    from app.services.recovery import Sweeper
 
     sweeper = Sweeper(settings, factory)
     sweeper.start()

@@ -27,9 +27,20 @@ from safetensors.torch import load_file, save_file
 from cartl_core.errors import CheckpointError, UnsafeCheckpointError
 from cartl_core.models import BlockModel, ModelSpec, build_model, create_model
 
-__all__ = ["FORMAT", "load_model", "read_description", "save_checkpoint", "trained_threat"]
+__all__ = [
+    "FORMAT",
+    "PLAIN_FORMAT",
+    "describe_model",
+    "guess_in_channels",
+    "load_model",
+    "read_description",
+    "save_checkpoint",
+    "trained_threat",
+]
 
 FORMAT = "cartl-checkpoint/1"
+# The ``format`` of a description made for plain weights (no ``cartl`` header in the file).
+PLAIN_FORMAT = "plain-state-dict"
 _PREFIXES = ("module.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -44,15 +55,8 @@ def save_checkpoint(
 ) -> dict[str, Any]:
     """Write ``model`` as safetensors with its description in the header (atomically)."""
     path = Path(path)
-    spec = model.spec
     description = {
-        "format": FORMAT,
-        "model": spec.to_dict(),
-        "num_blocks": model.num_blocks,
-        "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
-        "class_names": list(class_names)
-        if class_names
-        else [str(i) for i in range(spec.num_classes)],
+        **describe_model(model, class_names=class_names),
         "training": dict(training or {}),
         "metrics": dict(metrics or {}),
     }
@@ -66,6 +70,26 @@ def save_checkpoint(
         tmp.unlink(missing_ok=True)
         raise
     return description
+
+
+def describe_model(
+    model: BlockModel, *, format: str = FORMAT, class_names: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The description of ``model`` that a checkpoint header carries, less training and metrics.
+
+    ``format`` is :data:`FORMAT` for a CARTL checkpoint, :data:`PLAIN_FORMAT` for a description
+    made up for plain weights; ``class_names`` default to the class indices.
+    """
+    spec = model.spec
+    return {
+        "format": format,
+        "model": spec.to_dict(),
+        "num_blocks": model.num_blocks,
+        "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
+        "class_names": list(class_names)
+        if class_names
+        else [str(i) for i in range(spec.num_classes)],
+    }
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -94,6 +118,28 @@ def read_description(path: str | Path) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path.name}: the cartl header is not valid JSON") from None
     return description
+
+
+def guess_in_channels(path: str | Path) -> int | None:
+    """The input channels of plain weights: the second dimension of the input convolution
+    (our models' ``stem``, else the first 4-D tensor).
+
+    Reads the state dict as :func:`load_model` does (safetensors, or
+    ``torch.load(weights_only=True)``, which refuses pickled code before running it). None where
+    there is no 4-D tensor or the file does not read: :func:`load_model` reports that properly.
+    """
+    try:
+        p = _existing(path)
+        sd = _safetensors(p) if _is_safetensors(p) else _state_dict(_torch_load(p), p.name)
+    except (CheckpointError, OSError):
+        return None
+    convs = [(name, value) for name, value in sd.items() if value.ndim == 4]
+    # Safetensors keeps keys sorted by name, so "first" is not the input layer there: our own
+    # models name it ``stem``, which is then preferred wherever it sits.
+    stems = [value for name, value in convs if name.startswith("stem.")]
+    for value in stems or [value for name, value in convs if not name.startswith("normalize.")]:
+        return int(value.shape[1])
+    return None
 
 
 def trained_threat(description: Mapping[str, Any] | None) -> tuple[float, str] | None:

@@ -587,23 +587,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from cartl_core.models import create_model
+    from cartl_core.models import create_model, model_families
 
-    for arch in (
-        "small-cnn",
-        "resnet18-cifar",
-        "wrn-16-4",
-        "wrn-28-4",
-        "wrn-34-10",
-        "torchvision:resnet18",
-        "torchvision:resnet50",
-    ):
-        model = create_model(arch, 10, in_channels=3, input_size=32)
-        print(f"{arch:<24} T = {model.num_blocks}")
-    print(
-        "any wrn-D-W with D = 6n + 4; any torchvision resnet*/resnext*/wide_resnet*/vgg*/"
-        "mobilenet_v2/mobilenet_v3_*/efficientnet_*/convnext_*"
-    )
+    families = model_families()
+    for family in families:
+        for arch in family.examples:
+            model = create_model(arch, 10, in_channels=3, input_size=32)
+            print(f"{arch:<24} T = {model.num_blocks}")
+    print()
+    width = max((len(family.name) for family in families), default=0) + 2
+    for family in families:
+        print(f"{family.name:<{width}}{family.summary}")
     return 0
 
 

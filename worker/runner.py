@@ -1,10 +1,11 @@
 """One job, from its row to its results: claim, run ``cartl_core``, record the outcome.
 
-The claim is a conditional update, so a message delivered twice (a redelivery, a sweep) runs the
-job once. While the job runs, a heartbeat thread stamps ``heartbeat_at`` and picks up cancel
-requests, so the training loop's ``should_stop`` is a flag check, not a query per batch. The
-resumable state lives in artifact storage (``jobs/ID/state.pt``): a retry after a lost worker
-continues from the last finished epoch.
+Every status change is a transition of :mod:`app.services.job_states`: the claim is a
+conditional update, so a message delivered twice (a redelivery, a sweep) runs the job once.
+While the job runs, a heartbeat thread stamps ``heartbeat_at`` and picks up cancel requests, so
+the training loop's ``should_stop`` is a flag check, not a query per batch. The resumable state
+lives in artifact storage (``jobs/ID/state.pt``): a retry after a lost worker continues from the
+last finished epoch.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import os
 import socket
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import utcnow
 from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
-from app.db.session import make_engine, make_sessionmaker, rows_changed
+from app.db.session import make_engine, make_sessionmaker
+from app.services import job_states
 from app.services.jobs import candidates_prefix
+from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
 from app.storage import Storage, sha256_file, storage_problem
 
@@ -60,60 +61,26 @@ class _Run:
 
     # ------------------------------------------------------------------ claim and finish
 
-    def _where_mine(self) -> Any:
-        return (
-            Job.id == self.job_id,
-            Job.status == JobStatus.running.value,
-            Job.worker == self.worker,
-        )
-
     def _claim(self) -> Job | None:
-        now = utcnow()
-        stale = now - timedelta(seconds=self.settings.stale_after_s)
         with self.factory() as s, s.begin():
             holder = s.scalar(select(Job.worker).where(Job.id == self.job_id))
-            lost = (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale)
-            if _died_here(holder):
+            claimed = job_states.claim(
+                s,
+                self.job_id,
+                self.worker,
+                stale_after_s=self.settings.stale_after_s,
                 # The pool child that held it on this machine is gone (killed, out of memory) and
                 # Celery handed the message back: no need to wait for the heartbeat to go stale.
-                lost = lost | ((Job.status == JobStatus.running.value) & (Job.worker == holder))
-            claimed = rows_changed(
-                s.execute(
-                    update(Job)
-                    .where(
-                        Job.id == self.job_id,
-                        Job.cancel_requested.is_(False),
-                        or_(Job.status == JobStatus.queued.value, lost),
-                    )
-                    .values(
-                        status=JobStatus.running.value,
-                        attempts=Job.attempts + 1,
-                        worker=self.worker,
-                        heartbeat_at=now,
-                        started_at=func.coalesce(Job.started_at, now),
-                        error=None,
-                        progress={"stage": "starting"},
-                    )
-                )
+                dead_holder=holder if local_worker_gone(holder) else None,
             )
-            job = s.get(Job, self.job_id)
-            if job is None:
-                return None
             if not claimed:
-                if job.status == JobStatus.queued.value and job.cancel_requested:
-                    job.status = JobStatus.cancelled.value
-                    job.finished_at = now
+                job_states.settle_cancelled(s, self.job_id)
                 return None
-            s.refresh(job)
-            return job
+            return s.get(Job, self.job_id)
 
     def _finish(self, status: JobStatus, **values: Any) -> None:
         with self.factory() as s, s.begin():
-            s.execute(
-                update(Job)
-                .where(*self._where_mine())
-                .values(status=status.value, finished_at=utcnow(), heartbeat_at=utcnow(), **values)
-            )
+            job_states.finish(s, self.job_id, self.worker, status, **values)
 
     # ------------------------------------------------------------------ the run
 
@@ -247,10 +214,9 @@ class _Run:
             try:
                 with self.factory() as s, s.begin():
                     if time.monotonic() - last_beat >= self.settings.heartbeat_s:
-                        mine = update(Job).where(*self._where_mine())
-                        s.execute(mine.values(heartbeat_at=utcnow()))
+                        job_states.heartbeat(s, self.job_id, self.worker)
                         last_beat = time.monotonic()
-                    cancel = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+                    cancel = job_states.is_cancel_requested(s, self.job_id)
                 if cancel:
                     self.cancel.set()
             except Exception:
@@ -263,11 +229,7 @@ class _Run:
             return
         self.last_progress = now
         with self.factory() as s, s.begin():
-            s.execute(
-                update(Job)
-                .where(*self._where_mine())
-                .values(progress=dict(self.progress), heartbeat_at=utcnow())
-            )
+            job_states.record_progress(s, self.job_id, self.worker, dict(self.progress))
 
     def _on_progress(self, event: Any) -> None:
         fraction = float(event.fraction)
@@ -345,11 +307,7 @@ class _Run:
 
     def _on_epoch(self, record: Any, _model: Any) -> None:
         with self.factory() as s, s.begin():
-            job = s.get(Job, self.job_id)
-            if job is not None and job.worker == self.worker:
-                # An epoch re-run after a lost worker replaces its earlier record.
-                kept = [h for h in job.history if h.get("epoch", 0) < record.epoch]
-                job.history = [*kept, record.to_dict()]
+            job_states.record_epoch(s, self.job_id, self.worker, record.to_dict())
 
 
 def _link_candidates(job_id: str, metrics: dict[str, Any]) -> None:
@@ -362,17 +320,3 @@ def _link_candidates(job_id: str, metrics: dict[str, Any]) -> None:
     if isinstance(chosen, dict):
         chosen.pop("path", None)
         chosen["weights"] = base
-
-
-def _died_here(worker: str | None) -> bool:
-    """Whether ``worker`` ("host:pid") was a process on this host that no longer exists."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, under another user
-    return False

@@ -1,7 +1,9 @@
 """Jobs: create (validated up front against the checkpoint and dataset), read, list, cancel.
 
-A job is committed as ``queued`` and only then handed to the queue (by the caller, see
-:func:`app.services.queue.enqueue_job`), so a worker never receives an id it cannot read. With an
+Functions here only flush: the request's session commits (:func:`app.api.deps.get_session`)
+before the response is sent, and only then is the job handed to the queue (a background task,
+:func:`app.services.queue.enqueue_job`), so a worker never receives an id it cannot read. Status
+changes are :mod:`app.services.job_states`' transitions. With an
 ``Idempotency-Key``, a retry of the same request returns the job the first one made, and the
 same key with a different request is a 409.
 """
@@ -10,15 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, Select, Update, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from app.db.base import new_id, utcnow
+from app.db.base import new_id
 from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
 from app.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.services import job_states
 from app.services.ids import is_id
 from app.services.models import model_info
 from app.services.pagination import Page, paginate
@@ -62,7 +65,8 @@ class JobRequest:
 def create_job(
     session: Session, owner: str, request: JobRequest, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
-    """The committed job, and whether this call made it (False: an idempotent replay)."""
+    """The new job (flushed; the caller commits), and whether this call made it (False: an
+    idempotent replay)."""
     if idempotency_key is not None:
         existing = _by_key(session, owner, idempotency_key)
         if existing is not None:
@@ -82,12 +86,12 @@ def create_job(
         progress={},
         history=[],
     )
-    session.add(job)
     try:
-        session.commit()
+        with session.begin_nested():
+            session.add(job)
     except IntegrityError:
-        # Two requests with one key raced; the other one's job is the answer.
-        session.rollback()
+        # Two requests with one key raced; the other one's job is the answer (the unique index
+        # made this insert wait for it to commit).
         existing = _by_key(session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
@@ -131,22 +135,9 @@ def list_jobs(
 def cancel_job(session: Session, owner: str, job_id: str) -> Job:
     """A queued job ends ``cancelled`` now; a running one is asked to stop at its next batch."""
     job = get_job(session, owner, job_id)
-    cancelled = _rowcount(
-        session,
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=utcnow()),
-    )
-    if not cancelled:
-        cancelled = _rowcount(
-            session,
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running.value)
-            .values(cancel_requested=True),
-        )
-    session.commit()
+    outcome = job_states.cancel(session, job_id)
     session.refresh(job)
-    if not cancelled:
+    if outcome is None:
         raise ConflictError(f"job {job_id} has already finished ({job.status}); nothing to cancel")
     return job
 
@@ -205,11 +196,6 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
         rows[candidate].get("sha256"),
         f"{job.id}-{candidate}.safetensors",
     )
-
-
-def _rowcount(session: Session, statement: Update) -> int:
-    result = session.execute(statement, execution_options={"synchronize_session": False})
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _by_key(session: Session, owner: str, key: str) -> Job | None:

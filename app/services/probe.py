@@ -122,13 +122,19 @@ def _checkpoint_summary(
     in_channels: int | None,
     input_size: int | None,
 ) -> dict[str, Any]:
-    from cartl_core import load_model, read_description
+    from cartl_core.checkpoints import (
+        PLAIN_FORMAT,
+        describe_model,
+        guess_in_channels,
+        load_model,
+        read_description,
+    )
 
     description = read_description(path)
     if description is not None:
         model = load_model(path)
     else:
-        channels = in_channels or (_guess_in_channels(path) if arch else None) or 3
+        channels = in_channels or (guess_in_channels(path) if arch else None) or 3
         model = load_model(
             path,
             arch=arch,
@@ -136,14 +142,7 @@ def _checkpoint_summary(
             in_channels=channels,
             input_size=input_size or 32,
         )
-        spec = model.spec
-        description = {
-            "format": "plain-state-dict",
-            "model": spec.to_dict(),
-            "num_blocks": model.num_blocks,
-            "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
-            "class_names": [str(i) for i in range(spec.num_classes)],
-        }
+        description = describe_model(model, format=PLAIN_FORMAT)
     spec = model.spec
     return {
         "arch": spec.arch,
@@ -152,41 +151,6 @@ def _checkpoint_summary(
         "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
         "description": description,
     }
-
-
-def _guess_in_channels(path: Path) -> int | None:
-    """The input channels of plain weights: the second dimension of the first 4-D tensor.
-
-    Only reads through the safe loaders (safetensors, or ``torch.load(weights_only=True)``,
-    which refuses pickled code before running it); any problem is left to ``load_model`` to
-    report properly.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    try:
-        if _looks_like_safetensors(path):
-            tensors: Any = load_file(str(path))
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(tensors, dict):
-        for key in ("state_dict", "model", "model_state_dict", "net"):
-            inner = tensors.get(key)
-            if isinstance(inner, dict):
-                tensors = inner
-                break
-        for value in tensors.values():
-            if isinstance(value, torch.Tensor) and value.ndim == 4:
-                return int(value.shape[1])
-    return None
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
 
 
 def _dataset_summary(path: Path, max_extract_bytes: int) -> dict[str, Any]:

@@ -1,56 +1,82 @@
-"""Putting jobs on the broker. A job row is committed first, then its id is sent; when the broker
-is unreachable the job stays ``queued`` with no ``enqueued_at``, and the sweeper sends it later."""
+"""Putting jobs on the broker, and the broker's Celery configuration.
+
+A job row is committed first, then its id is sent by task name (:data:`TASK_NAME`): the API never
+imports the worker. When the broker is unreachable the job stays ``queued`` with no
+``enqueued_at``, and the sweeper (:mod:`app.services.recovery`) sends it later.
+
+Delivery is at-least-once: a message is acknowledged only after its task returns
+(``acks_late``), a worker that dies mid-task hands the message back
+(``task_reject_on_worker_lost``), and each worker process takes one message at a time and one
+job per child process, so a finished job's GPU memory goes back with the process. The worker's
+claim (:func:`app.services.job_states.claim`) makes a redelivered message harmless.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
+from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import update
+from celery import Celery
+from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import utcnow
-from app.db.models import Job, JobStatus
-from app.db.session import rows_changed
+from app.services import job_states
 from app.settings import Settings
 
-__all__ = ["enqueue_job"]
+__all__ = ["TASK_NAME", "broker_errors", "celery_config", "enqueue_job", "sender_for"]
 
 log = logging.getLogger(__name__)
+
+TASK_NAME = "cartl.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": 1,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_transport_options": _transport_options(settings.resolved_broker_url),
+        "imports": ["worker.tasks"],
+    }
+
+
+def _transport_options(url: str) -> dict[str, Any]:
+    if url.startswith(("redis://", "rediss://")):
+        # Redis hands an unacknowledged message to another worker after this long; a job that
+        # is still running then keeps its claim (fresh heartbeat), so the duplicate just ends.
+        return {"visibility_timeout": 6 * 3600}
+    return {}
 
 
 def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> bool:
     """Send ``job_id`` once: True if this call sent it, False if the broker is down or the job is
     no longer waiting to be sent (another sender won, or it was cancelled)."""
-    from worker.celery_app import TASK_NAME, sender_for
-
-    # Claiming the send first keeps two sweepers (API replicas, the API and `cartl serve`) from
-    # sending the same job twice in the common case; a duplicate would still be harmless.
     with factory() as session, session.begin():
-        claimed = rows_changed(
-            session.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.queued.value,
-                    Job.enqueued_at.is_(None),
-                    Job.cancel_requested.is_(False),
-                )
-                .values(enqueued_at=utcnow())
-            )
-        )
+        claimed = job_states.claim_send(session, job_id)
     if not claimed:
         return False
+    sender = sender_for(settings)
     try:
         _check_reachable(settings.resolved_broker_url)
-        sender_for(settings).send_task(TASK_NAME, args=[job_id], queue=settings.queue, retry=False)
-    except Exception as exc:  # kombu raises several types for "broker unreachable"
+        sender.send_task(TASK_NAME, args=[job_id], queue=settings.queue, retry=False)
+    except broker_errors(sender) as exc:
         log.warning(
             "job %s: broker unreachable (%s); it stays queued and is sent later", job_id, exc
         )
         with factory() as session, session.begin():
-            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+            job_states.release_send(session, job_id)
         return False
     log.info("job %s: enqueued on %s", job_id, settings.queue)
     return True
@@ -67,3 +93,31 @@ def _check_reachable(url: str, timeout: float = 1.0) -> None:
 
 
 _NETWORK_PORTS = {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
+
+
+@lru_cache(maxsize=8)
+def _sender(broker_url: str, queue: str) -> Celery:
+    settings = Settings(broker_url=broker_url, queue=queue)
+    app = Celery("cartl-sender", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.conf.broker_connection_retry = False
+    app.conf.broker_connection_max_retries = 0
+    return app
+
+
+def sender_for(settings: Settings) -> Celery:
+    """A Celery app that only sends, for ``settings``' broker (the API and the sweeper)."""
+    return _sender(settings.resolved_broker_url, settings.queue)
+
+
+@lru_cache(maxsize=8)
+def _errors_of(sender: Celery) -> tuple[type[BaseException], ...]:
+    connection = sender.connection_for_write()  # lazy: this does not connect
+    return (OSError, KombuError, *connection.connection_errors, *connection.channel_errors)
+
+
+def broker_errors(sender: Celery) -> tuple[type[BaseException], ...]:
+    """What a send can raise when the broker is down or refuses: socket errors, kombu's own,
+    and the errors the broker's transport declares (redis's, SQLAlchemy's for the embedded
+    broker, amqp's). Anything else is a bug and is not caught."""
+    return _errors_of(sender)

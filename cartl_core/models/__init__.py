@@ -1,61 +1,173 @@
-"""Model registry: architecture names used by the CLI and the API.
+"""Model registry: the architecture names used by the CLI and the API.
 
-- ``small-cnn``: a small CNN for any channel count and inputs from 8x8 up (T = 5).
-- ``resnet18-cifar``: CIFAR ResNet-18 (T = 9).
-- ``wrn-D-W``: pre-activation WideResNet of depth D and width W, e.g. ``wrn-34-10`` (T = 17).
-- ``torchvision:NAME``: a torchvision classification model, e.g. ``torchvision:resnet50``.
+Architectures come in families, one :class:`ModelFamily` each in a table that ``build_model``,
+``list_models`` and ``cartl models`` all read. A family matches either its name exactly
+(``small-cnn``) or a regular expression whose named groups become its builder's keyword arguments
+(``wrn-D-W`` from ``wrn-(?P<depth>...)-(?P<width>...)``). New families join the table with
+:func:`register_model`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from cartl_core.errors import ArchitectureError
 from cartl_core.models._base import BlockModel, Head, ModelSpec, Normalize
 from cartl_core.models.resnet import resnet18_cifar
 from cartl_core.models.small_cnn import small_cnn
-from cartl_core.models.tv import IMAGENET_MEAN, IMAGENET_STD, torchvision_model
+from cartl_core.models.tv import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SUPPORTED_FAMILIES,
+    torchvision_model,
+)
 from cartl_core.models.wrn import wide_resnet
 
 __all__ = [
     "BlockModel",
     "Head",
+    "ModelFamily",
     "ModelSpec",
     "Normalize",
     "build_model",
     "create_model",
     "list_models",
+    "model_families",
+    "register_model",
+    "unregister_model",
 ]
-
-_WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 
 # What new models of an architecture are built with. A checkpoint records its own options, and
 # one written before an option existed rebuilds without it.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"small-cnn": {"fc_width": 0}}
 
+Builder = Callable[..., BlockModel]
+_B = TypeVar("_B", bound=Builder)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One architecture family: how its names look and how its models are built."""
+
+    #: The name as users write it, e.g. ``wrn-D-W``.
+    name: str
+    #: ``build(spec, **groups)``, with the pattern's named groups (strings) as keyword arguments.
+    build: Builder
+    #: One line for listings.
+    description: str
+    #: Names that ``cartl models`` builds to show their block counts.
+    examples: tuple[str, ...] = ()
+    #: A full-match pattern for the names; ``None`` matches ``name`` exactly.
+    pattern: re.Pattern[str] | None = None
+    #: For a family that wraps another library: the sub-families that split into blocks.
+    supported: tuple[str, ...] = ()
+
+    def match(self, arch: str) -> dict[str, str] | None:
+        """The builder's keyword arguments for ``arch``, or ``None`` if it is not of this family."""
+        if self.pattern is None:
+            return {} if arch == self.name else None
+        m = self.pattern.fullmatch(arch)
+        return m.groupdict() if m else None
+
+    @property
+    def summary(self) -> str:
+        """The description, with the supported sub-families if any."""
+        if not self.supported:
+            return self.description
+        return f"{self.description}; supported: {', '.join(self.supported)}"
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    description: str,
+    examples: Sequence[str] = (),
+    pattern: str | None = None,
+    supported: Sequence[str] = (),
+) -> Callable[[_B], _B]:
+    """Add a family to the table, as a decorator on its builder (see :class:`ModelFamily`).
+
+    Families are tried in the order they were registered; a name may be registered once.
+    """
+
+    def decorate(build: _B) -> _B:
+        if name in _FAMILIES:
+            raise ValueError(f"architecture family {name!r} is already registered")
+        _FAMILIES[name] = ModelFamily(
+            name=name,
+            build=build,
+            description=description,
+            examples=tuple(examples),
+            pattern=re.compile(pattern) if pattern is not None else None,
+            supported=tuple(supported),
+        )
+        return build
+
+    return decorate
+
+
+def unregister_model(name: str) -> ModelFamily:
+    """Remove a family from the table (and return it)."""
+    try:
+        return _FAMILIES.pop(name)
+    except KeyError:
+        raise ValueError(f"no architecture family {name!r}") from None
+
+
+def model_families() -> tuple[ModelFamily, ...]:
+    """The table, in registration order."""
+    return tuple(_FAMILIES.values())
+
 
 def list_models() -> list[str]:
-    """Architecture names, with examples for the parameterised families."""
-    return ["small-cnn", "resnet18-cifar", "wrn-D-W (e.g. wrn-34-10, wrn-28-4)", "torchvision:NAME"]
+    """The architecture families' names as users write them (``wrn-D-W``, ``torchvision:NAME``)."""
+    return list(_FAMILIES)
+
+
+register_model(
+    "small-cnn",
+    description="a small CNN for any channel count and inputs from 8x8 up",
+    examples=["small-cnn"],
+)(small_cnn)
+register_model("resnet18-cifar", description="CIFAR ResNet-18", examples=["resnet18-cifar"])(
+    resnet18_cifar
+)
+
+
+@register_model(
+    "wrn-D-W",
+    description="pre-activation WideResNet of depth D = 6n + 4 and width W",
+    examples=["wrn-16-4", "wrn-28-4", "wrn-34-10"],
+    pattern=r"wrn-(?P<depth>\d+)-(?P<width>\d+)",
+)
+def _wide_resnet(spec: ModelSpec, depth: str, width: str) -> BlockModel:
+    return wide_resnet(spec, int(depth), int(width))
+
+
+register_model(
+    "torchvision:NAME",
+    description="a torchvision classification model (weights never downloaded)",
+    examples=["torchvision:resnet18", "torchvision:resnet50"],
+    pattern=r"torchvision:(?P<name>.*)",
+    supported=SUPPORTED_FAMILIES,
+)(torchvision_model)
 
 
 def build_model(spec: ModelSpec) -> BlockModel:
     """Build an (untrained) model from its spec, including any residual scaling it records."""
-    arch = spec.arch
-    model: BlockModel
-    if arch == "small-cnn":
-        model = small_cnn(spec)
-    elif arch == "resnet18-cifar":
-        model = resnet18_cifar(spec)
-    elif m := _WRN.match(arch):
-        model = wide_resnet(spec, int(m.group(1)), int(m.group(2)))
-    elif arch.startswith("torchvision:"):
-        model = torchvision_model(spec, arch.removeprefix("torchvision:"))
+    for family in _FAMILIES.values():
+        if (kwargs := family.match(spec.arch)) is not None:
+            model = family.build(spec, **kwargs)
+            break
     else:
         raise ArchitectureError(
-            f"unknown architecture {arch!r}; use one of: {', '.join(list_models())}"
+            f"unknown architecture {spec.arch!r}; use one of: {', '.join(list_models())}"
         )
     if spec.residual_scaled_blocks:
         model.set_residual_scale(spec.residual_scale, spec.residual_scaled_blocks)

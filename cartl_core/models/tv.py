@@ -28,6 +28,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
 _FEATURE_PREFIXES = ("vgg", "mobilenet_v2", "mobilenet_v3", "efficientnet", "convnext")
+#: The torchvision model names that split into blocks, as shell-style patterns: what
+#: :func:`torchvision_model` accepts, for listings and errors.
+SUPPORTED_FAMILIES = tuple(f"{prefix}*" for prefix in (*_RESNET_PREFIXES, *_FEATURE_PREFIXES))
 
 
 def _scaled_class(base: type[nn.Module]) -> type[nn.Module]:
@@ -125,8 +128,7 @@ def torchvision_model(spec: ModelSpec, name: str) -> BlockModel:
     else:
         raise ArchitectureError(
             f"torchvision:{name} cannot be split into blocks yet; supported families: "
-            "resnet*, resnext*, wide_resnet*, vgg*, mobilenet_v2, mobilenet_v3_*, "
-            "efficientnet_*, convnext_*"
+            f"{', '.join(SUPPORTED_FAMILIES)}"
         )
     net = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes)
     if spec.in_channels != 3:

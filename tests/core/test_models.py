@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from cartl_core import ArchitectureError, ConfigError, create_model
-from cartl_core.models import build_model
+from cartl_core.models import (
+    BlockModel,
+    ModelSpec,
+    build_model,
+    list_models,
+    model_families,
+    register_model,
+    unregister_model,
+)
+from cartl_core.models.small_cnn import small_cnn
+from cartl_core.models.tv import SUPPORTED_FAMILIES
 
 PAPER_BLOCKS = [
     ("resnet18-cifar", 9),
@@ -121,3 +132,98 @@ def test_wrn_initialisation_matches_the_release() -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.all(bn.weight == 1) and torch.all(bn.bias == 0) for bn in bns)
     assert torch.all(model.head.fc.bias == 0)
+
+
+# The registry: one table of architecture families that build_model, list_models and
+# `cartl models` all read.
+
+FAMILIES = ["small-cnn", "resnet18-cifar", "wrn-D-W", "torchvision:NAME"]
+
+
+def _cartl_models(capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """`cartl models`: block counts of the examples, and each family's line."""
+    from cartl_core.cli import main
+
+    assert main(["models"]) == 0
+    counts: dict[str, int] = {}
+    lines: dict[str, str] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if m := re.fullmatch(r"(\S+) +T = (\d+)", line):
+            counts[m.group(1)] = int(m.group(2))
+        elif line:
+            name, _, text = line.partition(" ")
+            lines[name] = text.strip()
+    return counts, lines
+
+
+def test_table_lists_every_family(capsys: pytest.CaptureFixture[str]) -> None:
+    families = model_families()
+    assert [f.name for f in families] == FAMILIES
+    assert list_models() == FAMILIES
+    assert all(f.description and f.examples for f in families)
+    _, lines = _cartl_models(capsys)
+    assert lines == {f.name: f.summary for f in families}
+    # torchvision's supported families come from the code that decides support.
+    torchvision = next(f for f in families if f.name == "torchvision:NAME")
+    assert torchvision.supported == SUPPORTED_FAMILIES
+    assert all(s in lines["torchvision:NAME"] for s in SUPPORTED_FAMILIES)
+
+
+def test_every_example_builds_with_the_block_count_cartl_models_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    examples = [arch for f in model_families() for arch in f.examples]
+    counts, _ = _cartl_models(capsys)
+    assert list(counts) == examples
+    assert counts == {arch: create_model(arch, 10).num_blocks for arch in examples}
+    assert dict(PAPER_BLOCKS).items() >= counts.items()
+
+
+def test_each_example_matches_only_its_family() -> None:
+    for family in model_families():
+        for arch in family.examples:
+            assert [f.name for f in model_families() if f.match(arch) is not None] == [family.name]
+
+
+def test_unknown_architecture_lists_the_families() -> None:
+    with pytest.raises(ArchitectureError, match="unknown architecture 'resnet999'") as err:
+        create_model("resnet999", 10)
+    assert str(err.value).endswith("use one of: " + ", ".join(FAMILIES))
+
+
+def test_unsupported_torchvision_model_lists_the_supported_families() -> None:
+    with pytest.raises(ArchitectureError, match="cannot be split") as err:
+        create_model("torchvision:alexnet", 10)
+    assert str(err.value).endswith(", ".join(SUPPORTED_FAMILIES))
+
+
+def test_a_registered_family_is_built_and_listed() -> None:
+    seen: list[str] = []
+
+    @register_model(
+        "tiny-cnn-W",
+        description="a test family",
+        examples=["tiny-cnn-8"],
+        pattern=r"tiny-cnn-(?P<width>\d+)",
+    )
+    def tiny(spec: ModelSpec, width: str) -> BlockModel:
+        seen.append(width)
+        return small_cnn(spec)
+
+    try:
+        assert list_models() == [*FAMILIES, "tiny-cnn-W"]
+        model = create_model("tiny-cnn-8", 3, in_channels=1, input_size=8)
+        assert seen == ["8"]
+        assert model.num_blocks == 5
+        assert model.spec.arch == "tiny-cnn-8"
+        assert build_model(model.spec).spec == model.spec
+        with pytest.raises(ValueError, match="already registered"):
+            register_model("tiny-cnn-W", description="again")(tiny)
+    finally:
+        family = unregister_model("tiny-cnn-W")
+    assert family.build is tiny
+    assert list_models() == FAMILIES
+    with pytest.raises(ArchitectureError, match="unknown architecture 'tiny-cnn-8'"):
+        create_model("tiny-cnn-8", 3)
+    with pytest.raises(ValueError, match="no architecture family"):
+        unregister_model("tiny-cnn-W")

@@ -24,6 +24,7 @@ from app.db.migrate import upgrade
 from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.db.session import make_engine, make_sessionmaker
 from app.services.queue import enqueue_job
+from app.services.recovery import Sweeper, requeue_dead_local, sweep
 from app.settings import Settings
 from app.storage import Storage
 from tests.services import (
@@ -36,7 +37,6 @@ from tests.services import (
     write_checkpoint,
     write_npz,
 )
-from worker.recovery import Sweeper, requeue_dead_local, sweep
 
 pytestmark = pytest.mark.timeout(240)
 

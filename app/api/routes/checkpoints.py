@@ -19,6 +19,7 @@ from app.api.uploads import multipart_body, receiver
 from app.schemas.checkpoints import CheckpointOut
 from app.schemas.common import Page
 from app.services import checkpoints as service
+from cartl_core.models import list_models
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -35,8 +36,7 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
     responses=problem_responses(400, 408, 413, 415, 422, 429, 503, 507),
     openapi_extra=multipart_body(
         {
-            "arch": "Architecture of plain weights: small-cnn, resnet18-cifar, wrn-D-W, "
-            "torchvision:NAME.",
+            "arch": f"Architecture of plain weights: {', '.join(list_models())}.",
             "num_classes": "Class count of plain weights [default: size of the last layer].",
             "in_channels": "Input channels of plain weights [default: from the first convolution].",
             "input_size": "Input side of plain weights [default: 32].",

@@ -7,8 +7,9 @@
   visibility timeout; kombu's SQL and file transports forget unacknowledged messages): put it
   back to ``queued`` and send it again. The retry resumes from the last saved epoch.
 
-Every change is a conditional update, so any number of sweepers (API replicas, ``cartl serve``)
-can run at once. The worker's claim caps the attempts.
+Every change is a transition of :mod:`app.services.job_states` (a conditional update), so any
+number of sweepers (API replicas, ``cartl serve``) can run at once. The worker's claim caps the
+attempts. The sweeper lives with the API, which runs it; workers only run jobs.
 """
 
 from __future__ import annotations
@@ -18,19 +19,17 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.session import rows_changed
+from app.services import job_states
 from app.services.queue import enqueue_job
 from app.settings import Settings
 
-__all__ = ["SweepResult", "Sweeper", "requeue_dead_local", "sweep"]
+__all__ = ["SweepResult", "Sweeper", "local_worker_gone", "requeue_dead_local", "sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +41,21 @@ class SweepResult:
 
 
 def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
-    stale = utcnow() - timedelta(seconds=settings.stale_after_s)
+    requeued = 0
     with factory() as s, s.begin():
-        lost = s.scalars(
-            select(Job.id).where(Job.status == JobStatus.running.value, Job.heartbeat_at < stale)
-        ).all()
-        requeued = 0
-        for job_id in lost:
-            requeued += rows_changed(
-                s.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.status == JobStatus.running.value,
-                        Job.heartbeat_at < stale,
-                    )
-                    .values(
-                        status=JobStatus.queued.value,
-                        enqueued_at=None,
-                        worker=None,
-                        progress={"stage": "requeued: the worker running it was lost"},
-                    )
+        for job_id in job_states.lost_jobs(s, settings.stale_after_s):
+            if job_states.requeue(
+                s,
+                job_id,
+                "requeued: the worker running it was lost",
+                stale_after_s=settings.stale_after_s,
+            ):
+                requeued += 1
+                log.warning(
+                    "job %s: worker lost (no heartbeat for %g s); requeued",
+                    job_id,
+                    settings.stale_after_s,
                 )
-            )
-            log.warning("job %s: worker lost (no heartbeat since %s); requeued", job_id, stale)
         unsent = s.scalars(
             select(Job.id)
             .where(Job.status == JobStatus.queued.value, Job.enqueued_at.is_(None))
@@ -94,25 +84,23 @@ def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
         ).all()
         requeued = []
         for job_id, worker in held:
-            pid = (worker or "").rpartition(":")[2]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not local_worker_gone(worker):
                 continue
-            changed = s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id, Job.status == JobStatus.running.value, Job.worker == worker
-                )
-                .values(
-                    status=JobStatus.queued.value,
-                    enqueued_at=None,
-                    worker=None,
-                    progress={"stage": "requeued: its worker stopped with the server"},
-                )
-            )
-            if rows_changed(changed):
+            if job_states.requeue(
+                s, job_id, "requeued: its worker stopped with the server", worker=worker
+            ):
                 requeued.append(job_id)
                 log.warning("job %s: its worker %s is gone; requeued", job_id, worker)
     return requeued
+
+
+def local_worker_gone(worker: str | None) -> bool:
+    """Whether ``worker`` ("host:pid") was a process on this machine that no longer exists.
+    False when it runs elsewhere or cannot be judged (the heartbeat decides then)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,234 @@
+"""The job state machine: every change of a job's status, side by side.
+
+::
+
+    queued --claim--> running --finish--> succeeded | failed | cancelled
+      |  ^               |
+      |  +---requeue-----+   (its worker was lost: stale heartbeat, or a dead process here)
+      +--cancel--> cancelled
+
+    queued, unsent --claim_send--> queued, sent  (--release_send--> unsent: the broker was down)
+    running --request_cancel--> running with cancel_requested (the worker stops at its next batch)
+
+Each transition is one conditional ``UPDATE ... WHERE`` on the state it leaves, so the API, any
+number of workers and sweepers can race on a job and exactly one wins; the functions return
+whether this caller won. They only execute statements: the caller's transaction commits (the
+request's session in the API, a ``with factory() as s, s.begin()`` block in the worker and the
+sweeper).
+
+A worker's own writes (heartbeat, progress, history, finish) match ``worker == this worker``
+as well, so a worker that lost its job to a requeue can no longer write to it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Update, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Job, JobStatus
+from app.db.session import rows_changed
+
+__all__ = [
+    "cancel",
+    "claim",
+    "claim_send",
+    "finish",
+    "heartbeat",
+    "is_cancel_requested",
+    "lost_jobs",
+    "record_epoch",
+    "record_progress",
+    "release_send",
+    "requeue",
+    "settle_cancelled",
+]
+
+_QUEUED, _RUNNING = JobStatus.queued.value, JobStatus.running.value
+
+
+def _changed(session: Session, statement: Update) -> bool:
+    return rows_changed(session.execute(statement)) > 0
+
+
+def _held_by(job_id: str, worker: str) -> tuple[ColumnElement[bool], ...]:
+    return (Job.id == job_id, Job.status == _RUNNING, Job.worker == worker)
+
+
+# ---------------------------------------------------------------------------- the API
+
+
+def cancel(session: Session, job_id: str) -> str | None:
+    """A queued job ends ``cancelled`` now ("cancelled"); a running one is asked to stop
+    ("requested"); None when it has already finished."""
+    now = utcnow()
+    queued = update(Job).where(Job.id == job_id, Job.status == _QUEUED)
+    if _changed(
+        session,
+        queued.values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now),
+    ):
+        return "cancelled"
+    running = update(Job).where(Job.id == job_id, Job.status == _RUNNING)
+    if _changed(session, running.values(cancel_requested=True)):
+        return "requested"
+    return None
+
+
+# ---------------------------------------------------------------------------- sending
+
+
+def claim_send(session: Session, job_id: str) -> bool:
+    """Mark a queued, unsent job as sent before sending it: two senders (API replicas, the
+    sweeper) then do not both send it in the common case (a duplicate would still be harmless:
+    the worker's claim runs it once)."""
+    return _changed(
+        session,
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == _QUEUED,
+            Job.enqueued_at.is_(None),
+            Job.cancel_requested.is_(False),
+        )
+        .values(enqueued_at=utcnow()),
+    )
+
+
+def release_send(session: Session, job_id: str) -> bool:
+    """The send failed: the job is unsent again, for the sweeper to send later."""
+    return _changed(
+        session,
+        update(Job).where(Job.id == job_id, Job.status == _QUEUED).values(enqueued_at=None),
+    )
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+def claim(
+    session: Session,
+    job_id: str,
+    worker: str,
+    *,
+    stale_after_s: float,
+    dead_holder: str | None = None,
+) -> bool:
+    """Start (or take over) ``job_id`` on ``worker``: a queued job, or a running one whose
+    worker was lost (heartbeat older than ``stale_after_s``, or still held by ``dead_holder``, a
+    process on this machine that no longer exists). Counts an attempt; never claims a job asked
+    to cancel."""
+    now = utcnow()
+    stale = now - timedelta(seconds=stale_after_s)
+    lost = (Job.status == _RUNNING) & (Job.heartbeat_at < stale)
+    if dead_holder is not None:
+        lost = lost | ((Job.status == _RUNNING) & (Job.worker == dead_holder))
+    return _changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.cancel_requested.is_(False), or_(Job.status == _QUEUED, lost))
+        .values(
+            status=_RUNNING,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+            progress={"stage": "starting"},
+        ),
+    )
+
+
+def settle_cancelled(session: Session, job_id: str) -> bool:
+    """A queued job with a cancel request that no one ended (a cancel that raced a requeue)
+    ends ``cancelled`` when a worker meets it."""
+    return _changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == _QUEUED, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled.value, finished_at=utcnow()),
+    )
+
+
+def heartbeat(session: Session, job_id: str, worker: str) -> bool:
+    return _changed(
+        session, update(Job).where(*_held_by(job_id, worker)).values(heartbeat_at=utcnow())
+    )
+
+
+def record_progress(session: Session, job_id: str, worker: str, progress: dict[str, Any]) -> bool:
+    return _changed(
+        session,
+        update(Job)
+        .where(*_held_by(job_id, worker))
+        .values(progress=progress, heartbeat_at=utcnow()),
+    )
+
+
+def record_epoch(session: Session, job_id: str, worker: str, record: dict[str, Any]) -> bool:
+    """Append an epoch to the job's history; an epoch re-run after a lost worker replaces its
+    earlier record and what came after it."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status != _RUNNING or job.worker != worker:
+        return False
+    kept = [h for h in job.history if h.get("epoch", 0) < record.get("epoch", 0)]
+    job.history = [*kept, record]
+    session.flush()
+    return True
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish(session: Session, job_id: str, worker: str, status: JobStatus, **values: Any) -> bool:
+    """End a running job held by ``worker`` as ``status`` (succeeded, failed or cancelled)."""
+    if status in (JobStatus.queued, JobStatus.running):
+        raise ValueError(f"finish ends a job; {status.value} is not an end")
+    now = utcnow()
+    return _changed(
+        session,
+        update(Job)
+        .where(*_held_by(job_id, worker))
+        .values(status=status.value, finished_at=now, heartbeat_at=now, **values),
+    )
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+def lost_jobs(session: Session, stale_after_s: float) -> list[str]:
+    """Running jobs whose heartbeat is older than ``stale_after_s``."""
+    stale = utcnow() - timedelta(seconds=stale_after_s)
+    return list(
+        session.scalars(select(Job.id).where(Job.status == _RUNNING, Job.heartbeat_at < stale))
+    )
+
+
+def requeue(
+    session: Session,
+    job_id: str,
+    reason: str,
+    *,
+    stale_after_s: float | None = None,
+    worker: str | None = None,
+) -> bool:
+    """Put a running job whose worker was lost back to ``queued``, unsent (the sweeper sends
+    it; the retry resumes from its last saved epoch). The condition is the caller's evidence
+    that the worker is lost: a heartbeat older than ``stale_after_s``, or ``worker`` (a dead
+    process) still being the holder."""
+    where = [Job.id == job_id, Job.status == _RUNNING]
+    if stale_after_s is not None:
+        where.append(Job.heartbeat_at < utcnow() - timedelta(seconds=stale_after_s))
+    if worker is not None:
+        where.append(Job.worker == worker)
+    if len(where) == 2:
+        raise ValueError("requeue needs evidence that the worker was lost")
+    return _changed(
+        session,
+        update(Job)
+        .where(*where)
+        .values(status=_QUEUED, enqueued_at=None, worker=None, progress={"stage": reason}),
+    )

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import database_problem, make_engine, make_sessionmaker
 from app.services import job_states
 from app.services.jobs import candidates_prefix
 from app.services.recovery import local_worker_gone
@@ -79,8 +80,25 @@ class _Run:
             return s.get(Job, self.job_id)
 
     def _finish(self, status: JobStatus, **values: Any) -> None:
-        with self.factory() as s, s.begin():
-            job_states.finish(s, self.job_id, self.worker, status, **values)
+        """Record the job's end. A database that cannot take the write (disk full, read-only)
+        is tried again for up to ``stale_after_s``: space freed in that time gives the job its
+        true end, instead of a requeue that would spend another attempt on the same failure."""
+        deadline = time.monotonic() + self.settings.stale_after_s
+        while True:
+            try:
+                with self.factory() as s, s.begin():
+                    job_states.finish(s, self.job_id, self.worker, status, **values)
+                return
+            except SQLAlchemyError as exc:
+                problem = database_problem(exc)
+                if problem is None or time.monotonic() >= deadline:
+                    raise
+                log.error(
+                    "job %s: the database is %s; cannot record the job's end yet, retrying",
+                    self.job_id,
+                    problem,
+                )
+                time.sleep(min(2.0, self.settings.heartbeat_s))
 
     # ------------------------------------------------------------------ the run
 
@@ -178,6 +196,20 @@ class _Run:
                 "the artifact storage cannot be written (read-only, or no permission); the "
                 "operator must fix it before the job can run"
             )
+        database = database_problem(exc)
+        if database == "full":
+            return (
+                "the service's database is full: the job could not record its progress; submit "
+                "it again once the operator has freed space"
+            )
+        if database == "unwritable":
+            return (
+                "the service's database cannot be written (read-only); the operator must fix it "
+                "before the job can run"
+            )
+        if isinstance(exc, SQLAlchemyError):
+            # Never the statement or its parameters: the worker's log has them.
+            return f"internal error: the service's database failed ({type(exc).__name__})"
         root = self.storage.root
         for path in {str(root), str(root.resolve())}:
             described = described.replace(path, "<artifact storage>")
@@ -186,6 +218,7 @@ class _Run:
     def _clean_up(self, job: Job, state: Path) -> None:
         """What an unfinished job leaves: its resumable state, a compare's candidates."""
         state.unlink(missing_ok=True)
+        state.with_name(state.name + ".tmp").unlink(missing_ok=True)
         if job.kind == JobKind.compare.value:
             self.storage.delete_prefix(candidates_prefix(job.id))
 

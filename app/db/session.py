@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = [
     "DamagedDatabaseError",
     "check_integrity",
+    "database_problem",
     "make_engine",
     "make_sessionmaker",
     "rows_changed",
@@ -67,6 +68,32 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def rows_changed(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (what conditional updates decide on)."""
     return int(cast("CursorResult[Any]", result).rowcount)
+
+
+#: SQLSTATEs that say the database cannot take writes: disk full, out of memory or quota; a
+#: read-only transaction (a standby, ``default_transaction_read_only``).
+_PG_FULL = {"53100", "53200", "53400"}
+_PG_READ_ONLY = {"25006"}
+
+
+def database_problem(exc: BaseException) -> str | None:
+    """``"full"``, ``"unwritable"`` or None: what a failed statement says about the database
+    (SQLite's and Postgres's own words for a full disk or a read-only database)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        state = getattr(orig, "sqlstate", None)
+        if state in _PG_FULL:
+            return "full"
+        if state in _PG_READ_ONLY:
+            return "unwritable"
+        text = str(orig if orig is not None else seen)
+        if "database or disk is full" in text or "No space left on device" in text:
+            return "full"
+        if "readonly database" in text or "Read-only file system" in text:
+            return "unwritable"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def check_integrity(engine: Engine) -> None:

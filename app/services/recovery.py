@@ -41,7 +41,7 @@ class SweepResult:
 
 
 def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
-    requeued = 0
+    requeued = []
     with factory() as s, s.begin():
         for job_id in job_states.lost_jobs(s, settings.stale_after_s):
             if job_states.requeue(
@@ -50,24 +50,24 @@ def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
                 "requeued: the worker running it was lost",
                 stale_after_s=settings.stale_after_s,
             ):
-                requeued += 1
-                log.warning(
-                    "job %s: worker lost (no heartbeat for %g s); requeued",
-                    job_id,
-                    settings.stale_after_s,
-                )
+                requeued.append(job_id)
         unsent = s.scalars(
             select(Job.id)
             .where(Job.status == JobStatus.queued.value, Job.enqueued_at.is_(None))
             .order_by(Job.id)
             .limit(1000)
         ).all()
+    # Logged once the transaction has committed: a requeue that rolled back did not happen.
+    for job_id in requeued:
+        log.warning(
+            "job %s: worker lost (no heartbeat for %g s); requeued", job_id, settings.stale_after_s
+        )
     sent = 0
     for job_id in unsent:
         if not enqueue_job(factory, settings, job_id):
             break  # the broker is still down: try the rest on the next sweep
         sent += 1
-    return SweepResult(requeued, sent)
+    return SweepResult(len(requeued), sent)
 
 
 def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
@@ -89,9 +89,10 @@ def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
             if job_states.requeue(
                 s, job_id, "requeued: its worker stopped with the server", worker=worker
             ):
-                requeued.append(job_id)
-                log.warning("job %s: its worker %s is gone; requeued", job_id, worker)
-    return requeued
+                requeued.append((job_id, worker))
+    for job_id, worker in requeued:
+        log.warning("job %s: its worker %s is gone; requeued", job_id, worker)
+    return [job_id for job_id, _ in requeued]
 
 
 def local_worker_gone(worker: str | None) -> bool:

@@ -1,0 +1,191 @@
+"""``cartl serve``, ``cartl db upgrade`` and ``cartl keys ...``: the commands run beside the
+service's own database.
+
+``serve`` migrates, resumes the jobs its last run's worker held, prints the first admin key and
+runs the API; its worker subprocess is :mod:`app.cli.supervisor`'s. The web server, database and
+service modules are imported inside the commands, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from app.cli.supervisor import start_worker, stop_worker
+from cartl_core.errors import CartlError
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: Any) -> None:
+    """``serve``, ``db upgrade`` and ``keys create|list|revoke``."""
+    p = sub.add_parser(
+        "serve",
+        help="run the API and a worker on the embedded defaults (SQLite, local storage)",
+        description="Run the REST API and, unless --no-worker, one Celery worker on the "
+        "settings from CARTL_* variables (by default everything under CARTL_DATA_DIR, "
+        "./cartl-data: no Redis or Postgres needed). Migrates the database first; on the "
+        "first start prints an admin key.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface [default: 127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="port [default: 8000]")
+    p.add_argument("--no-worker", action="store_true", help="run the API only")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("db", help="database schema")
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = dsub.add_parser("upgrade", help="apply the Alembic migrations (CARTL_DATABASE_URL)")
+    up.add_argument("--revision", default="head", help="target revision [default: head]")
+    up.set_defaults(func=_cmd_db_upgrade)
+
+    p = sub.add_parser("keys", help="API keys")
+    ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = ksub.add_parser(
+        "create", help="make a key; prints the key alone (it is stored hashed, shown once)"
+    )
+    create.add_argument("--name", required=True, help="owner name; keys of one name share data")
+    create.add_argument("--admin", action="store_true", help="mark the key as an admin key")
+    create.set_defaults(func=_cmd_keys_create)
+    listing = ksub.add_parser("list", help="the keys: id, owner, created, revoked (no secrets)")
+    listing.set_defaults(func=_cmd_keys_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key by its id (from `cartl keys list`)")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=_cmd_keys_revoke)
+
+
+def _session_factory(create: bool = False) -> Any:
+    """Settings and a session factory on the configured database. Only ``create`` (``cartl
+    serve``) may make the embedded data folder: a ``keys`` command run in the wrong directory
+    would otherwise make an empty database there and hand out keys nobody's server knows."""
+    from app.db.migrate import upgrade
+    from app.db.session import (
+        DamagedDatabaseError,
+        check_integrity,
+        make_engine,
+        make_sessionmaker,
+    )
+    from app.settings import get_settings
+
+    settings = get_settings()
+    embedded = settings.database_url is None
+    if embedded and not create and not (settings.data_dir / "cartl.sqlite").is_file():
+        raise SystemExit(
+            f"cartl: error: no CARTL database in {settings.data_dir.resolve()} (the data folder, "
+            "CARTL_DATA_DIR): run this where `cartl serve` runs, or set CARTL_DATA_DIR or "
+            "CARTL_DATABASE_URL to the server's"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        check_integrity(engine)  # before migrating: a damaged file is not touched
+    except DamagedDatabaseError as exc:
+        engine.dispose()
+        raise SystemExit(f"cartl: error: {exc}") from None
+    upgrade(settings.resolved_database_url)
+    return settings, make_sessionmaker(engine)
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, args.revision)
+    print(f"database at revision {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from app.db.session import transaction
+    from app.services.auth import create_key
+
+    if not args.name.strip():
+        raise CartlError("--name must not be empty: it names the owner of what the key creates")
+    _, factory = _session_factory()
+    with transaction(factory) as session:
+        key = create_key(session, args.name, admin=args.admin)
+    print(key)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+
+    _, factory = _session_factory()
+    with factory() as session:
+        for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            admin = " admin" if key.admin else ""
+            print(f"{key.id}  {key.name:<20} {key.created_at:%Y-%m-%d %H:%M}  {state}{admin}")
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from app.db.session import transaction
+    from app.errors import NotFoundError
+    from app.services.auth import revoke_key
+
+    _, factory = _session_factory()
+    try:
+        with transaction(factory) as session:
+            revoke_key(session, args.id)
+    except NotFoundError as exc:
+        raise CartlError(f"{exc}; `cartl keys list` shows the ids") from None
+    print(f"revoked {args.id}", file=sys.stderr)
+    return 0
+
+
+def _first_key(factory: Any) -> str | None:
+    """On a database without keys, make the admin key (shown once)."""
+    from sqlalchemy import func, select
+
+    from app.db.models import ApiKey
+    from app.db.session import transaction
+    from app.services.auth import create_key
+
+    with transaction(factory) as session:
+        if session.scalar(select(func.count()).select_from(ApiKey)):
+            return None
+        return create_key(session, "admin", admin=True)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.services.recovery import requeue_dead_local
+    from app.settings import apply_log_level
+
+    settings, factory = _session_factory(create=True)
+    apply_log_level(settings)
+    # Jobs its previous run's worker held: resumed now, not after their heartbeat goes stale.
+    for job_id in requeue_dead_local(factory):
+        print(f"job {job_id}: its worker stopped with the last run; resuming it", flush=True)
+    key = _first_key(factory)
+    worker = None if args.no_worker else start_worker(settings)
+    url = f"http://{args.host}:{args.port}"
+    print(f"CARTL serving at {url} (OpenAPI docs at {url}/docs)", flush=True)
+    print(f"data in {settings.data_dir.resolve()}", flush=True)
+    if key is not None:
+        print(f"admin API key (shown once, keep it): {key}", flush=True)
+        print(f"  export CARTL_SERVER={url} CARTL_API_KEY={key}", flush=True)
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down; turning them into a normal exit
+    # here lets the worker below be stopped instead of outliving the server.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+    return 0
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Row
 
 from app.db.models import Job, JobKind, JobStatus
 from app.schemas.common import UtcDateTime
@@ -187,7 +188,8 @@ class JobOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_job(cls, job: Job) -> JobOut:
+    def from_job(cls, job: Job | Row[Any]) -> JobOut:
+        """From the ORM object or a status row (:func:`app.services.jobs.get_job_status`)."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id,
@@ -214,7 +216,7 @@ class JobOut(BaseModel):
         )
 
 
-def _progress(job: Job) -> ProgressOut:
+def _progress(job: Job | Row[Any]) -> ProgressOut:
     try:
         progress = ProgressOut.model_validate(job.progress or {})
     except ValidationError as exc:

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -38,6 +38,7 @@ __all__ = [
     "candidates_prefix",
     "create_job",
     "get_job",
+    "get_job_status",
     "job_weights",
     "list_jobs",
 ]
@@ -102,6 +103,22 @@ def create_job(
 #: What a job's status (``JobOut``) never shows: the per-epoch history and the full audit, the
 #: two columns that grow with the run. Loading them for every poll was most of a poll's cost.
 SUMMARY = (defer(Job.history), defer(Job.audit))
+
+
+#: The columns of a job's status (``JobOut``), read without the ORM for the endpoint clients poll.
+STATUS_COLUMNS = tuple(c for c in Job.__table__.c if c.name not in ("history", "audit", "owner"))
+
+
+def get_job_status(session: Session, owner: str, job_id: str) -> Row[Any]:
+    """``owner``'s job as a plain row of :data:`STATUS_COLUMNS`, attributes named as the
+    model's: about half the cost of loading the ORM object, on the API's hottest path."""
+    row = None
+    if is_id(job_id):
+        query = select(*STATUS_COLUMNS).where(Job.owner == owner, Job.id == job_id)
+        row = session.execute(query).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    return row
 
 
 def get_job(session: Session, owner: str, job_id: str, *, summary: bool = False) -> Job:

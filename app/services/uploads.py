@@ -5,7 +5,9 @@ that streams the upload's file part to storage under a key the service chooses (
 sanitised file name) and returns what it wrote plus the small form fields. The flow is then the
 same for both kinds of upload: receive, probe in a child process, insert the row and commit; on
 any failure (a bad file, a timeout, the client going away, the database) the object's folder is
-deleted and no row remains.
+deleted and no row remains. An upload of bytes the owner already uploaded (same sha256) with
+the same fields is answered with the row made earlier: :func:`find_reusable`, between the
+receiving and the probe, and the new copy is deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import PurePosixPath
+from typing import Any, TypeVar, cast
 
 import anyio.to_thread
 from sqlalchemy import select
@@ -34,21 +37,29 @@ from app.services.ids import is_id
 from app.storage import Storage, StoredFile, storage_problem
 
 __all__ = [
+    "SHA256_PATTERN",
     "ReceivedUpload",
     "Receiver",
     "commit_new",
     "display_name",
     "ensure_unused",
+    "find_reusable",
     "int_field",
     "safe_filename",
     "store_then",
     "unknown_fields",
 ]
 
+#: A file's sha256 as rows record it and the API shows it: 64 lowercase hex digits.
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Suffixes that loaders dispatch on, kept whole when a long name is shortened.
 _COMPOUND = (".tar.gz", ".tar.bz2", ".tar.xz")
 _MAX_NAME = 120
+# Rows of one owner with the same bytes that an upload is compared with (each differs in its
+# fields): far more than any real use; past it an upload is simply stored again.
+_MAX_REUSE_CANDIDATES = 100
 
 R = TypeVar("R", bound=Base)
 
@@ -106,13 +117,19 @@ async def store_then(
     prefix: str,
     receive: Receiver,
     default_name: str,
-    register: Callable[[ReceivedUpload], Awaitable[R]],
-) -> R:
-    """Receive the upload under ``prefix/`` and hand it to ``register``; on any failure, delete
-    the folder so nothing is left behind."""
+    register: Callable[[ReceivedUpload], Awaitable[tuple[R, bool]]],
+) -> tuple[R, bool]:
+    """Receive the upload under ``prefix/`` and hand it to ``register``, which returns the row
+    and whether it made it (False: an earlier row with the same bytes, see
+    :func:`find_reusable`). On any failure, and when no new row was made, the folder is
+    deleted, so nothing is left behind that no row names."""
     try:
         upload = await receive(lambda filename: f"{prefix}/{safe_filename(filename, default_name)}")
-        return await register(upload)
+        row, created = await register(upload)
+        if not created:
+            # The same bytes are already stored under the row reused: keep no second copy.
+            storage.delete_prefix(prefix)
+        return row, created
     except BaseException as exc:
         storage.delete_prefix(prefix)
         problem = storage_problem(exc) if isinstance(exc, Exception) else None
@@ -141,6 +158,62 @@ async def commit_new(factory: sessionmaker[Session], row: Base) -> None:
 
 
 U = TypeVar("U", bound=Base)
+
+
+async def find_reusable(
+    factory: sessionmaker[Session],
+    storage: Storage,
+    model: type[U],
+    owner: str,
+    upload: ReceivedUpload,
+    matches: Callable[[U], bool],
+) -> U | None:
+    """``owner``'s row of ``model`` whose file has the bytes of ``upload`` (same sha256), that
+    ``matches`` (it holds what this upload would record), is stored under the same file name
+    (loaders dispatch on its suffix) and whose file is still in storage; None if there is none.
+
+    Called once the upload's sha256 is known (after streaming) and before the probe, so a reuse
+    costs no child process. The rows are read ``FOR SHARE`` (on PostgreSQL): a delete of one of
+    them that is under way is waited for, and a row it removed is not returned. Another owner's
+    rows are never looked at.
+
+    Concurrency: two identical uploads at the same time may both find nothing and both be
+    stored as rows of their own. That is accepted (a duplicate costs disk, nothing else); what
+    cannot happen is a lost row or a file no row names, since each upload writes under its own
+    new folder and only ever deletes that folder.
+    """
+    table: Any = model
+    name = PurePosixPath(upload.key).name
+    query = (
+        select(model)
+        .where(table.owner == owner, table.sha256 == upload.stored.sha256)
+        .order_by(table.id)
+        .limit(_MAX_REUSE_CANDIDATES)
+        .with_for_update(read=True)
+    )
+
+    def find() -> U | None:
+        with factory() as session, session.begin():
+            for row in session.scalars(query):
+                key: str = cast(Any, row).storage_key
+                if (
+                    PurePosixPath(key).name == name
+                    and matches(row)
+                    and _intact(storage, key, upload.stored.size)
+                ):
+                    return row
+        return None
+
+    return await anyio.to_thread.run_sync(find)
+
+
+def _intact(storage: Storage, key: str, size: int) -> bool:
+    """The stored file is there, of its size (a cheap check: the bytes are not hashed again)."""
+    try:
+        path = storage.path(key)
+        return path.is_file() and path.stat().st_size == size
+    except (OSError, ValueError):
+        return False
 
 
 def get_owned(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import (
     CursorQuery,
@@ -19,7 +21,31 @@ from app.api.uploads import multipart_body, receiver
 from app.schemas.checkpoints import CheckpointOut
 from app.schemas.common import Page
 from app.services import checkpoints as service
+from app.services.uploads import SHA256_PATTERN
 from cartl_core.models import list_models
+
+Sha256Query = Annotated[
+    str | None,
+    Query(
+        pattern=SHA256_PATTERN,
+        description="Only the checkpoints whose file has this sha256 (64 lowercase hex digits): "
+        "whether a file was uploaded before, without uploading it.",
+    ),
+]
+
+REUSED_RESPONSE: dict[str, Any] = {
+    "model": CheckpointOut,
+    "description": "The same bytes (sha256) were uploaded before by this key's owner, "
+    "with the same file name and fields: the checkpoint recorded then; nothing new "
+    "was kept.",
+    "headers": {
+        "Upload-Reused": {
+            "description": "`true`: the checkpoint returned was recorded by an earlier upload.",
+            "required": True,
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    },
+}
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -32,8 +58,11 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
     "pickle that would run code, an unknown architecture or weights that do not fit it are "
     "refused with 422 naming the problem, and nothing is kept. Self-describing CARTL "
     "safetensors need no other field; plain state dicts (`.pt`, `.pth`, `.safetensors` "
-    "without a CARTL header) need `arch`.",
-    responses=problem_responses(400, 408, 413, 415, 422, 429, 503, 507),
+    "without a CARTL header) need `arch`. The same bytes uploaded again by the same owner "
+    "(same sha256), under the same name and with fields that would record the same checkpoint, "
+    "are not kept twice: the answer is the checkpoint recorded then, with 200 and "
+    "`Upload-Reused: true`.",
+    responses={200: REUSED_RESPONSE, **problem_responses(400, 408, 413, 415, 422, 429, 503, 507)},
     openapi_extra=multipart_body(
         {
             "arch": f"Architecture of plain weights: {', '.join(list_models())}.",
@@ -45,14 +74,18 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 )
 async def upload_checkpoint(
     request: Request,
+    response: Response,
     owner: UploadOwnerDep,
     factory: SessionFactoryDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> CheckpointOut:
-    row = await service.create_checkpoint(
+    row, created = await service.create_checkpoint(
         factory, settings, storage, owner, receiver(request, storage, settings)
     )
+    if not created:
+        response.status_code = 200
+        response.headers["Upload-Reused"] = "true"
     return CheckpointOut.model_validate(row)
 
 
@@ -62,8 +95,9 @@ def list_checkpoints(
     session: SessionDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
+    sha256: Sha256Query = None,
 ) -> Page[CheckpointOut]:
-    page = service.list_checkpoints(session, owner, limit=limit, cursor=cursor)
+    page = service.list_checkpoints(session, owner, limit=limit, cursor=cursor, sha256=sha256)
     return Page[CheckpointOut](
         items=[CheckpointOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import (
     CursorQuery,
@@ -19,6 +21,30 @@ from app.api.uploads import multipart_body, receiver
 from app.schemas.common import Page
 from app.schemas.datasets import DatasetOut
 from app.services import datasets as service
+from app.services.uploads import SHA256_PATTERN
+
+Sha256Query = Annotated[
+    str | None,
+    Query(
+        pattern=SHA256_PATTERN,
+        description="Only the datasets whose file has this sha256 (64 lowercase hex digits): "
+        "whether a file was uploaded before, without uploading it.",
+    ),
+]
+
+REUSED_RESPONSE: dict[str, Any] = {
+    "model": DatasetOut,
+    "description": "The same bytes (sha256) were uploaded before by this key's owner, "
+    "under the same file name: the dataset recorded then; nothing new "
+    "was kept.",
+    "headers": {
+        "Upload-Reused": {
+            "description": "`true`: the dataset returned was recorded by an earlier upload.",
+            "required": True,
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    },
+}
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -32,20 +58,26 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "tarballs, SVHN's two `.mat` files in an archive), then loads it in a separate process. "
     "Archives are checked for path traversal, links and decompression bombs before anything "
     "is extracted; labels must fit the classes. A bad file gives 422 naming the problem, and "
-    "nothing is kept.",
-    responses=problem_responses(400, 408, 413, 415, 422, 429, 503, 507),
+    "nothing is kept. The same bytes uploaded again by the same owner (same sha256) under the "
+    "same name are not kept twice: the answer is the dataset recorded then, with 200 and "
+    "`Upload-Reused: true`.",
+    responses={200: REUSED_RESPONSE, **problem_responses(400, 408, 413, 415, 422, 429, 503, 507)},
     openapi_extra=multipart_body({}),
 )
 async def upload_dataset(
     request: Request,
+    response: Response,
     owner: UploadOwnerDep,
     factory: SessionFactoryDep,
     settings: SettingsDep,
     storage: StorageDep,
 ) -> DatasetOut:
-    row = await service.create_dataset(
+    row, created = await service.create_dataset(
         factory, settings, storage, owner, receiver(request, storage, settings)
     )
+    if not created:
+        response.status_code = 200
+        response.headers["Upload-Reused"] = "true"
     return DatasetOut.model_validate(row)
 
 
@@ -55,8 +87,9 @@ def list_datasets(
     session: SessionDep,
     limit: LimitQuery = 20,
     cursor: CursorQuery = None,
+    sha256: Sha256Query = None,
 ) -> Page[DatasetOut]:
-    page = service.list_datasets(session, owner, limit=limit, cursor=cursor)
+    page = service.list_datasets(session, owner, limit=limit, cursor=cursor, sha256=sha256)
     return Page[DatasetOut](
         items=[DatasetOut.model_validate(r) for r in page.items], next_cursor=page.next_cursor
     )

@@ -51,17 +51,17 @@ class Client:
         and fields, whose row is returned then without sending the file."""
         if not path.is_file():
             raise ClientError(f"file not found: {path}")
-        data = {k: v for k, v in form.items() if v is not None}
-        earlier = self._uploaded(what, path, data)
+        earlier = self.find_upload(what, path, **form)
         if earlier is not None:
             return earlier
+        data = {k: v for k, v in form.items() if v is not None}
         with path.open("rb") as f:
             out: dict[str, Any] = self._call(
                 "POST", f"/v1/{what}", files={"file": (path.name, f)}, data=data
             ).json()
         return out
 
-    def _uploaded(self, what: str, path: Path, form: dict[str, str]) -> dict[str, Any] | None:
+    def find_upload(self, what: str, path: Path, **fields: str | None) -> dict[str, Any] | None:
         """The row of an earlier upload that this one would repeat, or None: the server's
         rows with the file's sha256, checked with the rule the server itself applies (a row
         that fails it, or a server that ignores ``sha256``, means uploading)."""
@@ -69,6 +69,7 @@ class Client:
         from app.services import checkpoints, datasets
         from app.storage import sha256_file
 
+        form = {k: v for k, v in fields.items() if v is not None}
         matches = {"checkpoints": checkpoints.upload_matches, "datasets": datasets.upload_matches}
         if what not in matches:
             return None

@@ -152,6 +152,10 @@ def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None
         return None
     path = Path(ref)
     if path.exists():
+        earlier = client.find_upload(what, path, **form)
+        if earlier is not None:
+            print(f"using {earlier['id']}: {path} was uploaded before", file=sys.stderr)
+            return str(earlier["id"])
         uploaded = client.upload(what, path, **form)
         print(f"uploaded {path} as {uploaded['id']}", file=sys.stderr)
         return str(uploaded["id"])

@@ -69,3 +69,41 @@ def test_a_refused_submit_uploads_nothing_and_says_why_once(tmp_path: Path) -> N
         for what in ("checkpoints", "datasets"):
             listed = httpx.get(f"{srv.url}/v1/{what}", headers=srv.headers()).json()
             assert listed["items"] == [], what
+
+
+def test_a_second_submit_reuses_the_uploads_and_says_so(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "m.safetensors")
+    data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv") as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
+        env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
+        runs = [
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "submit",
+                    "audit",
+                    "--checkpoint",
+                    str(src),
+                    "--dataset",
+                    str(data),
+                    "-p",
+                    "limit=8",
+                ],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            for _ in range(2)
+        ]
+        assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+        assert runs[0].stderr.count("uploaded ") == 2
+        assert runs[1].stderr.count("was uploaded before") == 2, runs[1].stderr
+        for what in ("checkpoints", "datasets"):
+            listed = httpx.get(f"{srv.url}/v1/{what}", headers=srv.headers()).json()
+            assert len(listed["items"]) == 1, what

@@ -21,7 +21,7 @@ from app.api.guards import RequestGuardMiddleware
 from app.api.instrumentation import RequestMetricsMiddleware
 from app.api.limits import KeyCache, UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
-from app.api.routes import checkpoints, datasets, health, jobs
+from app.api.routes import checkpoints, datasets, health, jobs, ui
 from app.db.session import check_integrity, make_engine, make_sessionmaker
 from app.schemas.common import Problem
 from app.schemas.jobs import PARAMS_SCHEMAS
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (checkpoints, datasets, jobs):
         app.include_router(module.router, responses=problem_responses(401, 422))
     app.include_router(health.router)
+    app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

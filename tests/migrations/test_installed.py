@@ -138,3 +138,12 @@ def test_the_checkout_alembic_ini_still_works(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert set(Base.metadata.tables) | {"alembic_version"} <= _tables(db)
+
+
+@pytest.mark.timeout(120)
+def test_the_wheel_ships_the_dashboard(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    expected = {f"app/ui/{p.name}" for p in (ROOT / "app" / "ui").iterdir() if p.is_file()}
+    assert {"app/ui/index.html", "app/ui/app.js"} <= expected
+    assert expected <= names, f"missing from {wheel.name}: {sorted(expected - names)}"

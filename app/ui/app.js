@@ -74,7 +74,8 @@ function seconds(s) {
 }
 function announce(text) { document.getElementById("announce").textContent = text; }
 function every(ms, fn) { timers.push(setInterval(fn, ms)); }
-function stopTimers() { timers.forEach(clearInterval); timers = []; }
+// Interval and timeout ids share one pool: clearTimeout ends either kind.
+function stopTimers() { timers.forEach(clearTimeout); timers = []; }
 
 function statusCell(status) {
   return h("span", { class: `status status-${status}` }, status);
@@ -178,6 +179,12 @@ function jobsView() {
   } }, "Compare selected");
   const selected = new Set();
 
+  // Every 2 s while a listed job is live, every 10 s otherwise (a new one may appear).
+  async function poll() {
+    const live = await load();
+    timers.push(setTimeout(poll, live ? POLL_MS : 5 * POLL_MS));
+  }
+
   async function load() {
     const q = new URLSearchParams({ limit: "50" });
     if (statusSel.value) q.set("status", statusSel.value);
@@ -187,8 +194,10 @@ function jobsView() {
       const page = await getJson(`/v1/jobs?${q}`);
       body.replaceChildren(...page.items.map((job) => jobRow(job, selected)));
       note.textContent = page.items.length ? `${page.items.length} job(s), updated ${new Date().toLocaleTimeString()}` : "No jobs match.";
+      return page.items.some((job) => LIVE.has(job.status));
     } catch (err) {
       showError(note, err);
+      return false;
     }
   }
   statusSel.addEventListener("change", load);
@@ -210,8 +219,7 @@ function jobsView() {
         h("th", { scope: "col", class: "num" }, "Robust"))),
       body),
     note);
-  load();
-  every(POLL_MS, load);
+  poll();
 }
 
 function jobRow(job, selected) {

@@ -172,6 +172,7 @@ def test_a_wrong_key_is_refused_and_the_right_one_signs_in_with_enter(
     page.get_by_label("API key").press("Enter")
     page.locator("#jobs-table tbody tr").first.wait_for()
     assert page.get_by_role("heading", name="Jobs").is_visible()
+    assert _unlabelled(page) == []
     # The key is in this tab's session storage, never in the address bar or a cookie.
     assert served.key not in page.url
     assert page.context.cookies() == []
@@ -213,6 +214,22 @@ def test_a_finished_job_shows_its_curves_audit_and_downloads_its_weights(
     assert hashlib.sha256(got).hexdigest() == expected
     page.locator("#download-done").filter(has_text="checked").wait_for()
     _shot(page, served, "ui-job.png")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download HTML report").click()
+    report = Path(info.value.path()).read_text()
+    assert report.lstrip().lower().startswith("<!doctype html")
+    assert robust in report
+
+
+def _unlabelled(page: Any) -> list[str]:
+    """Form controls a screen reader could not name."""
+    found: list[str] = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                         && !e.textContent.trim())
+            .map(e => e.outerHTML.slice(0, 80))"""
+    )
+    return found
 
 
 def test_two_jobs_side_by_side(page: Any, served: Served) -> None:
@@ -285,6 +302,7 @@ def test_the_form_shows_a_refused_parameter_beside_its_field_then_starts_the_job
     page.goto(f"{served.url}/ui#/new")
     page.get_by_label("Job kind").select_option("audit")
     page.locator("#param-steps").wait_for()
+    assert _unlabelled(page) == []
     # Fields and defaults come from the API's schema.
     assert page.locator("#param-steps").get_attribute("placeholder") == "20"
     # Files chosen on this machine are uploaded by the page (the same bytes as the earlier

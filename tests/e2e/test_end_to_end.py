@@ -225,6 +225,10 @@ def test_compose_services_run_natively_end_to_end(tmp_path: Path) -> None:
             wait_for(lambda: _healthy(url), 60, "the api service to answer")
             ready = httpx.get(f"{url}/readyz", timeout=10)
             assert ready.status_code == 200, ready.text
+            # The compose api serves the dashboard too (tests/ui drives it in a browser).
+            ui = httpx.get(f"{url}/ui", timeout=10)
+            assert ui.status_code == 200
+            assert "app.js" in ui.text
             key = _cli(["keys", "create", "--name", "compose-e2e"], env).strip()
             _run_job_as_a_user(url, key, tmp_path, env)
         except BaseException:

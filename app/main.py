@@ -8,6 +8,7 @@ re-enqueue sweeper when ``run_sweeper`` is on.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -22,7 +23,13 @@ from app.api.instrumentation import RequestMetricsMiddleware
 from app.api.limits import KeyCache, UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
 from app.api.routes import checkpoints, datasets, health, jobs, ui
-from app.db.session import check_integrity, make_engine, make_sessionmaker
+from app.db.session import (
+    POOL_SIZE,
+    check_integrity,
+    make_async_engine,
+    make_engine,
+    make_sessionmaker,
+)
 from app.schemas.common import Problem
 from app.schemas.jobs import PARAMS_SCHEMAS
 from app.services.metrics import ServiceMetrics
@@ -101,6 +108,8 @@ async def _resources(
     app.state.engine = engine
     # Status reads run on the event loop where that is cheaper and safe (see routes.jobs).
     app.state.inline_reads = engine.dialect.name == "sqlite"
+    app.state.async_engine = make_async_engine(settings.resolved_database_url)
+    app.state.status_gate = asyncio.Semaphore(POOL_SIZE)
     app.state.session_factory = factory
     app.state.storage = Storage(settings.resolved_storage_dir)
     metrics.watch_jobs(factory)
@@ -111,6 +120,8 @@ async def _resources(
         if sweeper is not None:
             sweeper.stop()
         metrics.unwatch_jobs()
+        if app.state.async_engine is not None:
+            await app.state.async_engine.dispose()
         engine.dispose()
 
 

@@ -99,20 +99,15 @@ async def get_owner(
     """
     secret = credentials.credentials if credentials else None
     cache: KeyCache = request.app.state.key_cache
-    if secret:
-        owner = cache.get(secret)
-        if owner is not None:
-            return owner
     factory: sessionmaker[Session] = request.app.state.session_factory
 
     def check() -> str:
         with factory() as session:
             return authenticate(session, secret).name
 
-    owner = await anyio.to_thread.run_sync(check)
-    if secret:
-        cache.put(secret, owner)
-    return owner
+    if not secret:
+        return await anyio.to_thread.run_sync(check)  # raises the 401 that says what to send
+    return await cache.owner_of(secret, check)
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]

@@ -8,12 +8,14 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DamagedDatabaseError",
     "check_integrity",
     "database_problem",
+    "make_async_engine",
     "make_engine",
     "make_sessionmaker",
     "rows_changed",
@@ -39,6 +41,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def make_async_engine(url: str) -> AsyncEngine | None:
+    """An asyncio engine on the same Postgres database (psycopg's async mode), for the single
+    reads the API answers on its event loop (never for writes); None for SQLite, whose reads
+    are local and quick enough to run inline (see :mod:`app.api.routes.jobs`)."""
+    if not url.startswith("postgresql"):
+        return None
+    # Autocommit: a single read needs no transaction, and without one a poll is one round trip
+    # instead of three (BEGIN, the query, ROLLBACK when the connection goes back to the pool).
+    # No pre-ping either (one more round trip per poll): the reader retries once instead.
+    return create_async_engine(
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=0,
+        pool_pre_ping=False,
+        isolation_level="AUTOCOMMIT",
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -33,6 +33,7 @@ class Server:
     key: str
     other_key: str
     log: Path
+    database_url: str
 
     @property
     def url(self) -> str:
@@ -68,7 +69,7 @@ def live_api(tmp: Path, **env: str) -> Iterator[Server]:
                 [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
                 env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        srv = Server(port, key, other_key, log)
+        srv = Server(port, key, other_key, log, db)
         try:
             wait_for(lambda: _healthy(srv), 60, "uvicorn to answer")
             yield srv

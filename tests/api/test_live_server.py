@@ -166,3 +166,36 @@ def test_a_body_that_is_not_json_is_415(server: Server) -> None:
     wrong_key = _post_jobs(server, "Content-Type: text/plain", f"Content-Length: {len(text)}",
                            key=False) + "\nAuthorization: Bearer cartl_not_a_key"  # fmt: skip
     assert _raw(server, wrong_key, text)[0] == 401
+
+
+def test_a_poll_survives_the_database_dropping_every_connection(server: Server) -> None:
+    """What a Postgres restart does to the API's pooled connections: the status read (which
+    does not ping before use) retries once on a fresh connection instead of failing."""
+    import sqlalchemy as sa
+
+    from app.db.base import new_id
+    from app.db.models import Job
+    from app.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(server.database_url)
+    try:
+        job_id = new_id("job")
+        with make_sessionmaker(engine)() as s, s.begin():
+            s.add(Job(id=job_id, owner="alice", kind="audit", status="queued", params={},
+                      progress={}, history=[]))  # fmt: skip
+        url = f"{server.url}/v1/jobs/{job_id}"
+        before = [httpx.get(url, headers=server.headers()) for _ in range(20)]
+        assert {r.status_code for r in before} == {200}
+        with engine.begin() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert killed >= 1
+        after = [httpx.get(url, headers=server.headers()) for _ in range(20)]
+        assert [r.status_code for r in after] == [200] * 20, after[0].text
+        assert after[0].json() == before[0].json()
+    finally:
+        engine.dispose()

@@ -24,7 +24,7 @@ from app.db.migrate import upgrade
 from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.db.session import make_engine, make_sessionmaker
 from app.services.queue import enqueue_job
-from app.services.recovery import Sweeper, requeue_dead_local, sweep
+from app.services.recovery import Sweeper, local_worker_gone, requeue_dead_local, sweep
 from app.settings import Settings
 from app.storage import Storage
 from tests.services import (
@@ -224,6 +224,10 @@ def test_a_restart_requeues_its_dead_workers_jobs_at_once(tmp_path: Path) -> Non
         assert enqueue_job(st.factory, st.settings, job_id)
         wait_for(lambda: len(st.job(job_id).history) >= 2, 120, "two finished epochs")
         first.kill()
+        # SIGKILL is delivered at once, but a busy machine may take a moment to end the process:
+        # `cartl serve` restarts after its old processes are gone.
+        holder = st.job(job_id).worker
+        wait_for(lambda: local_worker_gone(holder), 30, "the killed worker's process to end")
         assert st.job(job_id).status == "running"
         assert sweep(st.factory, st.settings).requeued == 0  # the heartbeat is not stale yet
         t0 = time.monotonic()

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=15.0, gt=0, description="How often lost or never-enqueued jobs are looked for."
     )
+    reconcile_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often artifact folders with no database row (left by a crash between "
+        "a file and its row) are removed, once older than an hour; 0 turns it off.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Attempts before a job that keeps dying is marked failed."
     )

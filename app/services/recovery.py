@@ -2,6 +2,8 @@
 
 * A job still ``queued`` with no ``enqueued_at`` was never handed to the broker (it was down when
   the job was created, or the send failed): send it now.
+* Artifact folders with no row are removed, rows with no file reported
+  (:func:`reconcile_storage`, every ``reconcile_interval_s``).
 * A ``running`` job whose heartbeat is older than ``stale_after_s`` lost its worker (killed, out
   of memory, machine gone) and the broker may never hand its message back (Redis waits for the
   visibility timeout; kombu's SQL and file transports forget unacknowledged messages): put it
@@ -14,22 +16,33 @@ attempts. The sweeper lives with the API, which runs it; workers only run jobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Job, JobStatus
+from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.services import job_states
 from app.services.queue import enqueue_job
 from app.settings import Settings
+from app.storage import Storage
 
-__all__ = ["SweepResult", "Sweeper", "local_worker_gone", "requeue_dead_local", "sweep"]
+__all__ = [
+    "Reconciled",
+    "SweepResult",
+    "Sweeper",
+    "local_worker_gone",
+    "reconcile_storage",
+    "requeue_dead_local",
+    "sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +131,70 @@ def _alive(pid: int) -> bool:
         return True
 
 
+#: An artifact folder younger than this may belong to an upload still streaming or a job still
+#: starting (its row is written after its first file): never taken for an orphan.
+ORPHAN_GRACE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    removed: list[str]
+    missing: list[str]
+
+
+def reconcile_storage(
+    factory: sessionmaker[Session], storage: Storage, grace_s: float = ORPHAN_GRACE_S
+) -> Reconciled:
+    """Artifact storage against the database, both ways.
+
+    * A folder ``checkpoints/ID``, ``datasets/ID`` or ``jobs/ID`` whose row does not exist (a
+      crash between writing a file and committing its row; a row lost with a damaged database)
+      and that is older than ``grace_s`` is removed: nothing refers to it any more.
+    * A checkpoint or dataset row whose file is gone (a delete that removed the file, then
+      could not remove the row) is reported, not removed: a person decides about rows.
+    """
+    models: dict[str, type[Checkpoint] | type[DatasetRow] | type[Job]] = {
+        "checkpoints": Checkpoint,
+        "datasets": DatasetRow,
+        "jobs": Job,
+    }
+    removed: list[str] = []
+    now = time.time()
+    for folder, model in models.items():
+        base = storage.root / folder
+        if not base.is_dir():
+            continue
+        old = [p.name for p in base.iterdir() if p.is_dir() and now - _last_write(p) > grace_s]
+        if not old:
+            continue
+        with factory() as s:
+            known = set(s.scalars(select(model.id).where(model.id.in_(old))))
+        for name in sorted(set(old) - known):
+            storage.delete_prefix(f"{folder}/{name}")
+            removed.append(f"{folder}/{name}")
+    missing: list[str] = []
+    with factory() as s:
+        for upload_model in (Checkpoint, DatasetRow):
+            for object_id, key in s.execute(select(upload_model.id, upload_model.storage_key)):
+                if not storage.exists(key):
+                    missing.append(object_id)
+    for key in removed:
+        log.warning("storage: %s had no row in the database; removed", key)
+    for object_id in missing:
+        log.error("storage: %s has a row but its file is gone; delete it again", object_id)
+    return Reconciled(removed, missing)
+
+
+def _last_write(folder: Path) -> float:
+    """The newest modification under ``folder``: a file being streamed in keeps its folder's
+    own time from when it was created, not from its last write."""
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # removed while we looked
+            times.append(path.stat().st_mtime)
+    return max(times)
+
+
 class Sweeper:
     """Runs :func:`sweep` every ``settings.sweep_interval_s`` in a daemon thread (the first time
     at once)."""
@@ -139,6 +216,7 @@ class Sweeper:
 
     def _loop(self) -> None:
         wait = 0.0
+        next_reconcile = time.monotonic()  # at start too: a crash is when orphans appear
         while not self._stop.wait(wait):
             wait = self.settings.sweep_interval_s
             try:
@@ -147,3 +225,10 @@ class Sweeper:
                     log.info("sweep: %d requeued, %d sent", result.requeued, result.sent)
             except Exception:
                 log.warning("sweep failed; trying again later", exc_info=True)
+            interval = self.settings.reconcile_interval_s
+            if interval and time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + interval
+                try:
+                    reconcile_storage(self.factory, Storage(self.settings.resolved_storage_dir))
+                except Exception:
+                    log.warning("storage reconciliation failed; trying again later", exc_info=True)

@@ -106,8 +106,7 @@ async def _resources(
     apply_log_level(settings)
     app.state.key_cache = KeyCache(settings.key_cache_s)
     app.state.engine = engine
-    # Status reads run on the event loop where that is cheaper and safe (see routes.jobs).
-    app.state.inline_reads = engine.dialect.name == "sqlite"
+    # Status reads run on the event loop: inline on SQLite, through this on Postgres.
     app.state.async_engine = make_async_engine(settings.resolved_database_url)
     app.state.status_gate = asyncio.Semaphore(POOL_SIZE)
     app.state.session_factory = factory

@@ -15,7 +15,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from fastapi import Query, Request
+from pydantic import BaseModel
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -26,11 +27,11 @@ from app.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
-from app.services.uploads import ReceivedUpload, Receiver
+from app.services.uploads import SHA256_PATTERN, ReceivedUpload, Receiver
 from app.settings import Settings
 from app.storage import Storage, UploadTooLargeError
 
-__all__ = ["multipart_body", "receiver"]
+__all__ = ["multipart_body", "receiver", "reused_response", "sha256_query"]
 
 FILE_FIELD = "file"
 _MAX_FIELDS = 16
@@ -254,4 +255,30 @@ def multipart_body(fields: dict[str, str]) -> dict[str, Any]:
                 }
             },
         }
+    }
+
+
+def sha256_query(what: str) -> Any:
+    """The lists' ``?sha256=`` filter, for ``what`` ("checkpoints", "datasets"):
+    ``Annotated[str | None, sha256_query(what)]``."""
+    return Query(
+        pattern=SHA256_PATTERN,
+        description=f"Only the {what} whose file has this sha256 (64 lowercase hex digits): "
+        "whether a file was uploaded before, without uploading it.",
+    )
+
+
+def reused_response(model: type[BaseModel], what: str, same: str) -> dict[str, Any]:
+    """The 200 an upload answers when it repeats an earlier one (``same``: what must match)."""
+    return {
+        "model": model,
+        "description": "The same bytes (sha256) were uploaded before by this key's owner, "
+        f"{same}: the {what} recorded then; nothing new was kept.",
+        "headers": {
+            "Upload-Reused": {
+                "description": f"`true`: the {what} returned was recorded by an earlier upload.",
+                "required": True,
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
     }

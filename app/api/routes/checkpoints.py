@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import (
     CursorQuery,
@@ -17,35 +17,14 @@ from app.api.deps import (
     UploadOwnerDep,
 )
 from app.api.problems import problem_responses
-from app.api.uploads import multipart_body, receiver
+from app.api.uploads import multipart_body, receiver, reused_response, sha256_query
 from app.schemas.checkpoints import CheckpointOut
 from app.schemas.common import Page
 from app.services import checkpoints as service
-from app.services.uploads import SHA256_PATTERN
 from cartl_core.models import list_models
 
-Sha256Query = Annotated[
-    str | None,
-    Query(
-        pattern=SHA256_PATTERN,
-        description="Only the checkpoints whose file has this sha256 (64 lowercase hex digits): "
-        "whether a file was uploaded before, without uploading it.",
-    ),
-]
-
-REUSED_RESPONSE: dict[str, Any] = {
-    "model": CheckpointOut,
-    "description": "The same bytes (sha256) were uploaded before by this key's owner, "
-    "with the same file name and fields: the checkpoint recorded then; nothing new "
-    "was kept.",
-    "headers": {
-        "Upload-Reused": {
-            "description": "`true`: the checkpoint returned was recorded by an earlier upload.",
-            "required": True,
-            "schema": {"type": "string", "enum": ["true"]},
-        }
-    },
-}
+Sha256Query = Annotated[str | None, sha256_query("checkpoints")]
+REUSED_RESPONSE = reused_response(CheckpointOut, "checkpoint", "with the same file name and fields")
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 

@@ -189,7 +189,7 @@ class JobOut(BaseModel):
 
     @classmethod
     def from_job(cls, job: Job | Row[Any]) -> JobOut:
-        """From the ORM object or a status row (:func:`app.services.jobs.get_job_status`)."""
+        """From the ORM object or a status row (:data:`app.services.jobs.STATUS_QUERY`)."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id,

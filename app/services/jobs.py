@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -39,7 +39,6 @@ __all__ = [
     "create_job",
     "found_job",
     "get_job",
-    "get_job_status",
     "job_weights",
     "list_jobs",
     "status_params",
@@ -132,19 +131,12 @@ def found_job(row: Row[Any] | None, job_id: str) -> Row[Any]:
     return row
 
 
-def get_job_status(conn: Connection | Session, owner: str, job_id: str) -> Row[Any]:
-    """``owner``'s job as a plain row of :data:`STATUS_COLUMNS`, attributes named as the
-    model's, read on a plain connection: the API's hottest path."""
-    row = conn.execute(STATUS_QUERY, status_params(owner, job_id)).one_or_none()
-    return found_job(row, job_id)
-
-
-def get_job(session: Session, owner: str, job_id: str, *, summary: bool = False) -> Job:
-    """``owner``'s job; with ``summary``, the large columns stay unloaded (see ``SUMMARY``)."""
+def get_job(session: Session, owner: str, job_id: str) -> Job:
+    """``owner``'s job, every column."""
     job = None
     if is_id(job_id):
         query = select(Job).where(Job.owner == owner, Job.id == job_id)
-        job = session.scalar(query.options(*SUMMARY) if summary else query)
+        job = session.scalar(query)
     if job is None:
         raise NotFoundError(f"no job with id {job_id!r}")
     return job

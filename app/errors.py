@@ -22,7 +22,7 @@ Every message says what to fix; none carries a traceback or an internal path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,7 +42,19 @@ __all__ = [
     "UnauthorizedError",
     "UnprocessableError",
     "UnsupportedMediaTypeError",
+    "exception_chain",
 ]
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, outermost first: libraries wrap the error
+    that says what went wrong (a full disk, a read-only database) in their own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 #: Most per-field errors one answer lists; the detail gives the count when there were more.

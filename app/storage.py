@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from app.errors import exception_chain
+
 __all__ = ["Storage", "StoredFile", "UploadTooLargeError"]
 
 
@@ -117,8 +119,7 @@ def storage_problem(exc: BaseException) -> str | None:
     safetensors' "(os error 28)", torch's zip writer "inline_container.cc ... unexpected pos"
     (the position it expected after a short write; errno is lost on the way).
     """
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in exception_chain(exc):
         if isinstance(seen, OSError) and seen.errno in _FULL:
             return "full"
         if isinstance(seen, OSError) and seen.errno in _UNWRITABLE:
@@ -130,5 +131,4 @@ def storage_problem(exc: BaseException) -> str | None:
             return "unwritable"
         if "inline_container.cc" in text and "unexpected pos" in text:
             return "full"
-        seen = seen.__cause__ or seen.__context__
     return None

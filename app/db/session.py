@@ -11,6 +11,8 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import exception_chain
+
 __all__ = [
     "DamagedDatabaseError",
     "check_integrity",
@@ -99,8 +101,7 @@ _PG_READ_ONLY = {"25006"}
 def database_problem(exc: BaseException) -> str | None:
     """``"full"``, ``"unwritable"`` or None: what a failed statement says about the database
     (SQLite's and Postgres's own words for a full disk or a read-only database)."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in exception_chain(exc):
         orig = getattr(seen, "orig", None)
         state = getattr(orig, "sqlstate", None)
         if state in _PG_FULL:
@@ -112,7 +113,6 @@ def database_problem(exc: BaseException) -> str | None:
             return "full"
         if "readonly database" in text or "Read-only file system" in text:
             return "unwritable"
-        seen = seen.__cause__ or seen.__context__
     return None
 
 

@@ -227,3 +227,25 @@ def write_checkpoint(path: Path, *, classes: int = 3, size: int = 8, seed: int =
     model = create_model("small-cnn", classes, in_channels=1, input_size=size)
     save_checkpoint(model, path, training={"kind": "test"})
     return path
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``path`` (a new folder), for full and read-only
+    disks; mounting needs root, which CI has: elsewhere the test skips."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, mode: str) -> None:
+    """Turn a :func:`tmpfs` read-only (``"ro"``) or writable again (``"rw"``)."""
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)

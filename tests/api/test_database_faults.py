@@ -6,10 +6,8 @@ fills up mid-run ends ``failed`` with a plain reason after one attempt, leaving 
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,28 +20,9 @@ from app.db.session import database_problem, make_engine, make_sessionmaker
 from app.services.health import check_database
 from app.settings import Settings
 from app.storage import Storage, sha256_file
-from tests.services import postgres_database, wait_for, write_npz
+from tests.services import postgres_database, remount, tmpfs, wait_for, write_npz
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _remount(path: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
 
 
 def _fill(disk: Path) -> Path:
@@ -67,11 +46,11 @@ def test_readyz_database_check_sees_read_only_and_full_sqlite(tmp_path: Path) ->
         try:
             assert check_database(engine) == "ok"
             engine.dispose()  # a mount with files open for writing cannot turn read-only
-            _remount(disk, "ro")
+            remount(disk, "ro")
             try:
                 assert check_database(engine) == "cannot be written (read-only)"
             finally:
-                _remount(disk, "rw")
+                remount(disk, "rw")
             engine.dispose()
             assert check_database(engine) == "ok"
             filler = _fill(disk)

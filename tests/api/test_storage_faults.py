@@ -3,7 +3,6 @@ has; elsewhere these tests skip)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,25 +13,15 @@ from safetensors.torch import save_file
 
 from app.storage import storage_problem
 from tests.api.live import Server, live_api
-from tests.services import write_checkpoint
+from tests.services import remount, tmpfs, write_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _upload(srv: Server, name: str, content: bytes) -> httpx.Response:
@@ -89,7 +78,7 @@ def test_a_delete_that_cannot_remove_the_files_fails_and_keeps_the_row(
         made = _upload(srv, "m.safetensors", src.read_bytes())
         assert made.status_code == 201, made.text
         ckpt = made.json()["id"]
-        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        remount(small_disk, "ro")
         try:
             r = httpx.delete(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
             assert r.status_code == 503, r.text
@@ -100,7 +89,7 @@ def test_a_delete_that_cannot_remove_the_files_fails_and_keeps_the_row(
             assert got.status_code == 200
             assert list((small_disk / "checkpoints" / ckpt).iterdir())
         finally:
-            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+            remount(small_disk, "rw")
         r = httpx.delete(f"{srv.url}/v1/checkpoints/{ckpt}", headers=srv.headers())
         assert r.status_code == 204, r.text
         assert not (small_disk / "checkpoints" / ckpt).exists()
@@ -115,11 +104,11 @@ def test_readyz_fails_while_the_store_is_read_only_or_full(
         r = httpx.get(f"{srv.url}/readyz", timeout=30)
         assert r.status_code == 503, r.text
         assert r.json()["checks"]["storage"].startswith("nearly full")
-        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        remount(small_disk, "ro")
         try:
             r = httpx.get(f"{srv.url}/readyz", timeout=30)
             assert r.status_code == 503, r.text
             assert r.json()["checks"]["storage"].startswith("cannot be written")
             assert str(small_disk) not in r.text
         finally:
-            subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+            remount(small_disk, "rw")

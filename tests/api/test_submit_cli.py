@@ -14,7 +14,7 @@ import pytest
 
 from app.cli import job_params
 from cartl_core.errors import CartlError
-from tests.api.live import live_api
+from tests.api.live import Server, live_api
 from tests.services import ROOT, write_checkpoint, write_npz
 
 
@@ -50,18 +50,23 @@ def test_a_bad_param_is_named_with_what_to_write(text: str, says: str) -> None:
         job_params("transfer", [text])
 
 
+def _submit(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cartl submit ARGS`` as a user runs it against ``srv`` (key and server from the env)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
+    env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "submit", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_a_refused_submit_uploads_nothing_and_says_why_once(tmp_path: Path) -> None:
     src = write_checkpoint(tmp_path / "m.safetensors")
     data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
     (tmp_path / "srv").mkdir()
     with live_api(tmp_path / "srv") as srv:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
-        env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "submit", "transfer", "--checkpoint", str(src),
-             "--dataset", str(data), "-p", "k=0"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        done = _submit(srv, "transfer", "--checkpoint", str(src), "--dataset", str(data),
+                       "-p", "k=0")  # fmt: skip
         assert done.returncode != 0
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
@@ -76,31 +81,8 @@ def test_a_second_submit_reuses_the_uploads_and_says_so(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
     (tmp_path / "srv").mkdir()
     with live_api(tmp_path / "srv") as srv:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
-        env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
-        runs = [
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "app.cli",
-                    "submit",
-                    "audit",
-                    "--checkpoint",
-                    str(src),
-                    "--dataset",
-                    str(data),
-                    "-p",
-                    "limit=8",
-                ],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            for _ in range(2)
-        ]
+        args = ("audit", "--checkpoint", str(src), "--dataset", str(data), "-p", "limit=8")
+        runs = [_submit(srv, *args) for _ in range(2)]
         assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
         assert runs[0].stderr.count("uploaded ") == 2
         assert runs[1].stderr.count("was uploaded before") == 2, runs[1].stderr

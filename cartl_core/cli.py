@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cartl_core.config import TRANSFER_METHODS
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
-from cartl_core.options import add_options, fraction_value
+from cartl_core.options import add_options, arg_type, fraction_value
 from cartl_core.reproduction import DigitsSettings
 
 __all__ = ["add_commands", "build_parser", "main", "run"]
@@ -35,21 +34,6 @@ def fraction(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
-
-
-def _choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    """A comma-separated list of some of ``choices``."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        items = tuple(part.strip() for part in text.split(",") if part.strip())
-        bad = [i for i in items if i not in choices]
-        if not items or bad:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: give a comma-separated list of {', '.join(choices)}"
-            )
-        return items
-
-    return parse
 
 
 def _common(p: argparse.ArgumentParser, *, seed: bool = False) -> None:
@@ -183,7 +167,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--methods",
-        type=_choice_list(TRANSFER_METHODS),
+        type=arg_type(CompareParams, "methods"),
         default=demo.compare_methods,
         metavar="LIST",
         help="compare's methods, comma-separated (neft and lwf add minutes) "

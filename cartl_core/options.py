@@ -29,6 +29,7 @@ __all__ = [
     "Option",
     "OptionSpec",
     "add_options",
+    "arg_type",
     "describe",
     "format_number",
     "fraction_fields",
@@ -222,6 +223,13 @@ def _arg_type(spec: OptionSpec) -> Callable[[str], Any]:
 
     parse.__name__ = spec.name  # argparse names the type in some of its own messages
     return parse
+
+
+def arg_type(cls: type[Any], name: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of parameter ``name`` of ``cls``, for an option outside a params
+    class that takes the same values (the demo's ``--methods``)."""
+    (spec,) = [s for s in option_specs(cls) if s.name == name]
+    return _arg_type(spec)
 
 
 def help_text(spec: OptionSpec, *, cli: bool = True) -> str:

@@ -1,13 +1,15 @@
-"""Device-level choices made once: channels_last everywhere, bf16 autocast on CUDA."""
+"""Device-level choices made once: channels_last everywhere, bf16 autocast for training on CUDA,
+fp32 attacks unless a caller asks for bf16."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
+from cartl_core.config import Precision
 from cartl_core.errors import ConfigError
 
 
@@ -24,11 +26,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
-    if device.type == "cuda":
+#: Called by an attack after each of its steps (queries, for Square) with (done, total) for the
+#: batch it was given. It may raise to stop the attack (a cancelled job).
+StepFn = Callable[[int, int], None]
+
+
+def autocast(
+    device: torch.device, precision: Precision = "bf16"
+) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA when ``precision`` is ``bf16``; a no-op otherwise.
+
+    Training takes the default. Attacks pass ``fp32`` unless asked: bf16 rounds the input of the
+    first convolution to about 0.002 of the pixel range, a few percent of 8/255, so late attack
+    steps can vanish and a robust accuracy would not reproduce in fp32.
+    """
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def effective_precision(device: torch.device, precision: Precision) -> Precision:
+    """What a pass on ``device`` really computes in: bf16 exists only on CUDA here."""
+    return "bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

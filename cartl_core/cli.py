@@ -19,7 +19,7 @@ from typing import Any
 
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
-from cartl_core.options import add_options, arg_type, fraction_value
+from cartl_core.options import add_options, arg_type, format_duration, fraction_value
 from cartl_core.reproduction import DigitsSettings
 
 __all__ = ["add_commands", "build_parser", "main", "run"]
@@ -204,6 +204,10 @@ def _params(kind: str, args: argparse.Namespace) -> Any:
     return parse_params(kind, {f.name: getattr(args, f.name) for f in fields})
 
 
+#: A bar's resolution: the audit reports fractions, not counts.
+_BAR_UNITS = 1000
+
+
 class _Bars:
     """tqdm progress bars fed by cartl_core's progress callbacks."""
 
@@ -239,19 +243,33 @@ class _Bars:
         if self.bar is not None:
             self.bar.refresh()
 
-    def audit(self, name: str, done: int, total: int) -> None:
+    def audit(self, event: Any) -> None:
+        """An audit's :class:`~cartl_core.audit.AuditEvent`: its estimate as a line, then a bar
+        per attack that moves within each batch and says when the whole audit should end."""
+        if event.estimate is not None:
+            if not self.quiet:
+                self.line(f"audit estimate: {event.estimate.text()}")
+            return
         if self.quiet:
             return
-        if name != self.key:
+        key = ("audit", event.index, event.attack)
+        if key != self.key:
             self.close()
             from tqdm import tqdm
 
-            self.key = name
+            self.key = key
+            # tqdm's own rate and ETA would time this attack's first batch from the bar's
+            # creation; the audit's ETA comes from its measured rates instead.
             self.bar = tqdm(
-                total=total, unit="img", leave=False, file=sys.stderr, desc=f"audit {name}"
+                total=_BAR_UNITS,
+                leave=False,
+                file=sys.stderr,
+                desc=f"audit {event.index}/{event.attacks} {event.attack}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
             )
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.n = round(_BAR_UNITS * event.fraction)
+        eta = "" if event.eta_s is None else f"; audit ends in ~{format_duration(event.eta_s)}"
+        self.bar.set_postfix_str(f"{event.done}/{event.total} images{eta}", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -489,6 +507,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if outcome.audit is not None:
             print(f"\nfull audit of {m['chosen']['name']} on the test split:")
             print(AuditReport.from_dict(outcome.audit).table())
+        else:
+            print(
+                f"{m['chosen']['name']} on the test split: clean {m['clean_accuracy']:.4f}, "
+                f"robust {m['robust_accuracy']:.4f}"
+            )
+            for note in m.get("headline_notes", []):
+                print(f"  {note}")
     for warning in m.get("warnings", []):
         print(_warning_line(warning), file=sys.stderr)
     print(

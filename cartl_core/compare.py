@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device
-from cartl_core.audit import run_ensemble
+from cartl_core.audit import ATTACKS_REVISION, AuditEvent, run_ensemble
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
 from cartl_core.config import (
     COMPARE_K_OFFSETS,
@@ -47,6 +47,7 @@ from cartl_core.data import Augmentation, Dataset, Split
 from cartl_core.data.loader import augment
 from cartl_core.errors import CancelledError, ConfigError
 from cartl_core.models import BlockModel
+from cartl_core.options import format_duration
 from cartl_core.provenance import sha256_file
 from cartl_core.training import bn as bn_policy
 from cartl_core.training import transfer
@@ -182,8 +183,8 @@ class CostEstimate:
 
     def text(self) -> str:
         return (
-            f"{self.candidates} candidates: training about {_duration(self.train_seconds)}, "
-            f"audits at most {_duration(self.audit_seconds_max)} (less for models that break "
+            f"{self.candidates} candidates: training about {format_duration(self.train_seconds)}, "
+            f"audits at most {format_duration(self.audit_seconds_max)} (less for models that break "
             "early)"
         )
 
@@ -549,14 +550,6 @@ def estimate_cost(
     )
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -649,8 +642,10 @@ class _Run:
     ) -> tuple[float, float]:
         self.stop_requested(f"the {stage} of {name}")
 
-        def progress(attack: str, done: int, total: int) -> None:
-            self.emit(stage, index, name, attack=attack, done=done, total=total)
+        def progress(event: AuditEvent) -> None:
+            if event.attack:  # the first event only carries the audit's estimate
+                self.emit(stage, index, name, attack=event.attack, done=event.done,
+                          total=event.total)  # fmt: skip
 
         # The same attack randomness for every candidate: differences are the models'.
         torch.manual_seed(self.seed)
@@ -752,7 +747,7 @@ def compare(
         source=source, fit_data=fit_data, test=test, config=config, audit=audit, device=dev,
         seed=seed, total=len(plan), started=started,
         out_dir=None if out_dir is None else Path(out_dir),
-        fingerprint=_fingerprint(data, held, config, seed) if out_dir is not None else {},
+        fingerprint=_fingerprint(data, held, config, seed, audit) if out_dir is not None else {},
         on_progress=on_progress, should_stop=should_stop,
     )  # fmt: skip
     run.emit("estimate", 0, plan[0].name, estimate=estimate)
@@ -775,13 +770,18 @@ def compare(
     )
 
 
-def _fingerprint(data: Dataset, held: HeldOut, config: CompareConfig, seed: int) -> dict[str, Any]:
-    """What must match for a candidate file of an earlier run to be reused."""
+def _fingerprint(
+    data: Dataset, held: HeldOut, config: CompareConfig, seed: int, audit: AuditConfig
+) -> dict[str, Any]:
+    """What must match for a candidate file of an earlier run to be reused: the data and split,
+    and the attacks that measured it (their settings, and the revision of their code)."""
     return {
         "seed": seed,
         "eps": config.eps,
         "norm": config.norm,
         "val_fraction": config.val_fraction,
+        "audit": audit.to_dict(),
+        "attacks_revision": ATTACKS_REVISION,
         "data": _digest(data.train.images, data.train.labels, data.test.images, data.test.labels),
         "val": _digest(held.val),
     }

@@ -14,11 +14,11 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, cast
 
 import torch
 
@@ -35,10 +35,12 @@ from cartl_core.config import (
     LRShape,
     LwFConfig,
     LwFTune,
+    Precision,
     ScheduleConfig,
     TraceConfig,
     TransferConfig,
     TransferMethod,
+    resolve_attacks,
 )
 from cartl_core.errors import CartlError, ConfigError
 from cartl_core.models import list_models
@@ -49,6 +51,9 @@ from cartl_core.options import (
     list_fields,
     option,
 )
+
+if TYPE_CHECKING:
+    from cartl_core.audit import AuditEvent
 
 __all__ = [
     "AuditParams",
@@ -86,8 +91,9 @@ _AUDIT_HELP: dict[str, dict[str, Any]] = {
     },
     "attacks": {
         "help": "the attacks behind the robust accuracy, run in sequence on the samples still "
-        "robust: standard (APGD-CE, APGD-T, Square: AutoAttack-grade), fast (APGD-CE, APGD-T), "
-        f"paper (the paper's PGD) or a comma-separated list of {', '.join(ATTACK_NAMES)}",
+        "robust: standard (APGD-CE, APGD-T, FAB-T, Square: AutoAttack's standard version; "
+        "tens of minutes on a CPU), fast (APGD-CE, APGD-T: minutes), paper (the paper's PGD) "
+        f"or a comma-separated list of {', '.join(ATTACK_NAMES)}",
         "metavar": "ENSEMBLE",
         "group": AUDIT,
     },
@@ -103,6 +109,11 @@ _AUDIT_HELP: dict[str, dict[str, Any]] = {
         "group": AUDIT,
     },
     "restarts": {"help": "random restarts", "group": AUDIT},
+    "precision": {
+        "help": "the attacks' arithmetic: fp32 (as the reference evaluates) or bf16 (autocast "
+        "on CUDA: faster, may find a little less; the report names it)",
+        "group": AUDIT,
+    },
     "norm": {
         "help": "threat model",
         "default_text": "the model's own, from its header; else linf",
@@ -202,6 +213,7 @@ class _FinalAudit:
     audit_alpha: float | None = option(_AU.alpha, **_AUDIT_HELP["alpha"])
     audit_restarts: int = option(_AU.restarts, **_AUDIT_HELP["restarts"])
     audit_norm: Norm | None = option(None, **_AUDIT_HELP["norm"])
+    audit_precision: Precision = option(_AU.precision, **_AUDIT_HELP["precision"])
     no_audit: bool = option(False, "skip the audit at the end")
 
     def audit_config(self, threat: Threat | None = None) -> AuditConfig:
@@ -213,6 +225,7 @@ class _FinalAudit:
             alpha=self.audit_alpha,
             restarts=self.audit_restarts,
             norm=norm,
+            precision=self.audit_precision,
         )
 
 
@@ -337,9 +350,11 @@ class AuditParams:
     alpha: float | None = option(_AU.alpha, **_AUDIT_HELP["alpha"])
     restarts: int = option(_AU.restarts, **_AUDIT_HELP["restarts"])
     norm: Norm | None = option(None, **_AUDIT_HELP["norm"])
+    precision: Precision = option(_AU.precision, **_AUDIT_HELP["precision"])
     no_fgsm: bool = option(False, "skip FGSM")
     apgd_steps: int = option(_AU.apgd_steps, "APGD iterations per run (AutoAttack's)")
     apgd_targets: int = option(_AU.apgd_targets, "APGD-T target classes, at most classes - 1")
+    fab_steps: int = option(_AU.fab_steps, "FAB-T iterations per target class (AutoAttack's)")
     square_queries: int = option(_AU.square_queries, "Square Attack query budget per sample")
     check_samples: int = option(
         _AU.check_samples, "samples the masking checks attack at other radii"
@@ -362,10 +377,12 @@ class AuditParams:
             attacks=self.attacks,
             apgd_steps=self.apgd_steps,
             apgd_targets=self.apgd_targets,
+            fab_steps=self.fab_steps,
             square_queries=self.square_queries,
             check_samples=self.check_samples,
             fgsm=not self.no_fgsm,
             batch_size=self.batch_size,
+            precision=self.precision,
         )
 
 
@@ -446,7 +463,12 @@ class CompareParams(_FromSource, _Schedule):
         "the chosen model's full audit at eps: standard, fast, paper or a list",
         metavar="ENSEMBLE",
     )
-    no_audit: bool = option(False, "skip the chosen model's full audit")
+    audit_precision: Precision = option(_AU.precision, **_AUDIT_HELP["precision"])
+    no_audit: bool = option(
+        False,
+        "skip the chosen model's full audit: its numbers are then the fast ensemble's, "
+        "without Square and without checks",
+    )
 
     def config(self) -> CompareConfig:
         if self.eps is None:
@@ -481,9 +503,15 @@ class CompareParams(_FromSource, _Schedule):
         """The chosen model's full audit, in the comparison's threat model."""
         config = self.config()
         try:
-            return AuditConfig(eps=(config.eps,), norm=config.norm, attacks=self.audit_attacks)
+            return AuditConfig(
+                eps=(config.eps,),
+                norm=config.norm,
+                attacks=self.audit_attacks,
+                precision=self.audit_precision,
+            )
         except ConfigError as exc:
-            raise ConfigError(str(exc), field="audit_attacks") from None
+            field = "audit_precision" if exc.field == "precision" else "audit_attacks"
+            raise ConfigError(str(exc), field=field) from None
 
 
 Params = PretrainParams | TransferParams | AuditParams | CompareParams
@@ -589,7 +617,7 @@ class JobOutcome:
 
 
 ProgressFn = Callable[[Any], None]
-AuditProgressFn = Callable[[str, int, int], None]
+AuditProgressFn = Callable[["AuditEvent"], None]
 _P = ParamSpec("_P")
 
 
@@ -737,6 +765,7 @@ def run_job(
             data.test,
             params.audit_config(threat),
             class_names=data.class_names,
+            train_accuracy=_train_accuracy(history),
             on_progress=on_audit_progress,
         )
         outcome.audit = _jsonable(report.to_dict())
@@ -762,6 +791,13 @@ def run_job(
     )
     outcome.weights = out_path
     return outcome
+
+
+def _train_accuracy(history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The last epoch's clean accuracy on the training batches, where training measured one (a
+    transfer does; adversarial pre-training measures its adversarial accuracy instead)."""
+    value = history[-1].get("accuracy") if history else None
+    return None if value is None else float(value)
 
 
 def _threat_record(threat: Threat | None) -> dict[str, Any]:
@@ -813,12 +849,16 @@ def _run_compare(
     outcome = JobOutcome(history=chosen.history)
     metrics: dict[str, Any] = {"history": chosen.history}
     if params.no_audit:
+        ensemble = table["selection"]["ensemble"]
         outcome.metrics = {
             "clean_accuracy": chosen.test_clean,
             "robust_accuracy": chosen.test_robust,
-            "ensemble": table["selection"]["ensemble"],
+            "ensemble": ensemble,
+            "ensemble_attacks": list(resolve_attacks(ensemble)[1]),
             "eps": table["selection"]["eps"],
             "norm": table["selection"]["norm"],
+            "audited": False,
+            "headline_notes": [NOT_AUDITED.format(ensemble=ensemble)],
             "warnings": [],
         }
         metrics.update(clean_accuracy=chosen.test_clean, robust_accuracy=chosen.test_robust)
@@ -831,6 +871,7 @@ def _run_compare(
             data.test,
             params.audit_config(),
             class_names=data.class_names,
+            train_accuracy=_train_accuracy(chosen.history),
             on_progress=on_audit_progress,
         )
         outcome.audit = _jsonable(report.to_dict())
@@ -882,9 +923,17 @@ _ATTACK_SUMMARY = (
 )
 
 
+#: What stands beside a compare's numbers when the chosen model was not audited.
+NOT_AUDITED = (
+    "not audited: the {ensemble} ensemble's number from the candidate audit, without Square and "
+    "without the audit's checks; audit the chosen model for the full number"
+)
+
+
 def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's headline metrics: the ensemble's robust accuracy, which ensemble ran, each
-    attack's own numbers, and the failed checks as warnings."""
+    """The job's headline metrics: the ensemble's robust accuracy, which ensemble ran in which
+    arithmetic, each attack's own numbers, the failed checks as warnings, and what must stand
+    beside the number (``headline_notes``: why it means nothing, where a model check failed)."""
     return {
         "clean_accuracy": report["clean_accuracy"],
         "robust_accuracy": report["robust_accuracy"],
@@ -894,8 +943,12 @@ def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "eps": report.get("eps"),
         "norm": report.get("norm"),
         "samples": report["samples"],
+        "precision": report.get("precision", "fp32"),
+        "audited": True,
         "attacks": [{k: a.get(k) for k in _ATTACK_SUMMARY} for a in report["attacks"]],
         "warnings": list(report.get("warnings", [])),
+        "notes": list(report.get("notes", [])),
+        "headline_notes": list(report.get("headline_notes", [])),
     }
 
 

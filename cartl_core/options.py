@@ -31,6 +31,7 @@ __all__ = [
     "add_options",
     "arg_type",
     "describe",
+    "format_duration",
     "format_number",
     "fraction_fields",
     "fraction_value",
@@ -166,6 +167,16 @@ def format_number(value: float) -> str:
     """A radius as people write it: ``8/255`` rather than ``0.0313...``."""
     frac = Fraction(value).limit_denominator(1000)
     return f"{frac.numerator}/{frac.denominator}" if abs(float(frac) - value) < 1e-9 else str(value)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as people read a wait: ``45 s``, ``12 min``, ``3.5 h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

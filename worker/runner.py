@@ -323,20 +323,38 @@ class _Run:
             self.trace = latest
         return {**self.trace, **metrics}
 
-    def _on_audit_progress(self, attack: str, done: int, total: int) -> None:
+    def _on_audit_progress(self, event: Any) -> None:
+        """An :class:`~cartl_core.audit.AuditEvent`: the attack running (k of n), its samples and
+        fraction, and the audit's ETA from its measured rates; the first carries the bound."""
         from cartl_core import CancelledError
 
         if self.cancel.is_set():
-            # Audits have no batches of their own to stop at: each progress report is one.
-            raise CancelledError(f"audit cancelled during {attack}")
+            # Audits have no batches of their own to stop at: each progress report (every
+            # quarter second inside an attack's steps) is one.
+            raise CancelledError(f"audit cancelled during {event.attack or 'its start'}")
+        if event.estimate is not None:
+            self.progress = {
+                **self.progress,
+                "stage": "audit",
+                "audit_estimate_s": round(event.estimate.seconds_max, 1),
+            }
+            self._write_progress(force=True)
+            return
+        eta = event.eta_s
+        whole = None if eta is None else event.elapsed_s + eta
         self.progress = {
             **self.progress,
             "stage": "audit",
-            "attack": attack,
-            "audit_done": done,
-            "audit_total": total,
+            "attack": event.attack,
+            "audit_attack": event.index,
+            "audit_attacks": event.attacks,
+            "audit_done": event.done,
+            "audit_total": event.total,
+            "audit_fraction": round(event.fraction, 4),
+            "fraction": round(event.elapsed_s / whole, 4) if whole else None,
+            "eta_s": None if eta is None else round(eta, 1),
         }
-        self._write_progress(force=done == total)
+        self._write_progress(force=event.index == event.attacks and event.fraction >= 1)
 
     def _on_epoch(self, record: Any, _model: Any) -> None:
         with self.factory() as s, s.begin():

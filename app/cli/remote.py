@@ -186,10 +186,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_jobs_list(args: argparse.Namespace) -> int:
     page = _client(args).jobs(status=args.status, kind=args.kind, limit=args.limit)
     for job in page["items"]:
-        robust = (job.get("metrics") or {}).get("robust_accuracy")
+        metrics = job.get("metrics") or {}
+        robust = metrics.get("robust_accuracy")
+        # A number that means nothing (a constant classifier) or was not audited is marked.
+        mark = " !" if metrics.get("headline_notes") else ""
         print(
             f"{job['id']}  {job['kind']:<9} {job['status']:<10} "
-            f"{job['created_at'][:19]}  robust {'-' if robust is None else f'{robust:.4f}'}"
+            f"{job['created_at'][:19]}  robust {'-' if robust is None else f'{robust:.4f}'}{mark}"
         )
     return 0
 
@@ -234,9 +237,20 @@ def _watch(client: Any, job_id: str) -> int:
     if "robust_accuracy" in metrics:
         print(
             f"clean accuracy {metrics['clean_accuracy']:.4f}, "
-            f"robust accuracy {metrics['robust_accuracy']:.4f}"
+            f"robust accuracy {metrics['robust_accuracy']:.4f}{_how(metrics)}"
         )
+        for note in metrics.get("headline_notes", []):
+            print(f"  {note}")
     return 0
+
+
+def _how(metrics: dict[str, Any]) -> str:
+    """Which attacks the robust accuracy comes from, as every number shown says."""
+    attacks = ", ".join(metrics.get("ensemble_attacks") or [])
+    if not attacks:
+        return ""
+    precision = metrics.get("precision")
+    return f" ({metrics.get('ensemble')}: {attacks}{f'; {precision}' if precision else ''})"
 
 
 def _cmd_jobs_plot(args: argparse.Namespace) -> int:

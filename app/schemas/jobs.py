@@ -98,8 +98,13 @@ class ProgressOut(BaseModel):
     )
     epoch: int | None = Field(default=None, description="Current epoch (1-based).")
     epochs: int | None = Field(default=None, description="Total epochs.")
-    fraction: float | None = Field(default=None, description="Done so far, 0..1.")
-    eta_s: float | None = Field(default=None, description="Estimated seconds left.")
+    fraction: float | None = Field(
+        default=None, description="Done so far, 0..1 (during an audit: the audit's own)."
+    )
+    eta_s: float | None = Field(
+        default=None,
+        description="Estimated seconds left, from measured rates (during an audit: the audit's).",
+    )
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="Latest training metrics (loss, accuracy, ...)."
     )
@@ -117,11 +122,27 @@ class ProgressOut(BaseModel):
     attack: str | None = Field(
         default=None, description="During an audit: the attack running, e.g. apgd-t @ 0.0314."
     )
+    audit_attack: int | None = Field(
+        default=None, description="During an audit: which attack of the plan runs (1-based)."
+    )
+    audit_attacks: int | None = Field(
+        default=None, description="During an audit: how many attacks it plans (checks too)."
+    )
     audit_done: int | None = Field(
         default=None, description="During an audit: samples that attack has finished."
     )
     audit_total: int | None = Field(
         default=None, description="During an audit: samples that attack runs on."
+    )
+    audit_fraction: float | None = Field(
+        default=None,
+        description="During an audit: the running attack's progress, 0..1, counting the steps "
+        "of the batch in hand.",
+    )
+    audit_estimate_s: float | None = Field(
+        default=None,
+        description="An audit's cost bound, made before its first attack: every planned attack "
+        "on every sample it may attack, at the measured cost of a pass (less as samples break).",
     )
 
 

@@ -87,7 +87,13 @@ function progressText(job) {
   if (p.stage) parts.push(p.stage);
   if (p.candidate && p.candidates) parts.push(`candidate ${p.candidate}/${p.candidates}`);
   if (p.epoch && p.epochs) parts.push(`epoch ${p.epoch}/${p.epochs}`);
-  if (p.attack && p.audit_total) parts.push(`${p.attack} ${p.audit_done}/${p.audit_total}`);
+  if (p.attack) {
+    const which = p.audit_attack && p.audit_attacks ? ` (attack ${p.audit_attack}/${p.audit_attacks})` : "";
+    const within = typeof p.audit_fraction === "number" ? `, ${Math.round(100 * p.audit_fraction)}%` : "";
+    parts.push(`${p.attack}${which}: ${p.audit_done}/${p.audit_total} images${within}`);
+  } else if (typeof p.audit_estimate_s === "number") {
+    parts.push(`audit estimate: at most ${seconds(p.audit_estimate_s)}`);
+  }
   if (typeof p.fraction === "number") parts.push(`${Math.round(100 * p.fraction)}%`);
   if (LIVE.has(job.status) && typeof p.eta_s === "number") parts.push(`ETA ${seconds(p.eta_s)}`);
   return parts.join(" · ");
@@ -234,7 +240,21 @@ function jobRow(job, selected) {
     h("td", {}, progressCell(job)),
     h("td", {}, when(job.created_at)),
     h("td", { class: "num" }, acc(m.clean_accuracy)),
-    h("td", { class: "num" }, acc(m.robust_accuracy)));
+    h("td", { class: "num" }, robustCell(m)));
+}
+
+// What must stand beside a robust accuracy wherever it is shown: why it means nothing (a
+// constant or chance-level model, a randomised one), or that it was not audited.
+function headlineNotes(m) {
+  const notes = m.headline_notes || [];
+  if (!notes.length) return null;
+  return h("ul", { class: "headline-notes" }, notes.map((n) => h("li", { class: "warning" }, n)));
+}
+
+function robustCell(m) {
+  const notes = m.headline_notes || [];
+  if (!notes.length) return acc(m.robust_accuracy);
+  return h("span", { title: notes.join("; "), class: "warning" }, `${acc(m.robust_accuracy)} ⚠`);
 }
 
 // ------------------------------------------------------------------ one job
@@ -294,8 +314,9 @@ function jobFacts(job) {
   if (job.dataset_id) facts.push(["Dataset", job.dataset_id]);
   if (m.clean_accuracy !== undefined) facts.push(["Clean accuracy", acc(m.clean_accuracy)]);
   if (m.robust_accuracy !== undefined) {
-    const how = m.ensemble ? ` (${m.ensemble}: ${(m.ensemble_attacks || []).join(", ")}, per-sample worst case)` : "";
-    facts.push(["Robust accuracy", `${acc(m.robust_accuracy)}${how}`]);
+    const precision = m.precision ? `, ${m.precision}` : "";
+    const how = m.ensemble ? ` (${m.ensemble}: ${(m.ensemble_attacks || []).join(", ")}, per-sample worst case${precision})` : "";
+    facts.push(["Robust accuracy", h("span", {}, `${acc(m.robust_accuracy)}${how}`, headlineNotes(m))]);
   }
   if (job.error) facts.push(["Error", h("span", { class: "error" }, job.error)]);
   if (job.cancel_requested && LIVE.has(job.status)) facts.push(["Cancel", "requested; it stops at its next batch"]);
@@ -423,7 +444,9 @@ function renderAudit(where, audit) {
   where.replaceChildren(
     h("h3", {}, "Audit"),
     h("p", {}, `Clean ${acc(audit.clean_accuracy)} · robust ${acc(audit.robust_accuracy)} at ${audit.norm} eps ${Number(audit.eps).toFixed(4)} ` +
-      `(${audit.ensemble}: ${(audit.ensemble_attacks || []).join(", ")}; per-sample worst case over ${audit.samples} samples)`),
+      `(${audit.ensemble}: ${(audit.ensemble_attacks || []).join(", ")}; per-sample worst case over ${audit.samples} samples; ${audit.precision || "fp32"})`),
+    headlineNotes(audit),
+    (audit.notes || []).length ? h("ul", { class: "audit-notes" }, audit.notes.map((n) => h("li", {}, n))) : null,
     h("table", { id: "audit-attacks" }, h("caption", {}, "Attacks (ensemble members show the accuracy left after each, in sequence)"),
       h("thead", {}, h("tr", {}, ...["Attack", "Role", "eps", "Steps / queries", "Samples", "Accuracy", "Seconds"].map((t, i) => h("th", { scope: "col", class: i > 1 ? "num" : null }, t)))),
       h("tbody", {}, attacks)),
@@ -650,7 +673,7 @@ async function compareView(arg) {
           const m = r.job.metrics || {};
           return h("tr", {}, h("td", {}, h("a", { href: `#/job/${r.name}` }, r.name)), h("td", {}, r.job.kind),
             h("td", {}, (r.job.params || {}).method || "–"), h("td", {}, statusCell(r.job.status)),
-            h("td", { class: "num" }, acc(m.clean_accuracy)), h("td", { class: "num" }, acc(m.robust_accuracy)),
+            h("td", { class: "num" }, acc(m.clean_accuracy)), h("td", { class: "num" }, robustCell(m)),
             h("td", {}, m.ensemble ? `${m.ensemble} (${(m.ensemble_attacks || []).join(", ")})` : "–"));
         }))),
       h("figure", { id: "compare-chart" }, h("figcaption", {}, "Clean and robust accuracy"),

@@ -22,12 +22,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cartl_core._runtime import autocast, frozen_for_attack
-from cartl_core.attacks.losses import ce_loss, dlr_loss, dlr_targeted_loss
+from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core.attacks.losses import (
+    ce_loss,
+    cw_margin_loss,
+    cw_targeted_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+)
 from cartl_core.attacks.threat import _per_sample_norm, threat_model
+from cartl_core.config import Precision
 from cartl_core.errors import ConfigError
 
-__all__ = ["AttackOutcome", "apgd", "apgd_checkpoints", "apgd_targeted"]
+__all__ = ["AttackOutcome", "apgd", "apgd_checkpoints", "apgd_targeted", "targeted_loss_for"]
 
 #: A loss of the logits and the labels, one value per sample; the attack maximises it.
 SampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,12 +95,12 @@ class _Active:
 
 
 def _loss_grad(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: SampleLoss
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: SampleLoss, precision: Precision
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample loss, its gradient w.r.t. the input, and the logits, in one forward-backward."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with autocast(x.device):
+        with autocast(x.device, precision):
             logits = model(x)
         loss = loss_fn(logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), x)
@@ -113,6 +120,8 @@ def _apgd_run(
     steps: int,
     loss_for: Callable[[_Active], SampleLoss],
     extra: dict[str, torch.Tensor],
+    precision: Precision,
+    on_iteration: Callable[[int], None],
 ) -> int:
     """One APGD run over the samples ``idx`` of the batch; updates ``robust`` and ``x_out`` in
     place and returns the model evaluations it spent. ``extra`` holds per-sample tensors (such
@@ -128,7 +137,7 @@ def _apgd_run(
     def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nonlocal evaluations
         evaluations += len(s)
-        loss, grad, logits = _loss_grad(model, s["x"], s["y"], loss_for(s))
+        loss, grad, logits = _loss_grad(model, s["x"], s["y"], loss_for(s), precision)
         alive = logits.argmax(1) == s["y"]
         if not bool(alive.all()):
             broken = s["idx"][~alive]
@@ -174,14 +183,39 @@ def _apgd_run(
             s["halved_at_check"], s["best_at_check"] = halve, s["loss_best"]
             s["increases"] = torch.zeros_like(s["increases"])
         s.keep(alive)
+        on_iteration(i + 1)
     # The samples that stayed robust keep their highest-loss point as their example.
     x_out[s["idx"]] = s["x_best"]
     return evaluations
 
 
-def _targeted(s: _Active) -> SampleLoss:
-    target = s["target"]
-    return lambda logits, y: dlr_targeted_loss(logits, y, target)
+def _targeted(loss: str) -> Callable[[_Active], SampleLoss]:
+    fn = dlr_targeted_loss if loss == "dlr" else cw_targeted_loss
+
+    def for_active(s: _Active) -> SampleLoss:
+        target = s["target"]
+        return lambda logits, y: fn(logits, y, target)
+
+    return for_active
+
+
+class _Steps:
+    """Reports progress over several runs to ``on_step``: run ``r``'s iteration ``i`` is step
+    ``r * steps + i``; a run cut short (every sample broken) counts as done."""
+
+    def __init__(self, runs: int, steps: int, on_step: StepFn | None) -> None:
+        self.steps, self.total, self.on_step = steps, runs * steps, on_step
+
+    def run(self, r: int) -> Callable[[int], None]:
+        def at(i: int) -> None:
+            if self.on_step is not None:
+                self.on_step(r * self.steps + i, self.total)
+
+        return at
+
+    def finish(self) -> None:
+        if self.on_step is not None:
+            self.on_step(self.total, self.total)
 
 
 def _check(steps: int, restarts: int) -> None:
@@ -201,26 +235,32 @@ def apgd(
     steps: int = 100,
     restarts: int = 1,
     loss: str = "ce",
+    precision: Precision = "fp32",
+    on_step: StepFn | None = None,
 ) -> AttackOutcome:
-    """Untargeted APGD with the ``ce`` (APGD-CE) or ``dlr`` loss; the standard AutoAttack runs
-    APGD-CE with 100 steps and one restart. Each restart attacks only the samples still robust."""
+    """Untargeted APGD with the ``ce`` (APGD-CE), ``dlr`` or ``cw`` (margin) loss; the standard
+    AutoAttack runs APGD-CE with 100 steps and one restart. Each restart attacks only the samples
+    still robust. ``on_step`` hears (iterations done, planned) over all restarts."""
     _check(steps, restarts)
-    losses: dict[str, SampleLoss] = {"ce": ce_loss, "dlr": dlr_loss}
+    losses: dict[str, SampleLoss] = {"ce": ce_loss, "dlr": dlr_loss, "cw": cw_margin_loss}
     if loss not in losses:
-        raise ConfigError(f"APGD loss must be 'ce' or 'dlr'; got {loss!r}", field="loss")
+        raise ConfigError(f"APGD loss must be 'ce', 'dlr' or 'cw'; got {loss!r}", field="loss")
     fn = losses[loss]
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_out = x.clone()
     evaluations = 0
+    progress = _Steps(restarts, steps, on_step)
     with frozen_for_attack(model):
-        for _ in range(restarts):
+        for r in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             evaluations += _apgd_run(
                 model, x, y, robust, x_out, idx, eps=eps, norm=norm, steps=steps,
-                loss_for=lambda _s: fn, extra={},
+                loss_for=lambda _s: fn, extra={}, precision=precision,
+                on_iteration=progress.run(r),
             )  # fmt: skip
+        progress.finish()
     return AttackOutcome(robust, x_out, evaluations)
 
 
@@ -234,28 +274,51 @@ def apgd_targeted(
     steps: int = 100,
     restarts: int = 1,
     targets: int = 9,
+    loss: str = "auto",
+    precision: Precision = "fp32",
+    on_step: StepFn | None = None,
 ) -> AttackOutcome:
-    """APGD-T: APGD on the targeted DLR loss, once for each of the ``targets`` classes with the
-    highest clean logits after the true one (bounded by the class count minus one), each run on
-    the samples that survived the earlier ones. AutoAttack's standard: 9 targets, 100 steps."""
+    """APGD-T: APGD on a targeted loss, once for each of the ``targets`` classes with the highest
+    clean logits after the true one (bounded by the class count minus one), each run on the
+    samples that survived the earlier ones. AutoAttack's standard: 9 targets, 100 steps.
+
+    ``loss``: ``dlr`` (targeted DLR, AutoAttack's), ``cw`` (the targeted margin z_t - z_y) or
+    ``auto``: DLR from three classes on, the margin below (where DLR is constant); see
+    :func:`targeted_loss_for`.
+    """
     _check(steps, restarts)
     if targets < 1:
         raise ConfigError(f"targets must be >= 1; got {targets}", field="targets")
+    if loss not in ("auto", "dlr", "cw"):
+        raise ConfigError(f"APGD-T loss must be auto, dlr or cw; got {loss!r}", field="loss")
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_out = x.clone()
     evaluations = 0
     with frozen_for_attack(model):
-        with torch.no_grad(), autocast(x.device):
+        with torch.no_grad(), autocast(x.device, precision):
             logits = model(x).float()
         evaluations += x.shape[0]
+        classes = logits.shape[1]
+        loss_for = _targeted(targeted_loss_for(classes) if loss == "auto" else loss)
         ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        for t in range(min(targets, logits.shape[1] - 1)):
-            for _ in range(restarts):
+        runs = min(targets, classes - 1)
+        progress = _Steps(runs * restarts, steps, on_step)
+        for t in range(runs):
+            for r in range(restarts):
                 idx = robust.nonzero().squeeze(1)
                 if idx.numel() == 0:
-                    return AttackOutcome(robust, x_out, evaluations)
+                    break
                 evaluations += _apgd_run(
                     model, x, y, robust, x_out, idx, eps=eps, norm=norm, steps=steps,
-                    loss_for=_targeted, extra={"target": ranked[:, t]},
+                    loss_for=loss_for, extra={"target": ranked[:, t]}, precision=precision,
+                    on_iteration=progress.run(t * restarts + r),
                 )  # fmt: skip
+        progress.finish()
     return AttackOutcome(robust, x_out, evaluations)
+
+
+def targeted_loss_for(classes: int) -> str:
+    """APGD-T's loss for a model with ``classes`` outputs: AutoAttack's targeted DLR needs three
+    (with two its ratio is the sign of the margin, constant, and the attack never moves); below
+    that the targeted CW margin, which with two classes is the plain margin."""
+    return "dlr" if classes >= 3 else "cw"

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cartl_core._runtime import autocast, frozen_for_attack
+from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core.attacks.losses import get_loss
 from cartl_core.attacks.threat import L2Ball, LinfBall, threat_model
+from cartl_core.config import Precision
 from cartl_core.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,12 +40,12 @@ def _check(steps: int, alpha: float, restarts: int) -> None:
 
 
 def _input_grad(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, precision: Precision
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the summed per-sample loss w.r.t. the input, and the logits it came from."""
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
-        with autocast(x_adv.device):
+        with autocast(x_adv.device, precision):
             logits = model(x_adv)
         loss = loss_fn(logits, y).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
@@ -60,10 +61,11 @@ def _pgd_run(
     steps: int,
     random_start: bool,
     loss_fn: LossFn,
+    precision: Precision,
 ) -> torch.Tensor:
     x_adv = ball.random_init(x) if random_start else x.clone()
     for _ in range(steps):
-        grad, _ = _input_grad(model, x_adv, y, loss_fn)
+        grad, _ = _input_grad(model, x_adv, y, loss_fn, precision)
         x_adv = ball.project(ball.step(x_adv.detach(), grad, alpha), x)
     return x_adv.detach()
 
@@ -79,23 +81,25 @@ def pgd(
     random_start: bool = True,
     restarts: int = 1,
     loss: str = "ce",
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al.): the adversarial examples for ``x``.
 
     With several restarts, a sample fooled by some restart keeps that restart's example; one that
-    is never fooled keeps the last restart's.
+    is never fooled keeps the last restart's. Adversarial training passes ``precision="bf16"``
+    (autocast on CUDA): its examples only need to be hard, not a measurement.
     """
     _check(steps, alpha, restarts)
     ball = threat_model(norm, eps)
     loss_fn = get_loss(loss)
     with frozen_for_attack(model):
         if restarts == 1:
-            return _pgd_run(model, x, y, ball, alpha, steps, random_start, loss_fn)
+            return _pgd_run(model, x, y, ball, alpha, steps, random_start, loss_fn, precision)
         best = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(restarts):
-            x_adv = _pgd_run(model, x, y, ball, alpha, steps, random_start, loss_fn)
-            with torch.no_grad(), autocast(x.device):
+            x_adv = _pgd_run(model, x, y, ball, alpha, steps, random_start, loss_fn, precision)
+            with torch.no_grad(), autocast(x.device, precision):
                 wrong = model(x_adv).argmax(1) != y
             open_ = ~fooled
             best[open_] = x_adv[open_]
@@ -104,12 +108,17 @@ def pgd(
 
 
 def fgsm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    loss: str = "ce",
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
     """Fast gradient sign method: one Linf step of size eps from the clean input."""
     ball = LinfBall(eps)
     with frozen_for_attack(model):
-        grad, _ = _input_grad(model, x, y, get_loss(loss))
+        grad, _ = _input_grad(model, x, y, get_loss(loss), precision)
     return ball.project(ball.step(x, grad, eps), x).detach()
 
 
@@ -125,6 +134,8 @@ def robust_mask(
     random_start: bool = True,
     restarts: int = 1,
     loss: str = "ce",
+    precision: Precision = "fp32",
+    on_step: StepFn | None = None,
 ) -> torch.Tensor:
     """Which samples survive the attack: a stronger and cheaper test than ``pgd`` then predict.
 
@@ -137,12 +148,25 @@ def robust_mask(
     ball = threat_model(norm, eps)
     loss_fn = get_loss(loss)
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    total = restarts * steps
+
+    def step(done: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+
+    def from_(offset: int) -> Callable[[int], None]:
+        return lambda t: step(offset + t)
+
     with frozen_for_attack(model):
-        for _ in range(restarts):
+        for r in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            _track_run(model, x, y, idx, robust, ball, alpha, steps, random_start, loss_fn)
+            _track_run(
+                model, x, y, idx, robust, ball, alpha, steps, random_start, loss_fn, precision,
+                from_(r * steps),
+            )  # fmt: skip
+        step(total)
     return robust
 
 
@@ -157,6 +181,8 @@ def _track_run(
     steps: int,
     random_start: bool,
     loss_fn: LossFn,
+    precision: Precision,
+    on_step: Callable[[int], None],
 ) -> None:
     x0, ya = x[idx], y[idx]
     xa = ball.random_init(x0) if random_start else x0.clone()
@@ -164,9 +190,9 @@ def _track_run(
     alive = torch.ones_like(ya, dtype=torch.bool)
     for t in range(steps + 1):
         if t < steps:
-            grad, logits = _input_grad(model, xa, ya, loss_fn)
+            grad, logits = _input_grad(model, xa, ya, loss_fn, precision)
         else:
-            with torch.no_grad(), autocast(xa.device):
+            with torch.no_grad(), autocast(xa.device, precision):
                 logits = model(xa)
         alive &= logits.argmax(1) == ya
         if (t == steps or t % every == every - 1) and not bool(alive.all()):
@@ -179,3 +205,4 @@ def _track_run(
             alive = torch.ones_like(ya, dtype=torch.bool)
         if t < steps:
             xa = ball.project(ball.step(xa.detach(), grad, alpha), x0)
+            on_step(t + 1)

@@ -3,9 +3,11 @@
 It uses only the model's outputs, never its gradients, so it finds adversarial examples behind
 gradient masking (zero, noisy or shattered gradients) that white-box attacks miss. Each query
 changes the perturbation inside one random square window and keeps the change if the margin
-z_y - max_{j != y} z_j went down; the window shrinks on a fixed schedule of the query count
-(``p_init`` 0.8, halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 queries out of
-10,000, rescaled to the budget). AutoAttack's standard budget is 5,000 queries.
+z_y - max_{j != y} z_j went down. In Linf every channel of the window gets a fresh random sign
+(+-eps), redrawn only where the whole window would stay as it is, as in the paper. The window
+shrinks on the reference's schedule: ``p_init`` 0.8, halved after 10, 50, 200, 500, 1000, 2000,
+4000, 6000 and 8000 queries; AutoAttack counts these in queries (``rescale=False``, its standard
+budget is 5,000), the paper's code can rescale them to the budget (``rescale=True``).
 
 Samples leave the batch the moment they are misclassified, so queries are spent only on the
 samples still robust.
@@ -14,32 +16,42 @@ samples still robust.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from cartl_core._runtime import autocast, frozen_for_attack
+from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core.attacks.apgd import AttackOutcome
 from cartl_core.attacks.threat import _per_sample_norm
+from cartl_core.config import Precision
 from cartl_core.errors import ConfigError
 
 __all__ = ["square"]
 
-_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64))
-_SCHEDULE_TAIL = ((6000, 128), (8000, 256))
+_SCHEDULE = (
+    (10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
+    (8000, 256),
+)  # fmt: skip
+#: A proposal that would leave its window unchanged is redrawn at most this often: with one
+#: channel each redraw succeeds with probability 1/2, so this practically never runs out.
+_REDRAWS = 32
 
 
-def _p_selection(p_init: float, query: int, budget: int) -> float:
-    """The fraction of pixels the window covers after ``query`` of ``budget`` queries."""
-    it = int(query / budget * 10000)
-    for limit, divisor in (*_SCHEDULE, *_SCHEDULE_TAIL):
+def _p_selection(p_init: float, query: int, budget: int, rescale: bool) -> float:
+    """The fraction of pixels the window covers at query ``query`` (0-based) of ``budget``."""
+    it = int(query / budget * 10000) if rescale else query
+    for limit, divisor in _SCHEDULE:
         if it <= limit:
             return p_init / divisor
     return p_init / 512
 
 
-def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with autocast(x.device):
+def _margin(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision
+) -> torch.Tensor:
+    with autocast(x.device, precision):
         z = model(x).float()
     true = z.gather(1, y[:, None]).squeeze(1)
     margin: torch.Tensor = true - z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
@@ -91,15 +103,21 @@ def _linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float)
     vh = int(torch.randint(0, h - s + 1, ()))
     vw = int(torch.randint(0, w - s + 1, ()))
     window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
-    new = eps * _signs((n, c, 1, 1), x0.device)
-    base = x0[window]
-    proposal = (base + new).clamp(0.0, 1.0)
-    # A channel whose window would not change (the box clipped it to where it already is) gets
-    # the other sign, so each query tests a real change, as the reference's redraw does.
-    same = (proposal - x_best[window]).abs().amax(dim=(2, 3), keepdim=True) < 1e-7
+    base, current = x0[window], x_best[window]
+    signs = _signs((n, c, 1, 1), x0.device)
+    proposal = (base + eps * signs).clamp(0.0, 1.0)
+    # Only a sample whose whole window would stay as it is draws again, all its channels afresh:
+    # flipping single unchanged channels instead makes the proposal for a window of one sign the
+    # exact complement every time, and then no query can change a single channel.
+    for _ in range(_REDRAWS):
+        same = (proposal - current).abs().flatten(1).amax(dim=1) < 1e-7
+        if not bool(same.any()):
+            break
+        signs = torch.where(same.view(-1, 1, 1, 1), _signs((n, c, 1, 1), x0.device), signs)
+        proposal = (base + eps * signs).clamp(0.0, 1.0)
     # Outside the window the proposal is the current best, so only the window is computed.
     x_new = x_best.clone()
-    x_new[window] = torch.where(same, (base - new).clamp(0.0, 1.0), proposal)
+    x_new[window] = proposal
     return x_new
 
 
@@ -138,8 +156,12 @@ def square(
     queries: int = 5000,
     p_init: float = 0.8,
     restarts: int = 1,
+    rescale: bool = False,
+    precision: Precision = "fp32",
+    on_step: StepFn | None = None,
 ) -> AttackOutcome:
-    """Square Attack on the margin loss; each restart attacks only the samples still robust."""
+    """Square Attack on the margin loss, ``queries`` proposals after the initial point; each
+    restart attacks only the samples still robust. ``on_step`` hears (queries done, planned)."""
     if x.ndim != 4:
         raise ConfigError("Square needs image batches (N, C, H, W)")
     if queries < 1:
@@ -149,53 +171,76 @@ def square(
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_out = x.clone()
     evaluations = 0
+    run = _SquareRun(eps, norm, queries, p_init, rescale, precision)
+    total = restarts * queries
+
+    def step(done: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+
+    def from_(offset: int) -> Callable[[int], None]:
+        return lambda q: step(offset + q)
+
     with frozen_for_attack(model), torch.no_grad():
-        for _ in range(restarts):
+        for r in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            evaluations += _square_run(model, x, y, robust, x_out, idx, eps, norm, queries, p_init)
+            evaluations += run(model, x, y, robust, x_out, idx, from_(r * queries))
+    step(total)
     return AttackOutcome(robust, x_out, evaluations)
 
 
-def _square_run(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    robust: torch.Tensor,
-    x_out: torch.Tensor,
-    idx: torch.Tensor,
-    eps: float,
-    norm: str,
-    queries: int,
-    p_init: float,
-) -> int:
-    x0, ya = x[idx], y[idx]
-    if norm == "linf":
-        # Vertical stripes of +-eps: the reference's initialisation.
-        stripes = eps * _signs((x0.shape[0], x0.shape[1], 1, x0.shape[3]), x.device)
-        xb = (x0 + stripes).clamp(0.0, 1.0)
-        propose = _linf_proposal
-    else:
-        xb = _l2_init(x0, eps)
-        propose = _l2_proposal
-    margin = _margin(model, xb, ya)
-    evaluations = int(idx.numel())
-    for q in range(1, queries):
+@dataclass(frozen=True)
+class _SquareRun:
+    eps: float
+    norm: str
+    queries: int
+    p_init: float
+    rescale: bool
+    precision: Precision
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        robust: torch.Tensor,
+        x_out: torch.Tensor,
+        idx: torch.Tensor,
+        on_query: Callable[[int], None],
+    ) -> int:
+        """One run over the samples ``idx``; updates ``robust`` and ``x_out`` in place and
+        returns the model evaluations it spent."""
+        eps = self.eps
+        x0, ya = x[idx], y[idx]
+        if self.norm == "linf":
+            # Vertical stripes of +-eps: the reference's initialisation.
+            stripes = eps * _signs((x0.shape[0], x0.shape[1], 1, x0.shape[3]), x.device)
+            xb = (x0 + stripes).clamp(0.0, 1.0)
+            propose = _linf_proposal
+        else:
+            xb = _l2_init(x0, eps)
+            propose = _l2_proposal
+        margin = _margin(model, xb, ya, self.precision)
+        evaluations = int(idx.numel())
+        for q in range(self.queries):
+            alive = margin > 0
+            if not bool(alive.all()):
+                robust[idx[~alive]] = False
+                x_out[idx[~alive]] = xb[~alive]
+                idx, x0, ya, xb, margin = idx[alive], x0[alive], ya[alive], xb[alive], margin[alive]
+            if idx.numel() == 0:
+                return evaluations
+            p = _p_selection(self.p_init, q, self.queries, self.rescale)
+            x_new = propose(x0, xb, eps, p)
+            m_new = _margin(model, x_new, ya, self.precision)
+            evaluations += int(idx.numel())
+            better = m_new < margin
+            margin = torch.where(better, m_new, margin)
+            xb = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
+            on_query(q + 1)
         alive = margin > 0
-        if not bool(alive.all()):
-            robust[idx[~alive]] = False
-            x_out[idx[~alive]] = xb[~alive]
-            idx, x0, ya, xb, margin = idx[alive], x0[alive], ya[alive], xb[alive], margin[alive]
-        if idx.numel() == 0:
-            return evaluations
-        x_new = propose(x0, xb, eps, _p_selection(p_init, q, queries))
-        m_new = _margin(model, x_new, ya)
-        evaluations += int(idx.numel())
-        better = m_new < margin
-        margin = torch.where(better, m_new, margin)
-        xb = torch.where(better.view(-1, 1, 1, 1), x_new, xb)
-    alive = margin > 0
-    robust[idx[~alive]] = False
-    x_out[idx] = xb
-    return evaluations
+        robust[idx[~alive]] = False
+        x_out[idx] = xb
+        return evaluations

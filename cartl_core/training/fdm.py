@@ -86,8 +86,9 @@ def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMCon
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv = pgd(
-            model, x, y, a.eps, a.step_size, a.steps, a.norm, a.random_start, a.restarts, a.loss
-        )
+            model, x, y, a.eps, a.step_size, a.steps, a.norm, a.random_start, a.restarts, a.loss,
+            precision="bf16",
+        )  # fmt: skip
         with autocast(x.device):
             phi_adv = phi(x_adv)
             logits = rest(phi_adv)

@@ -141,6 +141,8 @@ class RobustTrace:
             steps=self.config.steps,
             norm=self.norm,
             random_start=True,
+            # Monitoring between epochs, at training's speed; the audit measures in fp32.
+            precision="bf16",
         )
         return correct.sum(), survived.sum()
 

@@ -121,3 +121,32 @@ class WrongOnCleanGrid(nn.Module):
         on_grid = ((scaled - scaled.round()).abs() < 1e-6).all(dim=1)[:, None]
         shifted = logits.roll(1, dims=1)
         return torch.where(on_grid, shifted, logits)
+
+
+class NoisyInput(nn.Module):
+    """A randomised defence: Gaussian noise on every input, in eval mode too. Its robust accuracy
+    is one random draw's, not a fixed model's."""
+
+    def __init__(self, base: nn.Module, sigma: float = 0.05) -> None:
+        super().__init__()
+        self.base, self.sigma = base, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.base(x + self.sigma * torch.randn_like(x))
+        return out
+
+
+class ConstantClass(nn.Module):
+    """A degenerate 'classifier': a tiny input-dependent wobble on logits that always rank one
+    class first. Every attack fails on the images of that class, so robust accuracy equals clean
+    accuracy: perfect 'robustness' that means nothing."""
+
+    def __init__(self, num_classes: int, winner: int = 0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1e-3))
+        self.num_classes, self.winner = num_classes, winner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = torch.zeros(x.shape[0], self.num_classes, device=x.device)
+        base[:, self.winner] = 10.0
+        return base + self.scale * x.flatten(1).mean(dim=1, keepdim=True)

@@ -172,3 +172,39 @@ def test_bad_settings_name_the_field(call, field: str) -> None:  # type: ignore[
     with pytest.raises(ConfigError) as err:
         call(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
     assert err.value.field == field
+
+
+@pytest.fixture(scope="module")
+def binary() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A two-class task (defect / no defect) behind logits x 1e4: cross-entropy saturates, so
+    APGD-CE stalls and the second gradient attack is the one that must work."""
+    torch.manual_seed(0)
+    data = make_dataset(num_classes=2, n_train=128, n_test=64)
+    model = train(tiny_cnn(2), data.train.images, data.train.labels, epochs=40)
+    return LogitScaled(model).eval(), data.test.images, data.test.labels
+
+
+def test_dlr_is_refused_below_three_classes(binary) -> None:  # type: ignore[no-untyped-def]
+    model, x, y = binary
+    with torch.no_grad():
+        logits = model(x)
+    with pytest.raises(ConfigError, match="3 classes"):
+        dlr_loss(logits, y)
+    with pytest.raises(ConfigError, match="3 classes"):
+        apgd_targeted(model, x, y, eps=0.1, steps=5, loss="dlr")
+
+
+def test_the_second_attack_breaks_samples_on_a_binary_task(binary) -> None:  # type: ignore[no-untyped-def]
+    """With two classes targeted DLR is constant (zero gradient) and APGD-T never moved; on the
+    targeted CW margin it breaks what saturated APGD-CE could not, and the report says so."""
+    from cartl_core import AuditConfig, audit
+    from cartl_core.data import Split
+
+    model, x, y = binary
+    cfg = AuditConfig(eps=(0.15,), attacks="fast", apgd_steps=25, check_samples=32)
+    report = audit(model, Split(x, y), cfg)
+    ce, t = (a for a in report.attacks if a.role == "ensemble")
+    assert (ce.name, t.name) == ("apgd-ce", "apgd-t")
+    assert t.loss == "cw-targeted"
+    assert t.broke > 0.1 * report.samples, (ce.broke, t.broke)
+    assert any("2 classes" in note and "CW margin" in note for note in report.notes)

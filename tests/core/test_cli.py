@@ -119,6 +119,8 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
                 "3",
                 "--apgd-steps",
                 "20",
+                "--fab-steps",
+                "20",
                 "--square-queries",
                 "200",
                 "--json",
@@ -135,9 +137,9 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
         return [(a["name"], round(a["eps"] * 255)) for a in report["attacks"] if a["role"] == role]
 
     assert report["ensemble"] == "standard"
-    assert runs("ensemble") == [("apgd-ce", 8), ("apgd-t", 8), ("square", 8)]
+    assert runs("ensemble") == [("apgd-ce", 8), ("apgd-t", 8), ("fab-t", 8), ("square", 8)]
     assert runs("named") == [("pgd-3", 8), ("fgsm", 8)]
-    assert runs("eps-curve") == [("apgd-ce", 16), ("apgd-t", 16), ("square", 16)]
+    assert runs("eps-curve") == [("apgd-ce", 16), ("apgd-t", 16), ("fab-t", 16), ("square", 16)]
     at_eps = [a["accuracy"] for a in report["attacks"] if a["role"] != "check" and a["eps"] < 0.04]
     assert report["robust_accuracy"] <= min(at_eps)
     assert [round(p["eps"] * 255) for p in report["by_eps"] if not p["subset"]] == [8, 16]

@@ -215,3 +215,13 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
         c.val_robust for c in result.candidates
     ]
     assert again.chosen.name == result.chosen.name
+
+    # Numbers measured by other attacks are not reused: other settings, or the same settings
+    # after a change to the attacks' code, train and audit again.
+    monkeypatch.setattr(compare_module, "SELECTION_ATTACKS", "apgd-ce")
+    compare(source, data, config, device="cpu", seed=3, out_dir=tmp_path)
+    assert len(seen) == 2
+    seen.clear()
+    monkeypatch.setattr(compare_module, "ATTACKS_REVISION", compare_module.ATTACKS_REVISION + 1)
+    compare(source, data, config, device="cpu", seed=3, out_dir=tmp_path)
+    assert len(seen) == 2

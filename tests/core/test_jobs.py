@@ -174,7 +174,7 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     assert description["training"]["threat"] == {"eps": pytest.approx(0.1), "norm": "linf"}
     audited = run_job(
         "audit",
-        parse_params("audit", {"steps": 3, "limit": 20, "square_queries": 200}),
+        parse_params("audit", {"steps": 3, "limit": 20, "square_queries": 200, "fab_steps": 20}),
         dataset_path=data,
         checkpoint_path=tmp_path / "tgt.safetensors",
         out_path=tmp_path / "unused",
@@ -188,6 +188,8 @@ def test_pretrain_transfer_and_audit_jobs_end_to_end(tmp_path: Path) -> None:
     assert [a["name"] for a in audited.metrics["attacks"] if a["role"] == "ensemble"] == [
         "apgd-ce",
         "apgd-t",
+        "fab-t",
         "square",
     ]
+    assert audited.metrics["precision"] == "fp32"
     assert audited.metrics["robust_accuracy"] <= audited.metrics["clean_accuracy"]

@@ -6,17 +6,21 @@ Rows (each on every test sample; robust accuracy counts clean-misclassified samp
 ``PGD-20 (old headline)``
     ``cartl_core.attacks.robust_mask``: PGD-20 with cross-entropy, step eps/4, early exit.
 ``cartl_core standard``
-    The audit's default headline: APGD-CE, APGD-T, Square in sequence, per-sample worst case,
-    early exit inside every attack (:func:`cartl_core.audit.run_ensemble`).
+    The audit's default headline: AutoAttack's standard list (APGD-CE, APGD-T, FAB-T, Square)
+    in sequence, per-sample worst case, early exit inside every attack, fp32
+    (:func:`cartl_core.audit.run_ensemble`).
+``cartl_core standard, AutoAttack's Square schedule``
+    The same with Square's window schedule counted in queries (``square_rescale=False``), as
+    AutoAttack builds it, instead of rescaled to the budget.
+``cartl_core standard, bf16`` (CUDA only)
+    The same under bf16 autocast (``precision="bf16"``), the opt-in speed option.
 ``cartl_core fast``
     APGD-CE then APGD-T.
 ``cartl_core audit()``
-    A whole default audit: the standard ensemble plus PGD-20, FGSM and the masking checks.
+    A whole default audit: the standard ensemble plus PGD-20, FGSM and the checks.
 ``torchattacks AutoAttack``
     ``torchattacks.AutoAttack(version="standard")``: APGD-CE, APGD-T, FAB-T, Square, each on
-    the samples the earlier ones left (the reference; ratio 1.00).
-``torchattacks APGD-CE+APGD-T+Square``
-    The same library without FAB-T, i.e. the same ensemble as ``cartl_core standard``.
+    the samples the earlier ones left, in fp32 (the reference; ratio 1.00).
 ``torchattacks AutoAttack, channels_last``
     The reference on the model as cartl_core prepares it (channels_last, which oneDNN runs
     1.3-1.5x faster on this model). The reference rows above get the model as a user would hand
@@ -113,28 +117,13 @@ def old_headline(model: nn.Module, split: Split, eps: float) -> float:
     return float(robust.float().mean())
 
 
-def torchattacks_row(
-    model: nn.Module, split: Split, eps: float, norm: str, classes: int, fab: bool
-) -> float:
+def torchattacks_row(model: nn.Module, split: Split, eps: float, norm: str, classes: int) -> float:
     import torchattacks
 
     ta_norm = "Linf" if norm == "linf" else "L2"
-    if fab:
-        attack = torchattacks.AutoAttack(
-            model, norm=ta_norm, eps=eps, version="standard", n_classes=classes, seed=0
-        )
-    else:
-        attack = torchattacks.MultiAttack(
-            [
-                torchattacks.APGD(model, norm=ta_norm, eps=eps, seed=0, loss="ce", n_restarts=1),
-                torchattacks.APGDT(
-                    model, norm=ta_norm, eps=eps, seed=0, n_classes=classes, n_restarts=1
-                ),
-                torchattacks.Square(
-                    model, norm=ta_norm, eps=eps, seed=0, n_queries=5000, n_restarts=1
-                ),
-            ]
-        )
+    attack = torchattacks.AutoAttack(
+        model, norm=ta_norm, eps=eps, version="standard", n_classes=classes, seed=0
+    )
     correct = 0
     x_all, y_all = split.float_images(), split.labels
     for start in range(0, len(y_all), 256):
@@ -155,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=Path("bench/results/audit_model"))
     p.add_argument(
-        "--skip", default="", help="comma-separated rows to skip: audit,fab,nofab,fab-cl"
+        "--skip", default="", help="comma-separated rows to skip: audit,ref,ref-cl,schedule,bf16"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -187,16 +176,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {acc:.4f} in {seconds:.1f} s", file=sys.stderr, flush=True)
 
     print(f"auditing {ckpt.name}: {n} samples, {args.norm} eps {eps}", file=sys.stderr)
-    if "fab" not in skip:
+    if "ref" not in skip:
         add("torchattacks AutoAttack", lambda: torchattacks_row(
-            reference, split, eps, args.norm, data.num_classes, fab=True))  # fmt: skip
-    if "nofab" not in skip:
-        add("torchattacks APGD-CE+APGD-T+Square", lambda: torchattacks_row(
-            reference, split, eps, args.norm, data.num_classes, fab=False))  # fmt: skip
-    if "fab-cl" not in skip:
+            reference, split, eps, args.norm, data.num_classes))  # fmt: skip
+    if "ref-cl" not in skip:
         add("torchattacks AutoAttack, channels_last", lambda: torchattacks_row(
-            model, split, eps, args.norm, data.num_classes, fab=True))  # fmt: skip
+            model, split, eps, args.norm, data.num_classes))  # fmt: skip
     add("cartl_core standard", lambda: run_ensemble(model, split, cfg).robust_accuracy)
+    if "schedule" not in skip:
+        add("cartl_core standard, AutoAttack's Square schedule", lambda: run_ensemble(
+            model, split, cfg.with_(square_rescale=False)).robust_accuracy)  # fmt: skip
+    if "bf16" not in skip and device.type == "cuda":
+        add("cartl_core standard, bf16", lambda: run_ensemble(
+            model, split, cfg.with_(precision="bf16")).robust_accuracy)  # fmt: skip
     add("cartl_core fast", lambda: run_ensemble(model, split, cfg.with_(attacks="fast"))
         .robust_accuracy)  # fmt: skip
     if "audit" not in skip:
@@ -210,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device} ({name}), torch {torch.__version__}, {threads} CPU threads, "
           f"cartl {cartl_core.__version__}")  # fmt: skip
     print(f"model {ckpt.name}, {n} samples, {args.norm} eps {eps}; reference: {rows[0]['row']}")
-    print(f"{'row':<38}{'robust acc':>11}{'seconds':>10}{'s/1k':>9}{'ratio':>8}")
+    print(f"{'row':<52}{'robust acc':>11}{'seconds':>10}{'s/1k':>9}{'ratio':>8}")
     for r in rows:
         r["seconds_per_1k"] = r["seconds"] * 1000 / n
         r["ratio"] = ref / r["seconds"] if r["seconds"] else float("inf")
         print(
-            f"{r['row']:<38}{r['robust_accuracy']:>11.4f}{r['seconds']:>10.1f}"
+            f"{r['row']:<52}{r['robust_accuracy']:>11.4f}{r['seconds']:>10.1f}"
             f"{r['seconds_per_1k']:>9.1f}{r['ratio']:>8.2f}"
         )
     if args.json is not None:

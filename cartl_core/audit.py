@@ -376,12 +376,12 @@ class _Auditor:
         self.labels = data.labels
         self.n = len(data)
         self.clock = _Clock(time.monotonic())
-        t0 = time.monotonic()
         self.predicted, first_logits = self.predict_clean()
         self.clean = self.predicted == self.labels
-        self.forward_s = (time.monotonic() - t0) / max(1, self.n)
         self.classes = int(first_logits.shape[1])
         self.probe = _GradientProbe.run(model, data, cfg, first_logits)
+        # Timed after the passes above, which warmed up the kernels it times.
+        self.cost = _PassCost.measure(model, data, cfg, first_logits.shape[0])
         self.results: list[AttackResult] = []
 
     def predict_clean(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,8 +421,8 @@ class _Auditor:
         self.clock.bounds = [float(r["seconds_max"]) for r in rows]
         estimate = AuditEstimate(
             seconds_max=sum(self.clock.bounds),
-            grad_pass_s=self.probe.seconds_per_sample,
-            forward_pass_s=self.forward_s,
+            grad_pass_s=self.cost.grad_per_sample,
+            forward_pass_s=self.cost.forward_per_sample,
             per_attack=rows,
             device=str(self.dev),
         )
@@ -437,7 +437,9 @@ class _Auditor:
 
     def bound(self, spec: _Spec, samples: int) -> float:
         grads, forwards = spec.passes()
-        return samples * (grads * self.probe.seconds_per_sample + forwards * self.forward_s)
+        bs = self.cfg.batch_size
+        sizes = [bs] * (samples // bs) + ([samples % bs] if samples % bs else [])
+        return sum(self.cost.seconds(grads, forwards, size) for size in sizes)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.clock.started
@@ -537,12 +539,59 @@ def _sync(dev: torch.device) -> None:
 
 
 @dataclass(frozen=True)
-class _GradientProbe:
-    """One timed gradient pass over the first batch, which the checks of the model read too:
-    zero input gradients, probabilities for outputs, and a forward pass that differs from the
-    clean pass's on the same inputs (a randomised model)."""
+class _PassCost:
+    """What a pass costs on this device: a fixed part per call (kernel launches, Python) and a
+    part per sample, each for a gradient pass and a forward pass, from two timed calls of each
+    (one sample, a whole batch)."""
 
-    seconds_per_sample: float
+    grad_fixed: float
+    grad_per_sample: float
+    forward_fixed: float
+    forward_per_sample: float
+
+    #: The attacks' own arithmetic (projections, bookkeeping) on top of the model's passes.
+    ATTACK_OVERHEAD = 1.5
+
+    def seconds(self, grads: int, forwards: int, batch: int) -> float:
+        grad = self.grad_fixed + self.grad_per_sample * batch
+        forward = self.forward_fixed + self.forward_per_sample * batch
+        return self.ATTACK_OVERHEAD * (grads * grad + forwards * forward)
+
+    @classmethod
+    def measure(cls, model: nn.Module, data: Split, cfg: AuditConfig, n: int) -> _PassCost:
+        dev = model_device(model)
+        x = data.subset(torch.arange(n, device=dev)).float_images()
+
+        def grad_pass(xs: torch.Tensor) -> None:
+            xs = xs.detach().requires_grad_(True)
+            with torch.enable_grad(), autocast(dev, cfg.precision):
+                out = model(xs)
+            torch.autograd.grad(out.float().sum(), xs)
+
+        def forward_pass(xs: torch.Tensor) -> None:
+            with torch.inference_mode(), autocast(dev, cfg.precision):
+                model(xs)
+
+        with frozen_for_attack(model):
+            g1, gn = _timed(grad_pass, x[:1], dev), _timed(grad_pass, x, dev)
+            f1, fn = _timed(forward_pass, x[:1], dev), _timed(forward_pass, x, dev)
+        g_per, f_per = (max(0.0, (big - one) / max(1, n - 1)) for big, one in ((gn, g1), (fn, f1)))
+        return cls(max(0.0, g1 - g_per), g_per, max(0.0, f1 - f_per), f_per)
+
+
+def _timed(fn: Callable[[torch.Tensor], None], x: torch.Tensor, dev: torch.device) -> float:
+    t0 = time.monotonic()
+    fn(x)
+    _sync(dev)
+    return time.monotonic() - t0
+
+
+@dataclass(frozen=True)
+class _GradientProbe:
+    """One gradient pass over the first batch, which the checks of the model read: zero input
+    gradients, probabilities for outputs, and a forward pass that differs from the clean pass's
+    on the same inputs (a randomised model)."""
+
     zero_share: float
     probabilities: bool
     max_difference: float
@@ -557,13 +606,10 @@ class _GradientProbe:
         n = clean_logits.shape[0]
         sub = data.subset(torch.arange(n, device=dev))
         x = sub.float_images().requires_grad_(True)
-        t0 = time.monotonic()
         with frozen_for_attack(model), torch.enable_grad():
             with autocast(dev, cfg.precision):
                 logits = model(x)
             (grad,) = torch.autograd.grad(ce_loss(logits, sub.labels).sum(), x)
-        _sync(dev)
-        seconds = (time.monotonic() - t0) / max(1, n)
         z = logits.detach().float()
         zero = float((grad.flatten(1).abs().amax(dim=1) == 0).float().mean())
         probs = bool(((z >= 0) & (z <= 1)).all()) and bool(
@@ -572,7 +618,6 @@ class _GradientProbe:
         # AutoAttack's check_randomized: outputs scaled to a maximum of 1, then compared.
         a, b = (t / t.abs().amax(dim=1, keepdim=True).clamp_min(1e-10) for t in (clean_logits, z))
         return cls(
-            seconds_per_sample=seconds,
             zero_share=zero,
             probabilities=probs,
             max_difference=float((a - b).abs().max()) if n else 0.0,

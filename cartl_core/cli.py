@@ -569,11 +569,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
 
     bar = _CompareBar(quiet)
+    bars = _Bars(quiet)
+
+    def stage(text: str) -> None:
+        if not quiet:
+            bars.close()
+            print(f"demo {text}", file=sys.stderr, flush=True)
+
     device = "cpu" if args.device == "auto" else args.device
+    if not quiet:
+        print(
+            "demo: two adversarial pre-trainings, a standard fine-tuning and a compare on "
+            f"scikit-learn's digits, then 4 audits ({settings.attacks} ensemble); a few minutes "
+            "on a CPU",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        result = digits_reproduction(settings, device=device, on_row=show, on_compare=bar)
+        result = digits_reproduction(
+            settings, device=device, on_row=show, on_compare=bar, on_stage=stage,
+            on_train=bars.training, on_audit=bars.audit,
+        )  # fmt: skip
     finally:
         bar.close()
+        bars.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

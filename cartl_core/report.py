@@ -583,9 +583,14 @@ def _summary(audit: Record, threat: _Threat) -> str:
         f"<strong>{_pct(clean)}</strong> of clean inputs and on <strong>{_pct(robust)}</strong> "
         f"under attack ({_e(threat.text())}).</p>"
     )
+    # Beside the number, never below the fold: why it means nothing for this model.
+    meaningless = "".join(
+        f'<br><strong class="warn">MEANINGLESS: {_e(note)}</strong>'
+        for note in audit.get("headline_notes") or []
+    )
     rows: list[tuple[str, str]] = [
         ("Clean accuracy", _pct(clean)),
-        ("Robust accuracy", _pct(robust)),
+        ("Robust accuracy", _pct(robust) + meaningless),
     ]
     w, r = _num(worst), _num(robust)
     if w is not None and (r is None or abs(w - r) > 1e-9):
@@ -596,6 +601,10 @@ def _summary(audit: Record, threat: _Threat) -> str:
     rows.append(("Samples", _e(_plain(samples))))
     if audit.get("device") is not None:
         rows.append(("Device", _e(audit["device"])))
+    if audit.get("precision") is not None:
+        rows.append(("Arithmetic of the attacks", _e(audit["precision"])))
+    for note in audit.get("notes") or []:
+        rows.append(("Note", _e(note)))
     if audit.get("seconds") is not None:
         rows.append(("Audit time", _seconds(audit.get("seconds"))))
     return sentence + _table(

@@ -29,6 +29,7 @@ import torch
 
 from cartl_core._runtime import model_device
 from cartl_core.audit import AuditReport, audit
+from cartl_core.audit import ProgressFn as AuditProgressFn
 from cartl_core.compare import CompareProgressFn, CompareResult, compare
 from cartl_core.config import (
     AttackConfig,
@@ -43,6 +44,7 @@ from cartl_core.data import Dataset
 from cartl_core.data.digits import digits_task
 from cartl_core.models import BlockModel
 from cartl_core.training import pretrain, transfer
+from cartl_core.training.loop import ProgressFn
 
 __all__ = [
     "DemoResult",
@@ -152,11 +154,20 @@ def digits_reproduction(
     device: str | torch.device | None = "cpu",
     on_row: Callable[[ReproductionRow], None] | None = None,
     on_compare: CompareProgressFn | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_train: ProgressFn | None = None,
+    on_audit: AuditProgressFn | None = None,
 ) -> DemoResult:
     """Run the demo; ``on_row`` gets each audited row as it is done, ``on_compare`` the
-    comparison's progress (see :class:`~cartl_core.compare.CompareEvent`)."""
+    comparison's progress (see :class:`~cartl_core.compare.CompareEvent`), ``on_stage`` a line
+    as each step starts, ``on_train`` and ``on_audit`` the trainings' and audits' progress."""
     s = settings or DigitsSettings()
     started = time.monotonic()
+
+    def stage(text: str) -> None:
+        if on_stage is not None:
+            on_stage(text)
+
     source_data = digits_task(s.source_classes, seed=s.seed)
     target_data = digits_task(s.target_classes, seed=s.seed)
     check = AuditConfig(eps=(s.eps,), steps=s.audit_steps, attacks=s.attacks, fgsm=False)
@@ -170,7 +181,10 @@ def digits_reproduction(
         candidate: str | None = None,
     ) -> None:
         on_source = transfer is None
-        report = audit(model, (source_data if on_source else target_data).test, check)
+        what = source if on_source else f"{source} -> {transfer}"
+        stage(f"auditing {what} ({s.attacks} ensemble at eps {s.eps:g})")
+        test = (source_data if on_source else target_data).test
+        report = audit(model, test, check, on_progress=on_audit)
         row = ReproductionRow(
             source,
             transfer,
@@ -187,20 +201,26 @@ def digits_reproduction(
             on_row(row)
 
     t0 = time.monotonic()
-    at_source = _source(s, source_data, 0.0, device)
+    stage(f"1/4 adversarial training of the AT source on digits 0-4 (PGD-7, {s.epochs} epochs)")
+    at_source = _source(s, source_data, 0.0, device, on_train)
     audited(at_source, t0, "AT")
     t0 = time.monotonic()
+    stage(f"2/4 standard fine-tuning of the AT source on digits 5-9 (k {s.k}, {s.epochs} epochs)")
     torch.manual_seed(s.seed)
     baseline = TransferConfig(
         method="standard", k=s.k, schedule=_schedule(s), augmentation="none", trace=_NO_TRACE
     )
-    at_standard = transfer(at_source, target_data, baseline, device=device, seed=s.seed).model
+    at_standard = transfer(
+        at_source, target_data, baseline, device=device, seed=s.seed, on_progress=on_train
+    ).model
     audited(at_standard, t0, "AT", "standard")
 
     t0 = time.monotonic()
-    fdm_source = _source(s, source_data, s.fdm_lambda, device)
+    stage(f"3/4 FDM training of the source on digits 0-4 (lambda {s.fdm_lambda:g}, k {s.k})")
+    fdm_source = _source(s, source_data, s.fdm_lambda, device, on_train)
     audited(fdm_source, t0, "FDM")
     t0 = time.monotonic()
+    stage(f"4/4 compare from the FDM source: {', '.join(s.compare_methods)}")
     candidates = CompareConfig(
         eps=s.eps,
         methods=s.compare_methods,
@@ -229,7 +249,11 @@ def _schedule(s: DigitsSettings) -> ScheduleConfig:
 
 
 def _source(
-    s: DigitsSettings, data: Dataset, fdm_lambda: float, device: str | torch.device | None
+    s: DigitsSettings,
+    data: Dataset,
+    fdm_lambda: float,
+    device: str | torch.device | None,
+    on_train: ProgressFn | None = None,
 ) -> BlockModel:
     """A source pre-trained with PGD-7 (step eps/4): plain adversarial training at lambda 0."""
     torch.manual_seed(s.seed)
@@ -241,7 +265,7 @@ def _source(
         augmentation="none",
         trace=_NO_TRACE,
     )
-    return pretrain(data, "small-cnn", fdm, device=device, seed=s.seed).model
+    return pretrain(data, "small-cnn", fdm, device=device, seed=s.seed, on_progress=on_train).model
 
 
 def _pgd(report: AuditReport) -> float | None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.losses import (
     ce_loss,
     cw_margin_loss,
@@ -199,25 +200,6 @@ def _targeted(loss: str) -> Callable[[_Active], SampleLoss]:
     return for_active
 
 
-class _Steps:
-    """Reports progress over several runs to ``on_step``: run ``r``'s iteration ``i`` is step
-    ``r * steps + i``; a run cut short (every sample broken) counts as done."""
-
-    def __init__(self, runs: int, steps: int, on_step: StepFn | None) -> None:
-        self.steps, self.total, self.on_step = steps, runs * steps, on_step
-
-    def run(self, r: int) -> Callable[[int], None]:
-        def at(i: int) -> None:
-            if self.on_step is not None:
-                self.on_step(r * self.steps + i, self.total)
-
-        return at
-
-    def finish(self) -> None:
-        if self.on_step is not None:
-            self.on_step(self.total, self.total)
-
-
 def _check(steps: int, restarts: int) -> None:
     if steps < 1:
         raise ConfigError(f"APGD steps must be >= 1; got {steps}", field="steps")
@@ -249,7 +231,7 @@ def apgd(
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_out = x.clone()
     evaluations = 0
-    progress = _Steps(restarts, steps, on_step)
+    progress = StepCounter(restarts, steps, on_step)
     with frozen_for_attack(model):
         for r in range(restarts):
             idx = robust.nonzero().squeeze(1)
@@ -302,7 +284,7 @@ def apgd_targeted(
         loss_for = _targeted(targeted_loss_for(classes) if loss == "auto" else loss)
         ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
         runs = min(targets, classes - 1)
-        progress = _Steps(runs * restarts, steps, on_step)
+        progress = StepCounter(runs * restarts, steps, on_step)
         for t in range(runs):
             for r in range(restarts):
                 idx = robust.nonzero().squeeze(1)

@@ -17,12 +17,14 @@ iterates that crossed the boundary outside ``eps`` cost a second pass (at their 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome, _Active, _random_start
 from cartl_core.config import PRECISIONS, Precision
 from cartl_core.errors import ConfigError
@@ -127,19 +129,6 @@ def _fab_step(s: _Active, cfg: _Settings) -> torch.Tensor:
     return nxt.view_as(s["x1"]).to(s["x1"].dtype)
 
 
-class _Progress:
-    """Counts iterations for ``on_step``; the iterations of a run cut short count as done."""
-
-    def __init__(self, total: int, on_step: StepFn | None) -> None:
-        self.done, self.total, self.on_step = 0, total, on_step
-
-    def to(self, done: int) -> None:
-        if done > self.done:
-            self.done = done
-            if self.on_step is not None:
-                self.on_step(done, self.total)
-
-
 def _fab_run(
     model: nn.Module,
     s: _Active,
@@ -147,7 +136,7 @@ def _fab_run(
     x_out: torch.Tensor,
     cfg: _Settings,
     random_start: bool,
-    progress: _Progress,
+    on_iteration: Callable[[int], None],
 ) -> int:
     """One FAB-T run over the samples in ``s`` (their ``idx`` into the batch, clean ``x0``, label
     ``y`` and ``target``); updates ``robust`` and ``x_out`` in place and returns the model
@@ -158,10 +147,9 @@ def _fab_run(
     # As in the reference, the start itself is not checked: its logits go unused.
     s["f"], s["g"], _ = _margin_grad(model, s["x1"], s["y"], s["target"], cfg.precision)
     evaluations = len(s)
-    start = progress.done
     for i in range(cfg.steps):
         evaluations += _iterate(model, s, robust, x_out, cfg, last=i == cfg.steps - 1)
-        progress.to(start + i + 1)
+        on_iteration(i + 1)
         if len(s) == 0:
             break
     return evaluations
@@ -261,13 +249,14 @@ def fab_targeted(
         robust = logits.argmax(dim=1) == y
         ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
         runs = min(targets, logits.shape[1] - 1) * restarts
-        progress = _Progress(runs * steps, on_step)
+        progress = StepCounter(runs, steps, on_step)
         for run in range(runs):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             s = _Active(idx=idx, x0=x[idx], y=y[idx], target=ranked[idx, run // restarts])
-            evaluations += _fab_run(model, s, robust, x_out, cfg, run % restarts > 0, progress)
-            progress.to((run + 1) * steps)
-        progress.to(progress.total)
+            evaluations += _fab_run(
+                model, s, robust, x_out, cfg, run % restarts > 0, progress.run(run)
+            )
+        progress.finish()
     return AttackOutcome(robust, x_out, evaluations)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.losses import get_loss
 from cartl_core.attacks.threat import L2Ball, LinfBall, threat_model
 from cartl_core.config import Precision
@@ -148,14 +149,7 @@ def robust_mask(
     ball = threat_model(norm, eps)
     loss_fn = get_loss(loss)
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    total = restarts * steps
-
-    def step(done: int) -> None:
-        if on_step is not None:
-            on_step(done, total)
-
-    def from_(offset: int) -> Callable[[int], None]:
-        return lambda t: step(offset + t)
+    progress = StepCounter(restarts, steps, on_step)
 
     with frozen_for_attack(model):
         for r in range(restarts):
@@ -164,9 +158,9 @@ def robust_mask(
                 break
             _track_run(
                 model, x, y, idx, robust, ball, alpha, steps, random_start, loss_fn, precision,
-                from_(r * steps),
+                progress.run(r),
             )  # fmt: skip
-        step(total)
+        progress.finish()
     return robust
 
 

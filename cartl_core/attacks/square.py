@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome
 from cartl_core.attacks.threat import _per_sample_norm
 from cartl_core.config import Precision
@@ -172,22 +173,15 @@ def square(
     x_out = x.clone()
     evaluations = 0
     run = _SquareRun(eps, norm, queries, p_init, rescale, precision)
-    total = restarts * queries
-
-    def step(done: int) -> None:
-        if on_step is not None:
-            on_step(done, total)
-
-    def from_(offset: int) -> Callable[[int], None]:
-        return lambda q: step(offset + q)
+    progress = StepCounter(restarts, queries, on_step)
 
     with frozen_for_attack(model), torch.no_grad():
         for r in range(restarts):
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            evaluations += run(model, x, y, robust, x_out, idx, from_(r * queries))
-    step(total)
+            evaluations += run(model, x, y, robust, x_out, idx, progress.run(r))
+        progress.finish()
     return AttackOutcome(robust, x_out, evaluations)
 
 

@@ -392,7 +392,10 @@ def test_progress_and_metrics_are_shown(
     set_job(db, job_id, status="running", progress=progress, history=history, started_at=utcnow())
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     compare_only = {"candidate": None, "candidates": None, "candidate_name": None, "estimate": None}
-    audit_only = {"attack": None, "audit_done": None, "audit_total": None}
+    audit_only = {
+        "attack": None, "audit_attack": None, "audit_attacks": None, "audit_done": None,
+        "audit_total": None, "audit_fraction": None, "audit_estimate_s": None,
+    }  # fmt: skip
     assert job["progress"] == {**progress, "metrics": {}, **compare_only, **audit_only}
     # An audit stage says which attack runs and how far it is (they used to be dropped).
     audit = {"stage": "audit", "attack": "apgd-t @ 0.2", "audit_done": 256, "audit_total": 306}

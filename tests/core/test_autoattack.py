@@ -208,3 +208,19 @@ def test_the_second_attack_breaks_samples_on_a_binary_task(binary) -> None:  # t
     assert t.loss == "cw-targeted"
     assert t.broke > 0.1 * report.samples, (ce.broke, t.broke)
     assert any("2 classes" in note and "CW margin" in note for note in report.notes)
+
+
+def test_attacks_default_to_fp32_on_every_device() -> None:
+    """bf16 rounds a convolution's inputs to about 0.002 of the pixel range, so the audit's
+    attacks compute in fp32 unless asked; on CUDA too (the CUDA test checks the passes)."""
+    import contextlib
+    import inspect
+
+    from cartl_core import AuditConfig
+    from cartl_core._runtime import autocast
+    from cartl_core.attacks import fab_targeted, fgsm, pgd
+
+    assert isinstance(autocast(torch.device("cuda"), "fp32"), contextlib.nullcontext)
+    for attack in (apgd, apgd_targeted, fab_targeted, square, robust_mask, pgd, fgsm):
+        assert inspect.signature(attack).parameters["precision"].default == "fp32", attack
+    assert AuditConfig().precision == "fp32"

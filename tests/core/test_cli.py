@@ -356,6 +356,8 @@ def test_demo_shows_the_rows_and_compares_candidates(
     assert re.search(r"cartl-k3 .*<- chosen", out.out)
     assert "chosen: cartl-k3: validation robust 0.290" in out.out
     assert "FDM compare: cartl-k3: clean 0.960 robust 0.240" in out.err
+    # Its first line comes before any work, and says what the wait will be.
+    assert out.err.startswith("demo: two adversarial pre-trainings")
 
     plot = tmp_path / "demo.png"
     assert main(["demo", "--json", "--device", "cpu", "--plot", str(plot)]) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cartl_core.reproduction import DigitsSettings, digits_reproduction
@@ -12,8 +14,21 @@ pytest.importorskip("sklearn")
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_compare_from_the_fdm_source_keeps_more_robustness_than_standard_fine_tuning() -> None:
-    result = digits_reproduction(DigitsSettings())
+    started = time.monotonic()
+    stages: list[tuple[float, str]] = []
+    audits: list[object] = []
+    result = digits_reproduction(
+        DigitsSettings(),
+        on_stage=lambda text: stages.append((time.monotonic() - started, text)),
+        on_audit=audits.append,
+    )
     print("\n" + result.table())
+    # It says what it does from its first second, each of the four steps as it starts, and
+    # every audit reports within its attacks.
+    assert stages[0][0] < 1.0
+    assert [text[:3] for _, text in stages if text[1] == "/"] == ["1/4", "2/4", "3/4", "4/4"]
+    assert sum(text.startswith("auditing") for _, text in stages) == 4
+    assert len(audits) > 20
     # Measured at seed 0 on a 2-core CPU, with 2 threads (the README's run) and with 1 (float
     # sums differ with the thread count, and training amplifies that into a few points): AT
     # source robust 0.684 / 0.689; AT->standard clean 0.987 / 0.975, robust 0.136 / 0.121;

@@ -314,3 +314,19 @@ def test_job_report_reads_provenance_source_and_warnings_from_metrics() -> None:
     # The source was audited at another eps: the page says the two do not compare directly.
     inherited = page.split('<section id="inherited"')[1].split("</section>")[0]
     assert "not directly comparable" in inherited
+
+
+def test_a_meaningless_number_says_so_beside_it_in_the_report() -> None:
+    from cartl_core.audit import audit as run_audit
+    from cartl_core.config import AuditConfig
+
+    from .conftest import make_dataset
+    from .masked_models import ConstantClass
+
+    data = make_dataset(num_classes=3, n_train=3, n_test=48)
+    cfg = AuditConfig(eps=(0.1,), attacks="fast", apgd_steps=5, check_samples=16)
+    report = run_audit(ConstantClass(3).eval(), data.test, cfg).to_dict()
+    page = render_html(report, title="constant")
+    headline = page[page.index("The headline numbers") :]
+    assert "MEANINGLESS: the model predicts (almost) one class" in headline
+    assert "Arithmetic of the attacks" in headline

@@ -113,6 +113,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         srv.jobs["compare"] = _submit(srv, "compare", ckpt, ds, eps=0.1, k=[2], epochs=3,
                                       methods=["standard", "cartl"], max_candidates=2,
                                       batch_size=32, audit_attacks="fast")  # fmt: skip
+        srv.jobs["unaudited"] = _submit(srv, "compare", ckpt, ds, eps=0.1, k=[2], epochs=2,
+                                        methods=["standard"], batch_size=32,
+                                        no_audit=True)  # fmt: skip
         srv.files.update(source=tmp / "source.safetensors", data=data)
         srv.files["source"].write_bytes(weights)
         # Long enough to watch, then cancelled from the page.
@@ -275,6 +278,23 @@ def test_a_compare_job_marks_its_choice_and_offers_every_candidate(
                          headers=served.headers).headers["X-Checksum-SHA256"]  # fmt: skip
     assert got == expected
     _shot(page, served, "ui-compare-job.png")
+
+
+def test_a_number_without_its_full_audit_says_so_beside_it(page: Any, served: Served) -> None:
+    job_id = served.jobs["unaudited"]
+    job = served.wait_done(job_id)
+    assert job["metrics"]["audited"] is False
+    note = job["metrics"]["headline_notes"][0]
+    assert note.startswith("not audited")
+    page.goto(f"{served.url}/ui#/job/{job_id}")
+    facts = page.locator("#job-facts")
+    facts.locator(".headline-notes").filter(has_text="not audited").wait_for()
+    assert f"{job['metrics']['robust_accuracy']:.4f} (fast: apgd-ce, apgd-t" in facts.inner_text()
+    # In the list too: the number carries a mark whose title is the note.
+    page.goto(f"{served.url}/ui#/jobs")
+    row = page.locator("#jobs-table tbody tr", has_text=job_id)
+    row.wait_for()
+    assert row.locator(f'[title="{note}"]').count() == 1
 
 
 def test_a_running_job_updates_live_and_cancels(page: Any, served: Served) -> None:

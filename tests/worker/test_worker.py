@@ -305,6 +305,46 @@ def test_cancel_reaches_the_job_within_seconds_not_a_heartbeat(tmp_path: Path) -
         assert time.monotonic() - t0 < 5
 
 
+def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path: Path) -> None:
+    """A long Square (a tiny radius: nothing breaks, every query is spent) reports which attack
+    runs, how far it is within its one batch and the audit's ETA, then stops within seconds of
+    a cancel, though its batch would take many minutes."""
+    db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
+    settings = _settings(tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
+        ckpt, ds = _inputs(st)
+        job_id = new_id("job")
+        params = {"eps": [1e-4], "attacks": "square", "square_queries": 1_000_000,
+                  "batch_size": 512}  # fmt: skip
+        with st.factory() as s, s.begin():
+            s.add(Job(id=job_id, owner="alice", kind="audit", checkpoint_id=ckpt,
+                      dataset_id=ds, params=params))  # fmt: skip
+        st.worker()
+        assert enqueue_job(st.factory, st.settings, job_id)
+
+        def inside_square() -> bool:
+            p = st.job(job_id).progress
+            return p.get("attack", "").startswith("square") and p.get("audit_fraction", 0) > 0
+
+        wait_for(inside_square, 120, "the audit to report progress inside Square")
+        progress = st.job(job_id).progress
+        assert progress["stage"] == "audit"
+        assert progress["audit_done"] == 0  # one batch, not finished: yet the fraction moves
+        assert (progress["audit_attack"], progress["audit_attacks"]) == (
+            1,
+            progress["audit_attacks"],
+        )
+        assert progress["audit_estimate_s"] > progress["eta_s"] > 0
+        with st.factory() as s, s.begin():
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.cancel_requested = True
+        t0 = time.monotonic()
+        job = st.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, timeout=30)
+        assert job.status == "cancelled"
+        assert time.monotonic() - t0 < 10
+
+
 def test_a_job_that_fails_records_a_readable_error(stack: Stack) -> None:
     ckpt, ds = _inputs(stack)
     job_id = _job(stack, ckpt, ds, k=4)

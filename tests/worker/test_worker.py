@@ -324,7 +324,8 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
 
         def inside_square() -> bool:
             p = st.job(job_id).progress
-            return p.get("attack", "").startswith("square") and p.get("audit_fraction", 0) > 0
+            attack, fraction = str(p.get("attack", "")), float(p.get("audit_fraction") or 0)
+            return attack.startswith("square") and fraction > 0
 
         wait_for(inside_square, 120, "the audit to report progress inside Square")
         progress = st.job(job_id).progress

@@ -55,9 +55,9 @@ __all__ = [
 #: an older revision (compare's reusable candidates) are then recomputed, not reused.
 ATTACKS_REVISION = 2
 
-#: CE-PGD may stand this far above the ensemble before the audit calls it masking: healthy
-#: adversarially trained models sit 2-4 points apart (see :func:`ce_gap_verdict`).
-CE_GAP_LIMIT = 0.05
+#: CE-PGD may stand this far above the ensemble before the audit calls it masking: the models
+#: this product trains sit up to 8.3 points apart (see :func:`ce_gap_verdict`).
+CE_GAP_LIMIT = 0.10
 #: ... or this share of PGD's own accuracy, where that is larger.
 CE_GAP_RELATIVE = 0.15
 #: AutoAttack's ``check_square_sr``: Square may lower robust accuracy by at most this much.
@@ -188,10 +188,11 @@ class AuditReport:
 
 @dataclass(frozen=True)
 class AuditEstimate:
-    """What an audit costs at most, before it starts: measured seconds per sample of one
-    gradient pass and of one forward pass on this device, times every planned attack's passes on
-    every sample it may attack. Samples leave each attack once broken, so a real audit costs
-    less, the more so the less robust the model."""
+    """What an audit costs at most, before it starts: a gradient pass and a forward pass timed on
+    this device (a part per call and a part per sample, ``*_pass_s``), times every planned
+    attack's passes on every sample it may attack, plus the attacks' own arithmetic. Samples
+    leave each attack once broken, so a real audit costs less, the more so the less robust the
+    model."""
 
     seconds_max: float
     grad_pass_s: float
@@ -444,8 +445,8 @@ class _Auditor:
     def elapsed(self) -> float:
         return time.monotonic() - self.clock.started
 
-    def emit(self, spec: _Spec, label: str, role: str, done: int, total: int, frac: float,
-             attack_s: float, final: bool) -> None:  # fmt: skip
+    def emit(self, label: str, role: str, done: int, total: int, frac: float, attack_s: float,
+             final: bool) -> None:  # fmt: skip
         if self.on_progress is None:
             return
         now = time.monotonic()
@@ -488,20 +489,19 @@ class _Auditor:
         bs = self.cfg.batch_size
 
         def report(finished: int, part: int, steps_done: int, steps: int, final: bool) -> None:
-            frac = (finished + part * steps_done / max(1, steps)) / max(1, total)
+            frac = (finished + part * steps_done / max(1, steps)) / total if total else 1.0
             done = finished + (part if steps_done >= steps else 0)
-            self.emit(spec, label, role, done, total, frac, time.monotonic() - t0, final)
+            self.emit(label, role, done, total, frac, time.monotonic() - t0, final)
 
-        report(0, 0, 0, 1, True)
+        def within(start: int, part: int) -> Callable[[int, int], None]:
+            return lambda steps_done, steps: report(start, part, steps_done, steps, False)
+
+        report(0, 0, 0, 1, total == 0)
         for start in range(0, total, bs):
             part = idx[start : start + bs]
             sub = self.data.subset(part)
             n_part = int(part.numel())
-            robust[part] = attack(
-                sub.float_images(),
-                sub.labels,
-                lambda d, t, s=start, k=n_part: report(s, k, d, t, False),  # type: ignore[misc]
-            )
+            robust[part] = attack(sub.float_images(), sub.labels, within(start, n_part))
             report(start, n_part, 1, 1, start + bs >= total)
         seconds = time.monotonic() - t0
         if self.clock.index <= len(self.clock.bounds):
@@ -549,13 +549,17 @@ class _PassCost:
     forward_fixed: float
     forward_per_sample: float
 
-    #: The attacks' own arithmetic (projections, bookkeeping) on top of the model's passes.
+    #: The attacks' own arithmetic (projections, proposals) on top of the model's passes ...
     ATTACK_OVERHEAD = 1.5
+    #: ... and their Python per step, which dominates on tiny models: 0.1-0.25 ms per step
+    #: measured on a 2-core CPU for FAB-T and Square on a 1x8x8 two-layer CNN.
+    STEP_OVERHEAD_S = 3e-4
 
     def seconds(self, grads: int, forwards: int, batch: int) -> float:
         grad = self.grad_fixed + self.grad_per_sample * batch
         forward = self.forward_fixed + self.forward_per_sample * batch
-        return self.ATTACK_OVERHEAD * (grads * grad + forwards * forward)
+        passes = self.ATTACK_OVERHEAD * (grads * grad + forwards * forward)
+        return passes + (grads + forwards) * self.STEP_OVERHEAD_S
 
     @classmethod
     def measure(cls, model: nn.Module, data: Split, cfg: AuditConfig, n: int) -> _PassCost:
@@ -812,10 +816,11 @@ def _point(eps: float, mask: torch.Tensor, sel: torch.Tensor | None, attacks: st
 def ce_gap_verdict(pgd_accuracy: float, ensemble_accuracy: float) -> tuple[bool, float]:
     """Whether CE-PGD's accuracy stands close enough above the ensemble's, and the limit.
 
-    The limit is ``CE_GAP_LIMIT`` or ``CE_GAP_RELATIVE`` of PGD's accuracy, whichever is larger:
-    adversarially trained models that are not masked sit 2-4 points apart at 40-60% robust
-    accuracy (AutoAttack's paper, and the models this product trains: README, "The audit"),
-    masked ones tens of points.
+    The limit is ``CE_GAP_LIMIT`` or ``CE_GAP_RELATIVE`` of PGD's accuracy, whichever is larger.
+    Healthy models: 2-4 points in AutoAttack's paper (CIFAR-10, 40-60% robust); 0.2 to 8.3
+    points on the 12 models ``bench/check_calibration.py`` trains the way users do (AT and FDM
+    sources, standard, LwF, NEFT and CARTL transfers, two seeds), where PGD-20 with CE is
+    relatively weakest at low robust accuracy. A model with a saturated softmax: 61 points.
     """
     limit = max(CE_GAP_LIMIT, CE_GAP_RELATIVE * pgd_accuracy)
     return pgd_accuracy - ensemble_accuracy <= limit + 1e-9, limit

@@ -225,15 +225,21 @@ class _Bars:
             from tqdm import tqdm
 
             self.key = key
+            # The bar appears with the epoch's first finished batch, so tqdm's own rate and ETA
+            # would divide by next to no time; the run's ETA comes from its measured rate.
             self.bar = tqdm(
                 total=event.batches,
-                unit="batch",
                 leave=False,
                 file=sys.stderr,
                 desc=f"{event.stage} epoch {event.epoch + 1}/{event.epochs}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} batches{postfix}",
             )
         self.bar.n = event.batch
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in event.metrics.items()}, refresh=True)
+        metrics = {k: f"{v:.4f}" for k, v in event.metrics.items()}
+        done = event.fraction
+        if done > 0:
+            metrics["ends in"] = f"~{format_duration(event.elapsed_s * (1 - done) / done)}"
+        self.bar.set_postfix(metrics, refresh=True)
 
     def line(self, text: str) -> None:
         """A line above the bars, at once (an epoch's numbers as it ends, not after the audit)."""

@@ -191,14 +191,19 @@ def test_report_round_trips_and_old_reports_read(base) -> None:  # type: ignore[
 
 
 def test_ce_gap_passes_healthy_adversarial_training_and_fails_masking() -> None:
+    """The gaps bench/check_calibration.py measured on the models this product trains: the
+    earlier 3-point limit failed most of the healthy ones."""
     from cartl_core.audit import ce_gap_verdict
 
-    # Healthy adversarially trained models: CE-PGD 2-4 points above AutoAttack at 40-60%.
+    healthy = [  # (PGD-20, ensemble): AT and FDM sources, NEFT and CARTL transfers
+        (0.727, 0.680), (0.709, 0.653), (0.192, 0.150), (0.185, 0.103), (0.228, 0.163),
+    ]  # fmt: skip
+    assert all(ce_gap_verdict(pgd, ens)[0] for pgd, ens in healthy)
+    # CIFAR-10 adversarial training as AutoAttack's paper reports it: 3-4 points.
     assert ce_gap_verdict(0.53, 0.49)[0]
-    assert ce_gap_verdict(0.40, 0.365)[0]
-    # Masked CE (the logit-scaled model below): tens of points.
-    assert not ce_gap_verdict(0.62, 0.20)[0]
-    assert not ce_gap_verdict(0.30, 0.15)[0]
+    # The masked test model below (logits x 1e4): 61 points.
+    assert not ce_gap_verdict(1.0, 0.385)[0]
+    assert not ce_gap_verdict(0.62, 0.35)[0]
 
 
 def test_black_box_check_has_the_reference_sensitivity() -> None:

@@ -366,3 +366,38 @@ def test_demo_shows_the_rows_and_compares_candidates(
     assert data["rows"][-1]["candidate"] == data["compare"]["chosen"]["name"] == "cartl-k3"
     assert [c["name"] for c in data["compare"]["candidates"]] == ["standard-k3", "cartl-k3"]
     assert plot.stat().st_size > 0
+
+
+def test_audit_says_its_cost_first_then_moves_inside_each_attack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The estimate is on stderr before the first attack; each attack's bar shows k/n, images
+    done and the audit's ETA, never tqdm's own rate (which read 53687091 img/s)."""
+    from cartl_core import create_model, save_checkpoint
+
+    data = _npz(tmp_path / "d.npz")
+    model = tmp_path / "m.safetensors"
+    save_checkpoint(create_model("small-cnn", 4, in_channels=1, input_size=8), model)
+    args = ["audit", "--checkpoint", str(model), "--data", str(data), "--eps", "0.05",
+            "--attacks", "fast", "--apgd-steps", "5", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"audit estimate: at most [\d.]+ (s|min|h) on cpu \(", err)
+    first_bar = err.index("audit 1/")
+    assert err.index("audit estimate") < first_bar
+    assert re.search(r"audit 1/\d+ apgd-ce @ 0\.05: +\d+%", err)
+    assert "images; audit ends in ~" in err
+    assert "img/s" not in err
+
+
+def test_training_bars_show_the_runs_eta_not_tqdms_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _npz(tmp_path / "d.npz")
+    args = ["pretrain", "--data", str(data), "--arch", "small-cnn", "--epochs", "2", "--steps",
+            "1", "--batch-size", "32", "--augment", "none", "--no-audit", "--device", "cpu",
+            "--trace-samples", "0", "--out", str(tmp_path / "m.safetensors")]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"pretrain epoch 1/2: +\d+%.*batches.*ends in=~\d+ s", err)
+    assert "batch/s" not in err

@@ -35,6 +35,7 @@ from cartl_core.attacks.apgd import targeted_loss_for
 from cartl_core.attacks.losses import ce_loss
 from cartl_core.config import ENSEMBLES, AuditConfig, resolve_attacks
 from cartl_core.data import Split
+from cartl_core.errors import ConfigError
 from cartl_core.options import format_duration
 
 __all__ = [
@@ -380,6 +381,11 @@ class _Auditor:
         self.predicted, first_logits = self.predict_clean()
         self.clean = self.predicted == self.labels
         self.classes = int(first_logits.shape[1])
+        if self.n and int(self.labels.max()) >= self.classes:
+            raise ConfigError(
+                f"the test labels go up to {int(self.labels.max())} but the model has "
+                f"{self.classes} outputs; audit it on data of the classes it was trained for"
+            )
         self.probe = _GradientProbe.run(model, data, cfg, first_logits)
         # Timed after the passes above, which warmed up the kernels it times.
         self.cost = _PassCost.measure(model, data, cfg, first_logits.shape[0])

@@ -258,3 +258,10 @@ def test_memorisation_is_flagged_when_training_accuracy_is_known(base) -> None: 
     fits = audit(model, shifted, fast, train_accuracy=memorised.clean_accuracy + 0.1)
     assert _checks(fits)["train-test-gap"] is True
     assert _checks(audit(model, shifted, fast))["train-test-gap"] is None  # nothing to compare
+
+
+def test_labels_the_model_cannot_output_are_a_clear_error(base) -> None:  # type: ignore[no-untyped-def]
+    model, _ = base  # four outputs
+    five = make_dataset(num_classes=5, n_train=5, n_test=20)
+    with pytest.raises(ConfigError, match="labels go up to 4 but the model has 4 outputs"):
+        audit(model, five.test, QUICK.with_(attacks="fast"))

@@ -91,9 +91,9 @@ _AUDIT_HELP: dict[str, dict[str, Any]] = {
     },
     "attacks": {
         "help": "the attacks behind the robust accuracy, run in sequence on the samples still "
-        "robust: standard (APGD-CE, APGD-T, FAB-T, Square: AutoAttack's standard version; "
-        "tens of minutes on a CPU), fast (APGD-CE, APGD-T: minutes), paper (the paper's PGD) "
-        f"or a comma-separated list of {', '.join(ATTACK_NAMES)}",
+        "robust: standard (APGD-CE, APGD-T, FAB-T, Square: AutoAttack's standard version, the "
+        "number to report), fast (APGD-CE, APGD-T: 4-6x quicker, for quick runs), paper (the "
+        f"paper's PGD) or a comma-separated list of {', '.join(ATTACK_NAMES)}",
         "metavar": "ENSEMBLE",
         "group": AUDIT,
     },

@@ -9,7 +9,7 @@ every check) at the training radius. It prints one row per model: clean and robu
 the CE-PGD gap and its limit, what Square broke after the gradient attacks, and every check that
 did not pass.
 
-    python bench/check_calibration.py                    # seeds 0 and 1, about 15 min on 2 cores
+    python bench/check_calibration.py                    # seeds 0 and 1: 25 min here, CPU shared
     python bench/check_calibration.py --seeds 0 --samples 200 --json bench/results/calib.json
 """
 

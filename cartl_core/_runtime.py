@@ -4,6 +4,7 @@ fp32 attacks unless a caller asks for bf16."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -80,3 +81,27 @@ def frozen_for_attack(model: nn.Module) -> Iterator[None]:
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it means something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    run: Callable[[], None], device: torch.device, repeats: int = 3, warm_up: bool = True
+) -> float:
+    """Median seconds of ``repeats`` runs, after one untimed run unless the caller has warmed the
+    kernels up already (the first run pays for allocation and kernel choice; a single run on a
+    busy CPU was seen off by 2x)."""
+    if warm_up:
+        run()
+        synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]

@@ -32,7 +32,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device
+from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device, timed
 from cartl_core.audit import ATTACKS_REVISION, AuditEvent, run_ensemble
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
 from cartl_core.config import (
@@ -394,25 +394,6 @@ def choose_candidate(
 # --------------------------------------------------------------------------- cost
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(run: Callable[[], None], device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of ``repeats`` runs after one untimed run (which pays for allocation and
-    kernel choice); a single run on a busy CPU was seen off by 2x."""
-    run()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def _batch(split: Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     part = split.subset(torch.arange(min(n, len(split)), device=split.images.device))
     x = part.float_images().contiguous(memory_format=torch.channels_last)
@@ -466,7 +447,7 @@ def _train_batch_seconds(
         loss.backward()
         optimizer.step()
 
-    return _timed(step, x.device)
+    return timed(step, x.device)
 
 
 def _eval_batch_seconds(model: BlockModel, x: torch.Tensor) -> float:
@@ -477,7 +458,7 @@ def _eval_batch_seconds(model: BlockModel, x: torch.Tensor) -> float:
     was_training = model.training
     model.eval()
     try:
-        return _timed(step, x.device)
+        return timed(step, x.device)
     finally:
         model.train(was_training)
 
@@ -490,7 +471,7 @@ def _attack_batch_seconds(model: BlockModel, x: torch.Tensor, y: torch.Tensor) -
         torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), xa)
 
     with frozen_for_attack(model):
-        return _timed(step, x.device)
+        return timed(step, x.device)
 
 
 def estimate_cost(

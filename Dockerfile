@@ -20,11 +20,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv
 
 # The service user owns only the data: /data/artifacts is where compose mounts the artifact volume,
-# and a new named volume takes its owner from the image's folder, so the user can write to it.
+# and a new named volume takes its owner and mode (0700: the user's alone) from the image's folder.
 RUN groupadd --system --gid 10001 cartl \
     && useradd --system --no-log-init --create-home --uid 10001 --gid cartl cartl \
     && mkdir -p /data/artifacts \
-    && chown -R cartl:cartl /data
+    && chown -R cartl:cartl /data \
+    && chmod -R 0700 /data
 
 WORKDIR /app
 
@@ -53,4 +54,4 @@ USER 10001:10001
 EXPOSE 8000
 # No HEALTHCHECK here: the worker and the migration run from this image too and serve no HTTP.
 # docker-compose.yml checks the API's /healthz.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--http", "app.api.protocol:HTTPProtocol"]

@@ -35,7 +35,7 @@ from app.schemas.jobs import PARAMS_SCHEMAS
 from app.services.metrics import ServiceMetrics
 from app.services.params import params_json_schema
 from app.settings import Settings, apply_log_level, get_settings
-from app.storage import Storage
+from app.storage import Storage, keep_files_private
 
 __all__ = ["app", "create_app"]
 
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _resources(
     app: FastAPI, settings: Settings, metrics: ServiceMetrics
 ) -> AsyncIterator[None]:
+    # However the server was started (`uvicorn app.main:app` too), what it creates is private.
+    keep_files_private()
     if settings.database_url is None:
         # The embedded default keeps its SQLite file there.
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import logging
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -67,6 +67,29 @@ class Settings(BaseSettings):
         gt=0,
         description="A request body that sends nothing for this long is cut off (408).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send each request's line and headers within this long "
+        "of opening (or of its previous response), or is closed.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="A request line and headers still incomplete after this many bytes get 431.",
+    )
+    max_waiting_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Connections waiting for a request's headers (new or idle) held at once; a "
+        "new one beyond closes the one waiting longest (bounds what idle sockets cost).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token Prometheus sends for /metrics (at least 16 characters); "
+        "unset, /metrics answers no one (401).",
+    )
     probe_timeout_s: float = Field(
         default=600.0, gt=0, description="Time limit for validating one upload."
     )
@@ -77,6 +100,24 @@ class Settings(BaseSettings):
     )
     cancel_poll_s: float = Field(
         default=1.0, gt=0, description="How often a running job looks for a cancel request."
+    )
+    cancel_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A job still running this long after its cancel reached it is recorded "
+        "cancelled and its worker process is ended (Celery starts a fresh one); 0 never ends it.",
+    )
+    max_queued_per_owner: int = Field(
+        default=200,
+        ge=1,
+        description="Jobs one owner may have waiting; a submission beyond gets 429 with "
+        "Retry-After.",
+    )
+    max_running_per_owner: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs of one owner that run at once, however many workers are free "
+        "(0: no cap). Free workers always go to the owner who has waited longest first.",
     )
     stale_after_s: float = Field(
         default=120.0,

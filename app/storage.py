@@ -3,6 +3,11 @@
 Writes are atomic: data goes to a temporary file in the same folder and is renamed into place, so
 a reader never sees half a file and a crash leaves at most a ``.tmp-*`` file behind. Keys are
 relative POSIX paths made by the service, never by users.
+
+Everything is its owner's alone: folders 0700 (made so here, whatever the umask) and files 0600
+(``mkstemp``'s mode). The service's processes also call :func:`keep_files_private`, so what they
+create elsewhere (the SQLite database and its -wal/-shm, the embedded broker's file, the files a
+job writes) is private too.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from pathlib import Path, PurePosixPath
 
 from app.errors import exception_chain
 
-__all__ = ["Storage", "StoredFile", "UploadTooLargeError"]
+__all__ = ["Storage", "StoredFile", "UploadTooLargeError", "keep_files_private"]
+
+#: The umask of the service's processes: no access for group and others.
+PRIVATE_UMASK = 0o077
+
+
+def keep_files_private() -> None:
+    """Files 0600 and folders 0700 from now on, in this process and the children it starts
+    (``cartl serve``'s worker). SQLite gives a database's -wal and -shm the database's mode."""
+    os.umask(PRIVATE_UMASK)
 
 
 class UploadTooLargeError(Exception):
@@ -37,7 +51,7 @@ class StoredFile:
 class Storage:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(root)
 
     def path(self, key: str) -> Path:
         rel = PurePosixPath(key)
@@ -53,7 +67,7 @@ class Storage:
     ) -> StoredFile:
         """Stream ``chunks`` to ``key`` hashing as it goes; past ``limit`` bytes nothing is kept."""
         dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(dest.parent)
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         try:
@@ -73,7 +87,7 @@ class Storage:
     def put_file(self, key: str, src: Path) -> StoredFile:
         """Copy ``src`` into ``key`` atomically (a rename when on the same file system)."""
         dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(dest.parent)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         os.close(fd)
         try:
@@ -98,6 +112,15 @@ class Storage:
             return
         if path.exists():
             raise OSError(errno.EIO, "the folder is still there after removing it")
+
+
+def _make_private_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each 0700 (``mkdir(parents=True)`` gives the parents
+    the umask's default mode)."""
+    if path.is_dir():
+        return
+    _make_private_dirs(path.parent)
+    path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: made meanwhile by another request
 
 
 def sha256_file(path: Path, chunk: int = 1024**2) -> str:

@@ -13,6 +13,10 @@ worker.celery_app worker``) against the local Postgres and Redis, in a throw-awa
     Time from ``POST /v1/jobs`` returning to the job being ``running`` with an idle worker,
     median and worst of ``--jobs`` jobs, on Redis and on the embedded SQL broker of
     ``cartl serve`` (which polls, once a second by kombu's default).
+``serve``
+    The same status read on ``cartl serve`` itself: the embedded defaults, the API beside its
+    own worker and sweeper, after one finished job; ``--runs`` runs of ``--seconds`` each, every
+    run against ``/healthz`` on the same server. Same target.
 ``upload``
     Resident memory of the API process while a ``--upload-mb`` MB dataset uploads: before,
     peak during the upload, and after (the upload's validation runs in a child process,
@@ -266,13 +270,17 @@ def main() -> None:
     p.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--jobs", type=int, default=5, help="jobs timed from POST to running")
     p.add_argument("--upload-mb", type=int, default=500)
-    p.add_argument("--only", choices=("status", "all"), default="all")
+    p.add_argument("--only", choices=("status", "serve", "all"), default="all")
+    p.add_argument("--runs", type=int, default=4, help="wrk runs on cartl serve")
     p.add_argument("--tmp", type=Path, default=ROOT / "bench" / "results" / "service-tmp")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("service_speed: needs wrk (apt-get install wrk)")
     args.tmp.mkdir(parents=True, exist_ok=True)
     everything = args.only == "all"
+    if args.only == "serve":
+        print_rows(serve_rows(args), args)
+        return
 
     from app.db.session import make_engine, make_sessionmaker
     from tests.services import WorkerProcess
@@ -332,15 +340,67 @@ def main() -> None:
                          f"median {statistics.median(lat):.2f} s", f"max {max(lat):.2f} s",
                          f"{args.jobs} jobs"])  # fmt: skip
 
+    if everything:
+        rows += serve_rows(args)
+    print_rows(rows, args)
+
+
+def print_rows(rows: list[list[str]], args: argparse.Namespace) -> None:
     print()
     print(
         f"cartl service benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
         f"wrk -t2 -c{args.clients} x {args.seconds:.0f} s, uvicorn x{args.api_workers} "
-        "(SQLite: x1)"
+        "(SQLite and cartl serve: x1)"
     )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------- cartl serve itself
+
+
+def serve_rows(args: argparse.Namespace) -> list[list[str]]:
+    """``cartl serve`` as a user starts it (its output to a file), one job run to its end by its
+    own worker, then the status read under load ``--runs`` times."""
+    import re
+
+    data = args.tmp / f"serve-{secrets.token_hex(3)}"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
+    env.update(CARTL_DATA_DIR=str(data), CARTL_DEVICE="cpu", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    rows: list[list[str]] = []
+    with process(cmd, env, args.tmp / "serve.log") as _proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(url), 90, "cartl serve")
+        found = re.search(r"admin API key[^:]*: (\S+)", (args.tmp / "serve.log").read_text())
+        if found is None:
+            raise RuntimeError("cartl serve printed no admin key")
+        key = found.group(1)
+        h = {"Authorization": f"Bearer {key}"}
+        ckpt, ds = upload_inputs(url, key, data)
+        job = post_job(url, key, ckpt, ds)
+        job_url = f"{url}/v1/jobs/{job['id']}"
+
+        def done() -> bool:
+            return bool(httpx.get(job_url, headers=h).json()["status"] == "succeeded")
+
+        wait_for(done, 180, "the job to succeed on serve's own worker")
+        _wrk(f"{url}/healthz", {}, args.clients, 2)
+        _wrk(job_url, h, args.clients, 2)
+        for run in range(1, args.runs + 1):
+            floor = _wrk(f"{url}/healthz", {}, args.clients, args.seconds)
+            got = _wrk(job_url, h, args.clients, args.seconds)
+            ratio = got["rps"] / floor["rps"]
+            met = ratio >= 0.3 and got["99%"] < 0.060
+            rows.append([f"cartl serve, run {run}: GET /v1/jobs/{{id}}",
+                         f"{got['rps']:.0f} req/s ({ratio:.2f} of /healthz's {floor['rps']:.0f})",
+                         f"p50 {got['50%'] * 1e3:.1f} ms",
+                         f"p99 {got['99%'] * 1e3:.1f} ms ({'target met' if met else 'missed'};"
+                         f" /healthz p99 {floor['99%'] * 1e3:.1f} ms)"])  # fmt: skip
+            print(" | ".join(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from cartl_core._runtime import (
     model_device,
     timed,
 )
+from cartl_core._stop import StopFn, check_stop, stop_when
 from cartl_core.attacks import apgd, apgd_targeted, fab_targeted, fgsm, robust_mask, square
 from cartl_core.attacks.apgd import targeted_loss_for
 from cartl_core.attacks.losses import ce_loss
@@ -404,6 +405,7 @@ class _Auditor:
         bs = self.cfg.batch_size
         with torch.inference_mode():
             for start in range(0, self.n, bs):
+                check_stop("the clean pass")
                 part = torch.arange(start, min(self.n, start + bs), device=self.dev)
                 with autocast(self.dev, self.cfg.precision):
                     logits = self.model(self.data.subset(part).float_images()).float()
@@ -700,14 +702,28 @@ def audit(
     class_names: tuple[str, ...] | None = None,
     train_accuracy: float | None = None,
     on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
 ) -> AuditReport:
     """Audit ``model`` (on its current device) on ``data``; the model's mode is restored.
 
     ``train_accuracy``: the model's accuracy on its own training data, where known (a training
     job's last epoch); the audit then checks that the model did not only memorise it.
     ``on_progress`` hears an :class:`AuditEvent` with the cost estimate before the first attack,
-    then the progress within each attack.
+    then the progress within each attack. ``should_stop`` is asked at every attack step (query,
+    for Square): true ends the audit with :class:`~cartl_core.errors.CancelledError`.
     """
+    with stop_when(should_stop):
+        return _audit(model, data, config, class_names, train_accuracy, on_progress)
+
+
+def _audit(
+    model: nn.Module,
+    data: Split,
+    config: AuditConfig | None,
+    class_names: tuple[str, ...] | None,
+    train_accuracy: float | None,
+    on_progress: ProgressFn | None,
+) -> AuditReport:
     cfg = config or AuditConfig()
     ensemble_name, names = resolve_attacks(cfg.attacks, cfg.steps)
     t0 = time.monotonic()

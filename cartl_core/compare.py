@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device, timed
+from cartl_core._stop import stop_when
 from cartl_core.audit import ATTACKS_REVISION, AuditEvent, run_ensemble
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
 from cartl_core.config import (
@@ -630,7 +631,8 @@ class _Run:
 
         # The same attack randomness for every candidate: differences are the models'.
         torch.manual_seed(self.seed)
-        result = run_ensemble(model, split, self.audit, on_progress=progress)
+        with stop_when(self.should_stop):
+            result = run_ensemble(model, split, self.audit, on_progress=progress)
         return result.clean_accuracy, result.robust_accuracy
 
 

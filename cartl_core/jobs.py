@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, cast
 
 import torch
 
+from cartl_core._stop import stop_when
 from cartl_core.config import (
     ATTACK_NAMES,
     BN_PRESETS,
@@ -45,11 +46,14 @@ from cartl_core.config import (
 from cartl_core.errors import CartlError, ConfigError
 from cartl_core.models import list_models
 from cartl_core.options import (
+    OptionSpec,
     format_number,
     fraction_fields,
     fraction_value,
     list_fields,
     option,
+    option_specs,
+    out_of_range,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +83,37 @@ TRACE = "robust trace (early-exit PGD on a fixed test subset after every epoch; 
 AUDIT = "audit attacks"
 CANDIDATES = "candidates"
 
+# The bounds of the numeric parameters: what one GPU can do in a week on the largest realistic
+# job (ImageNet-scale data, WRN-34-10 or ResNet-50), not what the demo needs. They refuse absurd
+# values before a job is queued; the configs keep the checks that relate values to each other,
+# to the model or to the data.
+#: Test samples an audit or a trace attacks: 20x ImageNet's 50,000 validation images (the test
+#: split cuts it anyway).
+_MAX_SAMPLES = 1_000_000
+#: Images in one batch: 65,536 MNIST-sized images through a small CNN still fit an 80 GB GPU;
+#: 224-px images stop at a few thousand.
+_MAX_BATCH = 65_536
+#: Blocks a fine-tuning reaches: twice ResNet-152's 50 (the model's own count is checked when it
+#: is built).
+_MAX_BLOCKS = 100
+#: Steps of one evaluation attack: 100x AutoAttack's 100; PGD-10,000 over ImageNet's validation
+#: images with ResNet-50 is still about two GPU-days.
+_MAX_ATTACK_STEPS = 10_000
+#: Steps of an attack run on every batch or epoch (training, the trace): PGD-1,000 training of
+#: WRN-34-10 on CIFAR-10 already takes hours per epoch.
+_MAX_TRAINING_STEPS = 1_000
+#: An L2 radius or step (an Linf one is at most 1, as the configs check): the L2 diameter of a
+#: 3x512x512 image in [0, 1] is 887.
+_MAX_RADIUS = 1_000.0
+#: A loss term's weight: the release sums the FDM term over the batch, so the same weight
+#: averaged is 0.005 x batch size, 330 at the largest batch.
+_MAX_LOSS_WEIGHT = 1_000.0
+#: 32 bits, as NumPy takes: the loaders multiply a seed by 1,000,003 into torch's 64-bit seed.
+_MAX_SEED = 2**32 - 1
+#: A spectral-norm target: the paper's are 0.4 and 0.6; above a layer's own norm a target
+#: constrains nothing.
+_MAX_NORM_BETA = 100.0
+
 #: The audit's options, shared by ``audit`` (``--eps``) and a training's final audit
 #: (``--audit-eps``).
 _AUDIT_HELP: dict[str, dict[str, Any]] = {
@@ -88,6 +123,8 @@ _AUDIT_HELP: dict[str, dict[str, Any]] = {
         f"{format_number(_AU.eps[0])}",
         "fraction": True,
         "group": AUDIT,
+        "gt": 0,
+        "le": _MAX_RADIUS,
     },
     "attacks": {
         "help": "the attacks behind the robust accuracy, run in sequence on the samples still "
@@ -101,14 +138,20 @@ _AUDIT_HELP: dict[str, dict[str, Any]] = {
         "help": "steps of the paper's PGD, always reported as a named attack",
         "default_text": f"{_AU.steps}; the paper's main protocol: 100",
         "group": AUDIT,
+        "ge": 1,
+        "le": _MAX_ATTACK_STEPS,
     },
     "alpha": {
         "help": "PGD step size",
         "default_text": "eps/4, i.e. 2/255 at 8/255",
         "fraction": True,
         "group": AUDIT,
+        "gt": 0,
+        "le": _MAX_RADIUS,
     },
-    "restarts": {"help": "random restarts", "group": AUDIT},
+    # AutoAttack's strongest version restarts 5 times; 100 restarts of PGD-100 over ImageNet's
+    # validation images is about two GPU-days.
+    "restarts": {"help": "random restarts", "group": AUDIT, "ge": 1, "le": 100},
     "precision": {
         "help": "the attacks' arithmetic: fp32 (as the reference evaluates) or bf16 (autocast "
         "on CUDA: faster, may find a little less; the report names it)",
@@ -130,17 +173,41 @@ _RESIZE_HELP = (
 class _Schedule:
     """Optional overrides of the method's schedule; None keeps the method's default."""
 
+    # 100x the paper's 100: 10,000 epochs of PGD-10 training of WRN-34-10 on CIFAR-10 is
+    # about a GPU-week; only small datasets get that far.
     epochs: int | None = option(
-        None, "training epochs", default_text=f"{_S.epochs}; lwf: 52", group=SCHEDULE
+        None,
+        "training epochs",
+        default_text=f"{_S.epochs}; lwf: 52",
+        group=SCHEDULE,
+        ge=1,
+        le=10_000,
     )
     batch_size: int | None = option(
-        None, "batch size", default_text=str(_S.batch_size), group=SCHEDULE
+        None,
+        "batch size",
+        default_text=str(_S.batch_size),
+        group=SCHEDULE,
+        ge=1,
+        le=_MAX_BATCH,
     )
+    # Linear scaling (Goyal et al.) gives 3.2 at batch 8,192; SGD diverges well before 10.
     lr: float | None = option(
-        None, "peak learning rate", default_text=f"{_S.lr}; lwf: 0.001", group=SCHEDULE
+        None,
+        "peak learning rate",
+        default_text=f"{_S.lr}; lwf: 0.001",
+        group=SCHEDULE,
+        gt=0,
+        le=10.0,
     )
+    # 10x the largest decays in use (0.1); each SGD step shrinks the weights by lr x decay.
     weight_decay: float | None = option(
-        None, "weight decay", default_text=f"{_S.weight_decay}; lwf: 2e-4", group=SCHEDULE
+        None,
+        "weight decay",
+        default_text=f"{_S.weight_decay}; lwf: 2e-4",
+        group=SCHEDULE,
+        ge=0,
+        le=1.0,
     )
     lr_schedule: LRShape = option(
         _S.shape,
@@ -155,7 +222,7 @@ class _Schedule:
         "(CIFAR); crop = a crop of size/8 px (at least 1); crop-flip; none",
         group=SCHEDULE,
     )
-    seed: int = option(0, "random seed")
+    seed: int = option(0, "random seed", ge=0, le=_MAX_SEED)
 
     def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
         changes: dict[str, object] = {
@@ -175,8 +242,12 @@ class _Trace:
         "test samples attacked after each epoch, cut to stay under ~10% of an epoch's cost "
         f"(at least {_TR.min_samples}); 0 turns the trace off",
         group=TRACE,
+        ge=0,
+        le=_MAX_SAMPLES,
     )
-    trace_steps: int = option(_TR.steps, "PGD steps of the trace, step eps/4", group=TRACE)
+    trace_steps: int = option(
+        _TR.steps, "PGD steps of the trace, step eps/4", group=TRACE, ge=1, le=_MAX_TRAINING_STEPS
+    )
 
     def trace(self, eps: float | None = None, norm: Norm | None = None) -> TraceConfig:
         return TraceConfig(samples=self.trace_samples, steps=self.trace_steps, eps=eps, norm=norm)
@@ -234,7 +305,9 @@ class _FromSource:
     """What a transfer or a compare asks of its source: LwF's settings, and how to read plain
     weights and fit the target's images to them."""
 
-    lwf_lambda: float = option(LwFConfig().lwf_lambda, "lwf feature-distance weight")
+    lwf_lambda: float = option(
+        LwFConfig().lwf_lambda, "lwf feature-distance weight", ge=0, le=_MAX_LOSS_WEIGHT
+    )
     lwf_tune: LwFTune = option(
         LwFConfig().tune,
         "after the head-only epochs, tune the whole model (all, the method's own) or only the "
@@ -245,6 +318,8 @@ class _FromSource:
         None,
         "class count of a plain-weights source",
         default_text="from its last layer",
+        ge=1,
+        le=100_000,  # ImageNet-21k has 21,841
     )
     resize: bool = option(False, _RESIZE_HELP.format(what="source"))
 
@@ -258,21 +333,26 @@ class PretrainParams(_Schedule, _Trace, _FinalAudit):
         f"architecture: {', '.join(list_models())}",
         cli_required=True,
     )
-    k: int = option(_F.k, "number of last blocks that will be fine-tuned")
+    k: int = option(_F.k, "number of last blocks that will be fine-tuned", ge=1, le=_MAX_BLOCKS)
     fdm_lambda: float = option(
-        _F.fdm_lambda, "weight of the feature-distance term; 0 = plain adversarial training"
+        _F.fdm_lambda,
+        "weight of the feature-distance term; 0 = plain adversarial training",
+        ge=0,
+        le=_MAX_LOSS_WEIGHT,
     )
     fdm_reduction: Literal["sum", "mean"] = option(
         _F.reduction, "sum the term over the batch (the release) or average it"
     )
-    eps: float = option(_A.eps, "training attack radius (Linf)", fraction=True)
+    eps: float = option(_A.eps, "training attack radius (Linf)", fraction=True, gt=0, le=1.0)
     alpha: float | None = option(
         _A.alpha,
         "training attack step",
         default_text="eps/4, the paper's 2/255 at 8/255",
         fraction=True,
+        gt=0,
+        le=1.0,
     )
-    steps: int = option(_A.steps, "training attack steps")
+    steps: int = option(_A.steps, "training attack steps", ge=0, le=_MAX_TRAINING_STEPS)
 
     @property
     def threat(self) -> Threat:
@@ -295,9 +375,13 @@ class TransferParams(_FromSource, _Schedule, _Trace, _FinalAudit):
     """``cartl transfer``: fine-tune a source on the target with one of the four methods."""
 
     method: TransferMethod = option(_T.method, "transfer method")
-    k: int = option(_T.k, "number of last blocks to fine-tune")
+    k: int = option(_T.k, "number of last blocks to fine-tune", ge=1, le=_MAX_BLOCKS)
     norm_beta: float | None = option(
-        None, "spectral-norm target for neft/cartl", default_text="neft 0.6, cartl 0.4"
+        None,
+        "spectral-norm target for neft/cartl",
+        default_text="neft 0.6, cartl 0.4",
+        gt=0,
+        le=_MAX_NORM_BETA,
     )
     spectral_mode: Literal["exact", "at-most"] = option(
         _T.spectral_mode, "scale every layer to norm beta, or only those above it"
@@ -311,6 +395,9 @@ class TransferParams(_FromSource, _Schedule, _Trace, _FinalAudit):
         None,
         "fine-tuned residual output = s*(shortcut + residual)",
         default_text="0.5 for neft/cartl, 1 otherwise",
+        gt=0,
+        # Each tuned block multiplies its output by s: past a few, activations blow up with depth.
+        le=10.0,
     )
     bn: str | None = option(
         None,
@@ -352,16 +439,37 @@ class AuditParams:
     norm: Norm | None = option(None, **_AUDIT_HELP["norm"])
     precision: Precision = option(_AU.precision, **_AUDIT_HELP["precision"])
     no_fgsm: bool = option(False, "skip FGSM")
-    apgd_steps: int = option(_AU.apgd_steps, "APGD iterations per run (AutoAttack's)")
-    apgd_targets: int = option(_AU.apgd_targets, "APGD-T target classes, at most classes - 1")
-    fab_steps: int = option(_AU.fab_steps, "FAB-T iterations per target class (AutoAttack's)")
-    square_queries: int = option(_AU.square_queries, "Square Attack query budget per sample")
-    check_samples: int = option(
-        _AU.check_samples, "samples the masking checks attack at other radii"
+    apgd_steps: int = option(
+        _AU.apgd_steps, "APGD iterations per run (AutoAttack's)", ge=1, le=_MAX_ATTACK_STEPS
     )
-    batch_size: int = option(_AU.batch_size, "attack batch size")
-    limit: int | None = option(None, "audit only the first N test samples", metavar="N")
-    seed: int = option(0, "random seed")
+    apgd_targets: int = option(
+        _AU.apgd_targets,
+        "APGD-T target classes, at most classes - 1",
+        ge=1,
+        le=999,  # ImageNet's classes but the true one; the audit checks the model's own count
+    )
+    fab_steps: int = option(
+        _AU.fab_steps,
+        "FAB-T iterations per target class (AutoAttack's)",
+        ge=1,
+        le=_MAX_ATTACK_STEPS,
+    )
+    # 200x AutoAttack's 5,000: a million queries per sample over CIFAR-10's test set with
+    # WRN-34-10 is about a GPU-week.
+    square_queries: int = option(
+        _AU.square_queries, "Square Attack query budget per sample", ge=1, le=1_000_000
+    )
+    check_samples: int = option(
+        _AU.check_samples,
+        "samples the masking checks attack at other radii",
+        ge=1,
+        le=_MAX_SAMPLES,
+    )
+    batch_size: int = option(_AU.batch_size, "attack batch size", ge=1, le=_MAX_BATCH)
+    limit: int | None = option(
+        None, "audit only the first N test samples", metavar="N", ge=1, le=_MAX_SAMPLES
+    )
+    seed: int = option(0, "random seed", ge=0, le=_MAX_SEED)
     arch: str | None = option(None, "architecture, for plain weights")
     resize: bool = option(False, _RESIZE_HELP.format(what="model"))
 
@@ -412,6 +520,8 @@ class CompareParams(_FromSource, _Schedule):
         "attack radius candidates are audited and chosen at (e.g. 8/255)",
         fraction=True,
         cli_required=True,
+        gt=0,
+        le=_MAX_RADIUS,
     )
     norm: Norm = option(_C.norm, "threat model")
     methods: tuple[TransferMethod, ...] = option(
@@ -425,6 +535,8 @@ class CompareParams(_FromSource, _Schedule):
         default_text="the k the source was pre-trained for (from its header, else "
         f"{_T.k}) {', '.join(f'{o:+d}' for o in COMPARE_K_OFFSETS)}, within the model's blocks",
         group=CANDIDATES,
+        ge=1,
+        le=_MAX_BLOCKS,
     )
     norm_beta: tuple[float, ...] | None = option(
         None,
@@ -434,6 +546,8 @@ class CompareParams(_FromSource, _Schedule):
         ),
         group=CANDIDATES,
         fraction=True,
+        gt=0,
+        le=_MAX_NORM_BETA,
     )
     bn: tuple[str, ...] | None = option(
         None,
@@ -447,16 +561,23 @@ class CompareParams(_FromSource, _Schedule):
         "train at most this many, keeping the first by k, then beta, then BN preset, then "
         "method, each in its list's order",
         group=CANDIDATES,
+        ge=1,
+        # A week holds about a thousand ten-minute candidates (a small target, a few epochs).
+        le=1_000,
     )
     max_clean_drop: float = option(
         _C.max_clean_drop,
         "the chosen one's validation clean accuracy is at most this below the best candidate's",
         group=CANDIDATES,
+        ge=0,
+        le=1.0,
     )
     val_fraction: float = option(
         _C.val_fraction,
         "share of each class's training images held out for validation",
         group=CANDIDATES,
+        gt=0,
+        lt=1.0,
     )
     audit_attacks: str = option(
         _AU.attacks,
@@ -558,11 +679,14 @@ def parse_params(kind: str, raw: Mapping[str, Any]) -> Params:
 
 def normalise_values(cls: type[Params], raw: Mapping[str, Any]) -> dict[str, Any]:
     """``raw`` with fractions written as text turned into numbers and one value where several
-    are allowed (the audit's eps) made a list of one; non-finite numbers refused.
+    are allowed (the audit's eps) made a list of one; non-finite numbers and numbers outside
+    their parameter's bounds (:class:`cartl_core.options.Option`) refused.
 
-    Raises :class:`ConfigError` naming the parameter.
+    The one check of names' values every path runs first: the CLI, the API and :func:`run_job`.
+    Raises :class:`ConfigError` naming the parameter (and, in ``more``, every other one wrong).
     """
     fractions, lists = fraction_fields(cls), list_fields(cls)
+    specs = {spec.name: spec for spec in option_specs(cls)}
     out, errors = {}, []
     for name, value in raw.items():
         if name in lists and value is not None:
@@ -572,6 +696,8 @@ def normalise_values(cls: type[Params], raw: Mapping[str, Any]) -> dict[str, Any
                 value = _numbers(name, value, fraction_value)
             if not _finite(value):
                 raise ConfigError(f"{name} must be a finite number; got {value!r}", field=name)
+            if name in specs:
+                _check_range(specs[name], value)
         except ConfigError as exc:
             errors.append(exc)
         out[name] = value
@@ -590,6 +716,17 @@ def _numbers(name: str, value: Any, parse: Callable[[str], float]) -> Any:
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}", field=name) from None
     return value
+
+
+def _check_range(spec: OptionSpec, value: Any) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    for i, item in enumerate(items):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue  # a value of another type is the type check's to name
+        problem = out_of_range(spec, item)
+        if problem is not None:
+            where = f" (item {i})" if isinstance(value, tuple) else ""
+            raise ConfigError(f"{spec.name} {problem}{where}", field=spec.name)
 
 
 def _finite(value: Any) -> bool:
@@ -686,11 +823,49 @@ def run_job(
     The ``cartl`` CLI and the service's worker both run jobs through here. A compare writes the
     chosen model to ``out_path`` and every candidate to ``candidates_dir`` (default: beside
     ``out_path``); its ``on_progress`` gets :class:`cartl_core.compare.CompareEvent` objects.
+    ``should_stop`` is asked at every step of every long loop (data decoding, training batches,
+    attack steps and queries): true ends the job with :class:`CancelledError` within one step.
     """
+    with stop_when(should_stop):
+        return _run_job(
+            kind,
+            params,
+            dataset_path=dataset_path,
+            checkpoint_path=checkpoint_path,
+            out_path=out_path,
+            state_path=state_path,
+            device=device,
+            on_progress=on_progress,
+            on_audit_progress=on_audit_progress,
+            should_stop=should_stop,
+            on_epoch=on_epoch,
+            candidates_dir=candidates_dir,
+        )
+
+
+def _run_job(
+    kind: str,
+    params: Params,
+    *,
+    dataset_path: Path,
+    checkpoint_path: Path | None,
+    out_path: Path | None = None,
+    state_path: Path | None = None,
+    device: str = "auto",
+    on_progress: ProgressFn | None = None,
+    on_audit_progress: AuditProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[Any, Any], None] | None = None,
+    candidates_dir: Path | None = None,
+) -> JobOutcome:
     from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
     from cartl_core._runtime import prepare_model, resolve_device
     from cartl_core.checkpoints import read_description, trained_threat
 
+    # Params built in code skip parse_params: the same bounds as the CLI's and the API's.
+    normalise_values(
+        type(params), {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    )
     data = load_dataset(dataset_path, resize=_resize_to(params, checkpoint_path))
     c, h, w = data.input_shape
     if isinstance(params, AuditParams):

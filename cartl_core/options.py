@@ -7,10 +7,12 @@ fraction such as ``8/255``. From that and the field's type this module generates
 - the ``cartl`` command's options (:func:`add_options`),
 - the parsing of one value written as text (:func:`parse_text`), used by those options and by
   the service client's ``-p NAME=VALUE``,
-- the descriptions in the API's JSON schema (:func:`describe`),
+- the descriptions and ranges in the API's JSON schema (:func:`describe`, :func:`json_bounds`),
 
-so names, defaults, help and fraction parsing exist once. Range checks stay with the configs
-(:mod:`cartl_core.config`), which every path runs through :func:`cartl_core.jobs.parse_params`.
+so names, defaults, help, ranges and fraction parsing exist once. Every int and float parameter
+has a lower and an upper bound (:func:`out_of_range` checks one value against them, for
+:func:`cartl_core.jobs.normalise_values` and the CLI); the checks that relate parameters to each
+other or to the model stay with the configs (:mod:`cartl_core.config`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -35,10 +38,13 @@ __all__ = [
     "format_number",
     "fraction_fields",
     "fraction_value",
+    "json_bounds",
     "list_fields",
     "option",
     "option_specs",
+    "out_of_range",
     "parse_text",
+    "range_text",
 ]
 
 
@@ -50,6 +56,9 @@ class Option:
     meaning "the method's own", say). ``choices`` names the allowed values of a ``str`` field
     whose values come from a table rather than a ``Literal``. ``cli_required``: the CLI asks for
     it although the dataclass has a default (a pre-training names its architecture).
+
+    ``ge``/``gt`` (at least / above) and ``le``/``lt`` (at most / below) bound a numeric
+    parameter, each item of a list: every int and float parameter has one lower and one upper.
     """
 
     help: str
@@ -59,6 +68,10 @@ class Option:
     choices: tuple[str, ...] | None = None
     fraction: bool = False
     cli_required: bool = False
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
@@ -113,6 +126,7 @@ def _specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
         if not isinstance(meta, Option):
             raise TypeError(f"{cls.__name__}.{f.name} has no Option: declare it with option()")
         base, is_list, optional, choices = _shape(hints[f.name])
+        _check_bounds_declared(f"{cls.__name__}.{f.name}", meta, numeric=base in (int, float))
         specs.append(
             OptionSpec(
                 name=f.name,
@@ -125,6 +139,15 @@ def _specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
             )
         )
     return tuple(specs)
+
+
+def _check_bounds_declared(where: str, meta: Option, *, numeric: bool) -> None:
+    lower = [b for b in (meta.ge, meta.gt) if b is not None]
+    upper = [b for b in (meta.le, meta.lt) if b is not None]
+    if not numeric and (lower or upper):
+        raise TypeError(f"{where} is not a number and cannot have bounds")
+    if numeric and (len(lower) != 1 or len(upper) != 1):
+        raise TypeError(f"{where} needs one lower bound (ge or gt) and one upper (le or lt)")
 
 
 def _shape(hint: Any) -> tuple[type, bool, bool, tuple[str, ...] | None]:
@@ -179,6 +202,52 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: Each bound of an Option: its words in messages and help, whether a value meets it, and its
+#: JSON-schema keyword.
+_BOUNDS = (
+    ("ge", "at least", operator.ge, "minimum"),
+    ("gt", "above", operator.gt, "exclusiveMinimum"),
+    ("le", "at most", operator.le, "maximum"),
+    ("lt", "below", operator.lt, "exclusiveMaximum"),
+)
+
+
+def out_of_range(spec: OptionSpec, value: float) -> str | None:
+    """Why ``value`` lies outside ``spec``'s range (``"must be at most 10000; got 20000"``), or
+    None when it lies inside. Exact for any int: Python compares an int with a float bound
+    without converting it, so ``2**63`` or ``10**400`` cannot overflow on the way."""
+    for key, words, meets, _ in _BOUNDS:
+        bound = getattr(spec.option, key)
+        if bound is not None and not meets(value, bound):
+            return f"must be {words} {_bound(bound)}; got {_shown(value)}"
+    return None
+
+
+def range_text(spec: OptionSpec) -> str | None:
+    """The range as ``--help`` and the schema's descriptions say it: ``1 to 10000``,
+    ``above 0, at most 10``; None for a parameter that is not a number."""
+    o = spec.option
+    if o.ge is not None and o.le is not None:
+        return f"{_bound(o.ge)} to {_bound(o.le)}"
+    parts = []
+    for key, words, _, _ in _BOUNDS:
+        bound = getattr(o, key)
+        if bound is not None:
+            parts.append(f"{words} {_bound(bound)}")
+    return ", ".join(parts) or None
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _shown(value: float) -> str:
+    # A client's integer can be thousands of digits long; the answer stays one short line.
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
+
+
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -207,15 +276,19 @@ def _scalar(spec: OptionSpec, text: str) -> Any:
         return text
     if spec.base is int:
         try:
-            return int(text)
+            number: float = int(text)
         except ValueError:
             raise ValueError(f"{text!r} is not an integer") from None
-    if spec.base is float:
-        value = fraction_value(text) if spec.option.fraction else _float(text)
-        if not math.isfinite(value):
+    elif spec.base is float:
+        number = fraction_value(text) if spec.option.fraction else _float(text)
+        if not math.isfinite(number):
             raise ValueError(f"{text!r} is not a finite number")
-        return value
-    return text
+    else:
+        return text
+    problem = out_of_range(spec, number)
+    if problem is not None:
+        raise ValueError(problem)
+    return number
 
 
 def _float(text: str) -> float:
@@ -244,9 +317,14 @@ def arg_type(cls: type[Any], name: str) -> Callable[[str], Any]:
 
 
 def help_text(spec: OptionSpec, *, cli: bool = True) -> str:
-    """The help line with its default, as ``--help`` (``cli``) and the API's schema show it."""
+    """The help line with its range and default, as ``--help`` (``cli``) and the API's schema
+    show it."""
+    text = spec.option.help
+    bounds = range_text(spec)
+    if bounds is not None:
+        text += f" ({'each ' if spec.is_list else ''}{bounds})"
     default = None if cli and spec.option.cli_required else spec.default_text()
-    return f"{spec.option.help} [default: {default}]" if default is not None else spec.option.help
+    return f"{text} [default: {default}]" if default is not None else text
 
 
 def add_options(
@@ -295,4 +373,16 @@ def describe(cls: type) -> dict[str, str]:
         if spec.option.fraction:
             text += '; a number, or a fraction written as text such as "8/255"'
         out[spec.name] = text
+    return out
+
+
+def json_bounds(cls: type) -> dict[str, dict[str, float]]:
+    """Each numeric parameter's range as JSON-schema keywords (``minimum``, ``exclusiveMinimum``,
+    ...), for its number or, for a list, for each item."""
+    out = {}
+    for spec in option_specs(cls):
+        keywords = {kw: getattr(spec.option, key) for key, _, _, kw in _BOUNDS}
+        bounds = {kw: value for kw, value in keywords.items() if value is not None}
+        if bounds:
+            out[spec.name] = bounds
     return out

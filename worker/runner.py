@@ -1,15 +1,24 @@
 """One job, from its row to its results: claim, run ``cartl_core``, record the outcome.
 
+A message is a turn, not an order: the job a worker runs is the one
+:func:`app.services.job_states.next_job` picks when the worker is free (fair across owners),
+unless the message's own job lost its worker, which is then taken over. Every job has sent one
+message, so every waiting job gets a turn; a message whose turn finds nothing to do ends
+without a job (:mod:`worker.tasks` ends it before it costs a process).
+
 Every status change is a transition of :mod:`app.services.job_states`: the claim is a
-conditional update, so a message delivered twice (a redelivery, a sweep) runs the job once.
+conditional update, so a message delivered twice (a redelivery, a sweep) runs a job once.
 While the job runs, a heartbeat thread stamps ``heartbeat_at`` and picks up cancel requests, so
-the training loop's ``should_stop`` is a flag check, not a query per batch. The resumable state
-lives in artifact storage (``jobs/ID/state.pt``): a retry after a lost worker continues from the
-last finished epoch.
+the library's ``should_stop`` is a flag check, not a query per step. A job that has not
+stopped ``cancel_grace_s`` after its cancel reached it is ended by the heartbeat thread, which
+records it cancelled and ends the process (only in a pool process, whose message Celery then
+hands back and the next turn drops). The resumable state lives in artifact storage
+(``jobs/ID/state.pt``): a retry after a lost worker continues from the last finished epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -30,24 +39,80 @@ from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
 from app.storage import Storage, sha256_file, storage_problem
 
-__all__ = ["execute"]
+__all__ = ["execute", "turn_has_work"]
 
 log = logging.getLogger(__name__)
 
+#: How many times a turn tries the next fair job when other workers take the chosen one first.
+_CLAIM_TRIES = 8
 
-def execute(job_id: str, settings: Settings | None = None) -> str:
-    """Run ``job_id`` if it can be claimed; returns what happened (for the worker's log)."""
+#: The exit status of a pool process ended to enforce a cancel (Celery logs it).
+_CANCELLED_EXIT = 75
+
+
+def execute(job_id: str, settings: Settings | None = None, *, hard_stop: bool = False) -> str:
+    """Take the turn of ``job_id``'s message: run the job it names if that job lost its worker,
+    else the next fair job, if any. Returns what happened (for the worker's log).
+    ``hard_stop``: this process may be ended to enforce a cancel (a Celery pool process)."""
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url)
     try:
-        return _Run(job_id, settings, make_sessionmaker(engine)).run()
+        return _Run(job_id, settings, make_sessionmaker(engine), hard_stop=hard_stop).run()
     finally:
         engine.dispose()
 
 
+def turn_has_work(job_id: str, settings: Settings | None = None) -> bool:
+    """Whether the turn of ``job_id``'s message would run a job: the message's job lost its
+    worker, or some job waits that :func:`app.services.job_states.next_job` would pick. Asked
+    by the worker's main process (:mod:`worker.tasks`), so it is a few indexed queries on a
+    pooled connection. Settles the message's job if its cancel was asked while it waited. When
+    jobs wait but every one's owner is at the running cap, one of them is made unsent, so the
+    sweeper sends it a new message later and the turn dropped here is not lost."""
+    settings = settings or get_settings()
+    try:
+        with _main_factory(settings.resolved_database_url)() as s, s.begin():
+            job_states.settle_cancelled(s, job_id)
+            holder = s.scalar(
+                select(Job.worker).where(Job.id == job_id, Job.status == JobStatus.running.value)
+            )
+            if holder is not None and (
+                local_worker_gone(holder)
+                or job_id in job_states.lost_jobs(s, settings.stale_after_s, job_id=job_id)
+            ):
+                return True
+            if job_states.next_job(s, max_running_per_owner=settings.max_running_per_owner):
+                return True
+            if job_states.has_waiting(s):
+                job_states.release_sent(s)
+            return False
+    except SQLAlchemyError:
+        # The pool process will meet the same database and record why it cannot run.
+        log.warning("message for job %s: could not check for work", job_id, exc_info=True)
+        return True
+
+
+@functools.cache
+def _main_factory(url: str) -> sessionmaker[Session]:
+    """The main process's one engine. A pool process is forked from it: it must not use, or
+    close, the connections it inherits (they are the parent's), so it forgets them."""
+    engine = make_engine(url)
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return make_sessionmaker(engine)
+
+
 class _Run:
-    def __init__(self, job_id: str, settings: Settings, factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        *,
+        hard_stop: bool = False,
+    ) -> None:
+        self.message_job = job_id
         self.job_id = job_id
+        self.hard_stop = hard_stop
         self.settings = settings
         self.factory = factory
         self.storage = Storage(settings.resolved_storage_dir)
@@ -64,20 +129,33 @@ class _Run:
 
     def _claim(self) -> Job | None:
         with self.factory() as s, s.begin():
-            holder = s.scalar(select(Job.worker).where(Job.id == self.job_id))
-            claimed = job_states.claim(
+            job_states.settle_cancelled(s, self.message_job)
+            status, holder = s.execute(
+                select(Job.status, Job.worker).where(Job.id == self.message_job)
+            ).one_or_none() or (None, None)
+            if status == JobStatus.running.value and job_states.claim(
                 s,
-                self.job_id,
+                self.message_job,
                 self.worker,
                 stale_after_s=self.settings.stale_after_s,
                 # The pool child that held it on this machine is gone (killed, out of memory) and
                 # Celery handed the message back: no need to wait for the heartbeat to go stale.
                 dead_holder=holder if local_worker_gone(holder) else None,
-            )
-            if not claimed:
-                job_states.settle_cancelled(s, self.job_id)
-                return None
-            return s.get(Job, self.job_id)
+            ):
+                return s.get(Job, self.message_job)
+            # Another worker may take the chosen job first: then the next choice.
+            for _ in range(_CLAIM_TRIES):
+                chosen = job_states.next_job(
+                    s, max_running_per_owner=self.settings.max_running_per_owner
+                )
+                if chosen is None:
+                    return None
+                if job_states.claim(
+                    s, chosen, self.worker, stale_after_s=self.settings.stale_after_s
+                ):
+                    self.job_id = chosen
+                    return s.get(Job, chosen)
+            return None
 
     def _finish(self, status: JobStatus, **values: Any) -> None:
         """Record the job's end. A database that cannot take the write (disk full, read-only)
@@ -105,9 +183,15 @@ class _Run:
     def run(self) -> str:
         job = self._claim()
         if job is None:
-            log.info("job %s: not claimed (running elsewhere, finished or cancelled)", self.job_id)
+            log.info("message for job %s: no job waits; nothing run", self.message_job)
             return "skipped"
-        log.info("job %s: attempt %d on %s", self.job_id, job.attempts, self.worker)
+        log.info(
+            "job %s (turn of job %s's message): attempt %d on %s",
+            self.job_id,
+            self.message_job,
+            job.attempts,
+            self.worker,
+        )
         if job.attempts > self.settings.max_attempts:
             self._finish(
                 JobStatus.failed,
@@ -153,14 +237,14 @@ class _Run:
             )
         except CancelledError:
             self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})
-            self._clean_up(job, state)
+            self._clean_up_files(job.kind)
             log.info("job %s: cancelled", job.id)
             return "cancelled"
         except Exception as exc:
             if not isinstance(exc, CartlError):
                 log.exception("job %s failed", job.id)
             self._finish(JobStatus.failed, error=self._public_error(exc, describe_error(exc)))
-            self._clean_up(job, state)
+            self._clean_up_files(job.kind)
             return "failed"
         if compare:
             _link_candidates(job.id, outcome.metrics)
@@ -215,12 +299,13 @@ class _Run:
             described = described.replace(path, "<artifact storage>")
         return described
 
-    def _clean_up(self, job: Job, state: Path) -> None:
+    def _clean_up_files(self, kind: str | None) -> None:
         """What an unfinished job leaves: its resumable state, a compare's candidates."""
+        state = self.storage.path(f"jobs/{self.job_id}/state.pt")
         state.unlink(missing_ok=True)
         state.with_name(state.name + ".tmp").unlink(missing_ok=True)
-        if job.kind == JobKind.compare.value:
-            self.storage.delete_prefix(candidates_prefix(job.id))
+        if kind == JobKind.compare.value:
+            self.storage.delete_prefix(candidates_prefix(self.job_id))
 
     def _inputs(self, job: Job) -> tuple[Path, Path | None]:
         from cartl_core import ConfigError
@@ -240,21 +325,55 @@ class _Run:
     def _heartbeat(self) -> None:
         """Stamp ``heartbeat_at`` every ``heartbeat_s``, and look for a cancel request every
         ``cancel_poll_s`` (one indexed read): a cancel reaches the job within about a second,
-        which then stops at its next batch."""
+        which then stops at its next step. One that has not stopped ``cancel_grace_s`` later is
+        ended here (:meth:`_enforce_cancel`)."""
         poll = min(self.settings.cancel_poll_s, self.settings.heartbeat_s)
         last_beat = time.monotonic()
+        cancelled_at: float | None = None
         while not self.done.wait(poll):
+            grace = self.settings.cancel_grace_s
+            if cancelled_at is not None and grace and time.monotonic() - cancelled_at >= grace:
+                self._enforce_cancel(grace)
             try:
                 with self.factory() as s, s.begin():
                     if time.monotonic() - last_beat >= self.settings.heartbeat_s:
                         job_states.heartbeat(s, self.job_id, self.worker)
                         last_beat = time.monotonic()
                     cancel = job_states.is_cancel_requested(s, self.job_id)
-                if cancel:
+                if cancel and cancelled_at is None:
+                    cancelled_at = time.monotonic()
                     self.cancel.set()
             except Exception:
                 # A database blip must not kill the job; the next beat tries again.
                 log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def _enforce_cancel(self, grace: float) -> None:
+        """The job did not stop at a step within ``grace`` seconds of its cancel (a step that
+        long, or a loop the library does not check in): record it cancelled, remove its
+        unfinished files and end this process. Only a pool process is ended (``hard_stop``):
+        Celery hands its message back, and the turn that message brings finds nothing to do."""
+        if not self.hard_stop or self.done.is_set():
+            return
+        with self.factory() as s, s.begin():
+            ended = job_states.finish(
+                s,
+                self.job_id,
+                self.worker,
+                JobStatus.cancelled,
+                progress={**self.progress, "stage": "cancelled"},
+                error=None,
+            )
+            kind = s.scalar(select(Job.kind).where(Job.id == self.job_id))
+        if not ended:
+            return  # it ended by itself meanwhile
+        log.warning(
+            "job %s: still running %g s after its cancel; cancelled and its process ended",
+            self.job_id,
+            grace,
+        )
+        self._clean_up_files(kind)
+        logging.shutdown()
+        os._exit(_CANCELLED_EXIT)
 
     def _write_progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -326,12 +445,6 @@ class _Run:
     def _on_audit_progress(self, event: Any) -> None:
         """An :class:`~cartl_core.audit.AuditEvent`: the attack running (k of n), its samples and
         fraction, and the audit's ETA from its measured rates; the first carries the bound."""
-        from cartl_core import CancelledError
-
-        if self.cancel.is_set():
-            # Audits have no batches of their own to stop at: each progress report (every
-            # quarter second inside an attack's steps) is one.
-            raise CancelledError(f"audit cancelled during {event.attack or 'its start'}")
         if event.estimate is not None:
             self.progress = {
                 **self.progress,

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Sends a committed job to the broker: ``(session_factory, settings, job_id) -> sent``.
-Enqueuer = Callable[[sessionmaker[Session], Settings, str], bool]
+Enqueuer = Callable[[sessionmaker[Session], Settings, str], object]
 
 
 # The ones below only read app.state: async, so they run inline instead of each taking a trip

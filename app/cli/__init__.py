@@ -37,4 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return core_cli.run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.func.__module__ == server.__name__:
+        # The service's own commands: the database, broker file and artifacts they (and the
+        # worker `serve` starts) create are the service user's alone. Not the library's or the
+        # client's commands: their outputs are the user's ordinary files.
+        from app.storage import keep_files_private
+
+        keep_files_private()
+    return core_cli.run(args)

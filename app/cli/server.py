@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from app.cli.supervisor import start_worker, stop_worker
+from app.cli.supervisor import end_leftover_worker, lock_data_dir, start_worker, stop_worker
 from cartl_core.errors import CartlError
 
 __all__ = ["add_commands"]
@@ -163,6 +163,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings, factory = _session_factory(create=True)
     apply_log_level(settings)
+    lock = lock_data_dir(settings.data_dir)  # held until this process ends
+    # A worker an earlier server left running would run jobs beside the new one's.
+    leftover = end_leftover_worker(settings.data_dir)
+    if leftover is not None:
+        print(f"ended the worker (process {leftover}) a previous `cartl serve` left", flush=True)
     # Jobs its previous run's worker held: resumed now, not after their heartbeat goes stale.
     for job_id in requeue_dead_local(factory):
         print(f"job {job_id}: its worker stopped with the last run; resuming it", flush=True)
@@ -178,12 +183,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # here lets the worker below be stopped instead of outliving the server.
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            # Deadlines and limits on request heads, a cap on idle connections (the module says).
+            http="app.api.protocol:HTTPProtocol",
+        )
     except KeyboardInterrupt:
         pass
     finally:
         if worker is not None:
-            stop_worker(worker)
+            stop_worker(worker, settings.data_dir)
+        lock.close()
     return 0
 
 

@@ -101,6 +101,9 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_id", "owner", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        # When an owner was last served: the fair dispatch's question (job_states.next_job).
+        Index("ix_jobs_owner_started_at", "owner", "started_at"),
+        Index("ix_jobs_owner_finished_at", "owner", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

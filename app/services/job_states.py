@@ -5,10 +5,14 @@
     queued --claim--> running --finish--> succeeded | failed | cancelled
       |  ^               |
       |  +---requeue-----+   (its worker was lost: stale heartbeat, or a dead process here)
+      |                  +---requeue--> cancelled  (lost, and its cancel had been asked for)
       +--cancel--> cancelled
 
     queued, unsent --claim_send--> queued, sent  (--release_send--> unsent: the broker was down)
     running --request_cancel--> running with cancel_requested (the worker stops at its next batch)
+
+Which queued job a free worker takes is :func:`next_job`'s choice: fair across owners, not
+first come first served (see there).
 
 Each transition is one conditional ``UPDATE ... WHERE`` on the state it leaves, so the API, any
 number of workers and sweepers can race on a job and exactly one wins; the functions return
@@ -37,13 +41,17 @@ __all__ = [
     "claim",
     "claim_send",
     "finish",
+    "has_waiting",
     "heartbeat",
     "is_cancel_requested",
     "lost_jobs",
+    "next_job",
     "record_epoch",
     "record_progress",
     "release_send",
+    "release_sent",
     "requeue",
+    "settle_all_cancelled",
     "settle_cancelled",
 ]
 
@@ -95,6 +103,19 @@ def claim_send(session: Session, job_id: str) -> bool:
         )
         .values(enqueued_at=utcnow()),
     )
+
+
+def release_sent(session: Session) -> str | None:
+    """A worker drops a message because every waiting job's owner is at their running cap: the
+    newest sent waiting job is made unsent again, so the sweeper sends a message for it later
+    and no waiting job is left without one."""
+    job_id = session.scalar(
+        select(Job.id)
+        .where(Job.status == _QUEUED, Job.cancel_requested.is_(False), Job.enqueued_at.is_not(None))
+        .order_by(Job.enqueued_at.desc())
+        .limit(1)
+    )
+    return job_id if job_id is not None and release_send(session, job_id) else None
 
 
 def release_send(session: Session, job_id: str) -> bool:
@@ -199,12 +220,13 @@ def finish(session: Session, job_id: str, worker: str, status: JobStatus, **valu
 # ---------------------------------------------------------------------------- recovery
 
 
-def lost_jobs(session: Session, stale_after_s: float) -> list[str]:
-    """Running jobs whose heartbeat is older than ``stale_after_s``."""
+def lost_jobs(session: Session, stale_after_s: float, *, job_id: str | None = None) -> list[str]:
+    """Running jobs (or only ``job_id``) whose heartbeat is older than ``stale_after_s``."""
     stale = utcnow() - timedelta(seconds=stale_after_s)
-    return list(
-        session.scalars(select(Job.id).where(Job.status == _RUNNING, Job.heartbeat_at < stale))
-    )
+    query = select(Job.id).where(Job.status == _RUNNING, Job.heartbeat_at < stale)
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+    return list(session.scalars(query))
 
 
 def requeue(
@@ -214,11 +236,14 @@ def requeue(
     *,
     stale_after_s: float | None = None,
     worker: str | None = None,
-) -> bool:
+) -> str | None:
     """Put a running job whose worker was lost back to ``queued``, unsent (the sweeper sends
-    it; the retry resumes from its last saved epoch). The condition is the caller's evidence
-    that the worker is lost: a heartbeat older than ``stale_after_s``, or ``worker`` (a dead
-    process) still being the holder."""
+    it; the retry resumes from its last saved epoch): "queued". A job whose cancel had been
+    asked for ends ``cancelled`` instead ("cancelled"): running it again would only be stopped.
+    None when the caller lost the race or its evidence does not hold.
+
+    The condition is the caller's evidence that the worker is lost: a heartbeat older than
+    ``stale_after_s``, or ``worker`` (a dead process) still being the holder."""
     where = [Job.id == job_id, Job.status == _RUNNING]
     if stale_after_s is not None:
         where.append(Job.heartbeat_at < utcnow() - timedelta(seconds=stale_after_s))
@@ -226,9 +251,98 @@ def requeue(
         where.append(Job.worker == worker)
     if len(where) == 2:
         raise ValueError("requeue needs evidence that the worker was lost")
-    return _changed(
+    if _changed(
         session,
         update(Job)
-        .where(*where)
+        .where(*where, Job.cancel_requested.is_(True))
+        .values(
+            status=JobStatus.cancelled.value,
+            finished_at=utcnow(),
+            worker=None,
+            progress={"stage": "cancelled", "detail": reason},
+        ),
+    ):
+        return "cancelled"
+    if _changed(
+        session,
+        update(Job)
+        .where(*where, Job.cancel_requested.is_(False))
         .values(status=_QUEUED, enqueued_at=None, worker=None, progress={"stage": reason}),
+    ):
+        return "queued"
+    return None
+
+
+def settle_all_cancelled(session: Session) -> list[str]:
+    """Every queued job with a cancel request ends ``cancelled`` (:func:`settle_cancelled` for
+    all of them: what the sweeper does, so none waits for a worker to meet it)."""
+    stuck = list(
+        session.scalars(select(Job.id).where(Job.status == _QUEUED, Job.cancel_requested.is_(True)))
+    )
+    return [job_id for job_id in stuck if settle_cancelled(session, job_id)]
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def next_job(session: Session, *, max_running_per_owner: int = 0) -> str | None:
+    """The queued job a free worker should take: fair across owners, not the oldest job.
+
+    Among the owners with a job waiting (queued, no cancel request) and fewer than
+    ``max_running_per_owner`` running (0: no cap), the one with the fewest running jobs wins;
+    among equals, the one who has waited longest, that is whose wait started earliest. An
+    owner's wait starts when their oldest waiting job was submitted, or when one of their jobs
+    last started or ended if that came later: an owner whose job just finished queues behind one
+    who submitted meanwhile, so one owner's 50 jobs hold another's back by one job at most. The
+    owner's oldest waiting job is the answer. None when no job waits (or every waiting owner is
+    at the cap).
+
+    Three small queries per waiting owner, each answered from an index (``owner, started_at``,
+    ``owner, finished_at``, ``status``): cheap next to the job it starts.
+    """
+    waiting = session.execute(
+        select(Job.owner, func.min(Job.created_at), func.min(Job.id))
+        .where(Job.status == _QUEUED, Job.cancel_requested.is_(False))
+        .group_by(Job.owner)
+    ).all()
+    if not waiting:
+        return None
+    running = dict(
+        session.execute(
+            select(Job.owner, func.count())
+            .where(Job.status == _RUNNING, Job.owner.in_([w[0] for w in waiting]))
+            .group_by(Job.owner)
+        ).all()
+    )
+    best: tuple[int, Any, str] | None = None
+    chosen = None
+    for owner, oldest, _first in waiting:
+        busy = int(running.get(owner, 0))
+        if max_running_per_owner and busy >= max_running_per_owner:
+            continue
+        served = [
+            session.scalar(select(func.max(column)).where(Job.owner == owner))
+            for column in (Job.started_at, Job.finished_at)
+        ]
+        since = max([oldest, *(t for t in served if t is not None)])
+        key = (busy, since, owner)
+        if best is None or key < best:
+            best, chosen = key, owner
+    if chosen is None:
+        return None
+    return session.scalar(
+        select(Job.id)
+        .where(Job.owner == chosen, Job.status == _QUEUED, Job.cancel_requested.is_(False))
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    )
+
+
+def has_waiting(session: Session) -> bool:
+    """Whether any job waits to be run (queued, no cancel request)."""
+    return (
+        session.scalar(
+            select(Job.id).where(Job.status == _QUEUED, Job.cancel_requested.is_(False)).limit(1)
+        )
+        is not None
     )

@@ -14,13 +14,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from app.db.base import new_id
 from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
-from app.errors import ConflictError, FieldError, NotFoundError, UnprocessableError
+from app.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnprocessableError,
+)
 from app.services import job_states
 from app.services.ids import is_id
 from app.services.models import model_info
@@ -65,10 +71,16 @@ class JobRequest:
 
 
 def create_job(
-    session: Session, owner: str, request: JobRequest, idempotency_key: str | None = None
+    session: Session,
+    owner: str,
+    request: JobRequest,
+    idempotency_key: str | None = None,
+    *,
+    max_queued: int | None = None,
 ) -> tuple[Job, bool]:
     """The new job (flushed; the caller commits), and whether this call made it (False: an
-    idempotent replay)."""
+    idempotent replay). :class:`TooManyRequestsError` when ``owner`` already has ``max_queued``
+    jobs waiting."""
     if idempotency_key is not None:
         existing = _by_key(session, owner, idempotency_key)
         if existing is not None:
@@ -76,6 +88,8 @@ def create_job(
     params = resolve_params(request.kind, request.params)
     checkpoint, dataset = _inputs(session, owner, request)
     params = _fit(request, params, checkpoint, dataset)
+    if max_queued is not None:
+        _check_queue_room(session, owner, max_queued)
     job = Job(
         id=new_id("job"),
         owner=owner,
@@ -99,6 +113,30 @@ def create_job(
             raise
         return _replay(existing, request), False
     return job, True
+
+
+#: What a refused submission tells the client to wait: about one job's turn.
+QUEUE_FULL_RETRY_S = 60
+
+
+def _check_queue_room(session: Session, owner: str, max_queued: int) -> None:
+    """Refuse a job past ``owner``'s waiting jobs limit (429 with Retry-After)."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Two submissions of one owner at once must not both see room for one: the second waits
+        # here for the first's commit. (SQLite runs one writer at a time already.)
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+    waiting = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == owner, Job.status == JobStatus.queued.value)
+    )
+    if waiting is not None and waiting >= max_queued:
+        raise TooManyRequestsError(
+            f"{waiting} of your jobs are waiting, the most one owner may have queued "
+            f"(CARTL_MAX_QUEUED_PER_OWNER={max_queued}); submit again when some have started, "
+            "or cancel some",
+            QUEUE_FULL_RETRY_S,
+        )
 
 
 #: What a job's status (``JobOut``) never shows: the per-epoch history and the full audit, the

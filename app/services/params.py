@@ -4,7 +4,8 @@
    options' names). Lists are bounded (:data:`MAX_LIST`).
 2. Types: pydantic validates the values against those same dataclasses (strict JSON rules: ``"3"``
    is not an integer), after :func:`cartl_core.jobs.normalise_values` turned fractions written as
-   text (``"8/255"``) into numbers and refused non-finite ones, as it does for the CLI.
+   text (``"8/255"``) into numbers and refused non-finite ones and those outside their bounds
+   (``params.epochs``: "epochs must be at most 10000; got 1000000000"), as it does for the CLI.
 3. Ranges and consistency: :func:`cartl_core.jobs.parse_params`, the same check the CLI and the
    worker use.
 
@@ -26,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.errors import MAX_FIELD_ERRORS, FieldError, UnprocessableError
 from cartl_core import ConfigError
 from cartl_core.jobs import Params, normalise_values, params_class, parse_params
-from cartl_core.options import describe
+from cartl_core.options import describe, fraction_fields, json_bounds
 
 __all__ = ["MAX_LIST", "jsonable_params", "params_json_schema", "resolve_params"]
 
@@ -40,13 +41,42 @@ def _adapter(kind: str) -> TypeAdapter[Any]:
 
 
 def params_json_schema(kind: str) -> dict[str, Any]:
-    """The JSON schema of ``kind``'s params: defaults, and each field's help as its description."""
+    """The JSON schema of ``kind``'s params: defaults, each field's help as its description, each
+    number's bounds (``minimum``, ``exclusiveMinimum``, ...; a list's on its items), and text
+    beside the number where a fraction such as ``"8/255"`` is accepted."""
+    cls = params_class(kind)
     schema = _adapter(kind).json_schema(mode="validation")
     schema["additionalProperties"] = False
-    descriptions = describe(params_class(kind))
-    for name, prop in schema.get("properties", {}).items():
-        prop["description"] = descriptions[name]
+    descriptions, bounds, fractions = describe(cls), json_bounds(cls), fraction_fields(cls)
+    properties = schema.get("properties", {})
+    for name in list(properties):
+        prop = properties[name]
+        notes = {k: prop.pop(k) for k in ("title", "default") if k in prop}
+        shape = _one_of(_bounded(prop, bounds.get(name, {}), text=name in fractions))
+        properties[name] = {**notes, **shape, "description": descriptions[name]}
     return schema
+
+
+_FRACTION_TEXT = {"type": "string", "description": 'a fraction such as "8/255"'}
+
+
+def _bounded(schema: dict[str, Any], bounds: dict[str, float], *, text: bool) -> list[Any]:
+    """``schema`` (a property, an anyOf branch or a list's items) with ``bounds`` on its numbers,
+    as alternatives: a number that may be written as a fraction (``text``) becomes two."""
+    if schema.get("type") in ("integer", "number"):
+        number = {**schema, **bounds}
+        return [number, dict(_FRACTION_TEXT)] if text else [number]
+    if "anyOf" in schema:
+        schema["anyOf"] = [
+            alt for sub in schema["anyOf"] for alt in _bounded(sub, bounds, text=text)
+        ]
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _one_of(_bounded(schema["items"], bounds, text=text))
+    return [schema]
+
+
+def _one_of(alternatives: list[Any]) -> dict[str, Any]:
+    return dict(alternatives[0]) if len(alternatives) == 1 else {"anyOf": alternatives}
 
 
 def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:

@@ -13,6 +13,7 @@ claim (:func:`app.services.job_states.claim`) makes a redelivered message harmle
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 from functools import lru_cache
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services import job_states
 from app.settings import Settings
 
-__all__ = ["TASK_NAME", "broker_errors", "celery_config", "enqueue_job", "sender_for"]
+__all__ = ["TASK_NAME", "Send", "broker_errors", "celery_config", "enqueue_job", "sender_for"]
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,20 @@ def _transport_options(url: str) -> dict[str, Any]:
     return {}
 
 
-def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> bool:
-    """Send ``job_id`` once: True if this call sent it, False if the broker is down or the job is
-    no longer waiting to be sent (another sender won, or it was cancelled)."""
+class Send(enum.Enum):
+    """What :func:`enqueue_job` did. Only ``broker_down`` says anything about the broker."""
+
+    sent = "sent"
+    not_waiting = "not waiting"  # another sender won, or it was cancelled or claimed meanwhile
+    broker_down = "broker down"
+
+
+def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str) -> Send:
+    """Send ``job_id`` once."""
     with factory() as session, session.begin():
         claimed = job_states.claim_send(session, job_id)
     if not claimed:
-        return False
+        return Send.not_waiting
     sender = sender_for(settings)
     try:
         _check_reachable(settings.resolved_broker_url)
@@ -77,9 +85,9 @@ def enqueue_job(factory: sessionmaker[Session], settings: Settings, job_id: str)
         )
         with factory() as session, session.begin():
             job_states.release_send(session, job_id)
-        return False
+        return Send.broker_down
     log.info("job %s: enqueued on %s", job_id, settings.queue)
-    return True
+    return Send.sent
 
 
 def _check_reachable(url: str, timeout: float = 1.0) -> None:

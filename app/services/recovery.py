@@ -7,7 +7,11 @@
 * A ``running`` job whose heartbeat is older than ``stale_after_s`` lost its worker (killed, out
   of memory, machine gone) and the broker may never hand its message back (Redis waits for the
   visibility timeout; kombu's SQL and file transports forget unacknowledged messages): put it
-  back to ``queued`` and send it again. The retry resumes from the last saved epoch.
+  back to ``queued`` and send it again. The retry resumes from the last saved epoch. A lost job
+  whose cancel had been asked for ends ``cancelled`` instead, as does any queued job with a
+  cancel request: no job outlives its cancel.
+* A job that cannot be sent (cancelled or taken meanwhile) is skipped; only a broker that is
+  down ends a sweep early.
 
 Every change is a transition of :mod:`app.services.job_states` (a conditional update), so any
 number of sweepers (API replicas, ``cartl serve``) can run at once. The worker's claim caps the
@@ -30,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.services import job_states
-from app.services.queue import enqueue_job
+from app.services.queue import Send, enqueue_job
 from app.settings import Settings
 from app.storage import Storage
 
@@ -51,19 +55,24 @@ log = logging.getLogger(__name__)
 class SweepResult:
     requeued: int
     sent: int
+    cancelled: int = 0
 
 
 def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
-    requeued = []
+    requeued, cancelled = [], []
     with factory() as s, s.begin():
         for job_id in job_states.lost_jobs(s, settings.stale_after_s):
-            if job_states.requeue(
+            outcome = job_states.requeue(
                 s,
                 job_id,
                 "requeued: the worker running it was lost",
                 stale_after_s=settings.stale_after_s,
-            ):
+            )
+            if outcome == "queued":
                 requeued.append(job_id)
+            elif outcome == "cancelled":
+                cancelled.append(job_id)
+        cancelled += job_states.settle_all_cancelled(s)
         unsent = s.scalars(
             select(Job.id)
             .where(Job.status == JobStatus.queued.value, Job.enqueued_at.is_(None))
@@ -75,17 +84,21 @@ def sweep(factory: sessionmaker[Session], settings: Settings) -> SweepResult:
         log.warning(
             "job %s: worker lost (no heartbeat for %g s); requeued", job_id, settings.stale_after_s
         )
+    for job_id in cancelled:
+        log.info("job %s: cancel requested and no worker runs it; cancelled", job_id)
     sent = 0
     for job_id in unsent:
-        if not enqueue_job(factory, settings, job_id):
-            break  # the broker is still down: try the rest on the next sweep
-        sent += 1
-    return SweepResult(len(requeued), sent)
+        send = enqueue_job(factory, settings, job_id)
+        if send is Send.broker_down:
+            break  # try the rest on the next sweep
+        sent += send is Send.sent
+    return SweepResult(len(requeued), sent, len(cancelled))
 
 
 def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
     """Running jobs whose worker was a process on this machine that no longer exists, put back
-    to ``queued`` at once (the next sweep sends them): what ``cartl serve`` does when it starts,
+    to ``queued`` at once (the next sweep sends them; one with a cancel request ends
+    ``cancelled``, and is not in the list): what ``cartl serve`` does when it starts,
     instead of waiting ``stale_after_s`` for their heartbeat to go stale. Only for workers on
     this host, whose process ids can be checked; a reused id just leaves the job to the sweep."""
     prefix = f"{socket.gethostname()}:"
@@ -99,13 +112,14 @@ def requeue_dead_local(factory: sessionmaker[Session]) -> list[str]:
         for job_id, worker in held:
             if not local_worker_gone(worker):
                 continue
-            if job_states.requeue(
+            outcome = job_states.requeue(
                 s, job_id, "requeued: its worker stopped with the server", worker=worker
-            ):
-                requeued.append((job_id, worker))
-    for job_id, worker in requeued:
-        log.warning("job %s: its worker %s is gone; requeued", job_id, worker)
-    return [job_id for job_id, _ in requeued]
+            )
+            if outcome is not None:
+                requeued.append((job_id, worker, outcome))
+    for job_id, worker, outcome in requeued:
+        log.warning("job %s: its worker %s is gone; %s", job_id, worker, outcome)
+    return [job_id for job_id, _, outcome in requeued if outcome == "queued"]
 
 
 def local_worker_gone(worker: str | None) -> bool:
@@ -221,8 +235,13 @@ class Sweeper:
             wait = self.settings.sweep_interval_s
             try:
                 result = sweep(self.factory, self.settings)
-                if result.requeued or result.sent:
-                    log.info("sweep: %d requeued, %d sent", result.requeued, result.sent)
+                if result.requeued or result.sent or result.cancelled:
+                    log.info(
+                        "sweep: %d requeued, %d sent, %d cancelled",
+                        result.requeued,
+                        result.sent,
+                        result.cancelled,
+                    )
             except Exception:
                 log.warning("sweep failed; trying again later", exc_info=True)
             interval = self.settings.reconcile_interval_s

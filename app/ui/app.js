@@ -510,7 +510,11 @@ function fieldKind(prop) {
     const item = options.find((o) => o.type === "array").items || {};
     return { type: "array", item: item.type || (item.enum ? "string" : "number"), values: item.enum };
   }
-  return { type: types[0] || "string" };
+  // A number's range, for the browser; one that may also be written as text (a fraction such as
+  // 8/255) keeps a text box, which has no range.
+  const number = options.find((o) => o.type === "integer" || o.type === "number");
+  if (!number || types.includes("string")) return { type: types[0] || "string" };
+  return { type: number.type, min: number.minimum ?? number.exclusiveMinimum, max: number.maximum ?? number.exclusiveMaximum, range: true };
 }
 
 function paramField(name, prop) {
@@ -527,7 +531,9 @@ function paramField(name, prop) {
       kind.values.filter((v) => v !== null).map((v) => h("option", { value: String(v) }, String(v))));
   } else {
     const shown = prop.default === undefined || prop.default === null ? "" : Array.isArray(prop.default) ? prop.default.join(",") : String(prop.default);
-    input = h("input", { id, name, type: "text", inputmode: kind.type === "string" ? null : "decimal", placeholder: shown, "aria-describedby": `${id}-help ${id}-error` });
+    // An exclusive bound (lr above 0) becomes the browser's inclusive one: the server names the edge.
+    const range = kind.range ? { type: "number", min: kind.min, max: kind.max, step: kind.type === "integer" ? "1" : "any" } : { type: "text" };
+    input = h("input", { id, name, ...range, inputmode: kind.type === "string" ? null : "decimal", placeholder: shown, "aria-describedby": `${id}-help ${id}-error` });
   }
   input.dataset.kind = JSON.stringify(kind);
   return h("div", { class: "field" }, h("label", { for: id }, name), input, help, error);

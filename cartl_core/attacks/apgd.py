@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.losses import (
     ce_loss,
@@ -157,6 +158,7 @@ def _apgd_run(
     s.keep(alive)
     last_check = 0
     for i in range(steps):
+        check_stop("APGD")
         if len(s) == 0:
             return evaluations
         cur, prev, step = s["x"], s["x_prev"], s["step"].view(view)

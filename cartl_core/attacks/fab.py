@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome, _Active, _random_start
 from cartl_core.config import PRECISIONS, Precision
@@ -148,6 +149,7 @@ def _fab_run(
     s["f"], s["g"], _ = _margin_grad(model, s["x1"], s["y"], s["target"], cfg.precision)
     evaluations = len(s)
     for i in range(cfg.steps):
+        check_stop("FAB")
         evaluations += _iterate(model, s, robust, x_out, cfg, last=i == cfg.steps - 1)
         on_iteration(i + 1)
         if len(s) == 0:

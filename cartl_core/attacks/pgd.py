@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.losses import get_loss
 from cartl_core.attacks.threat import L2Ball, LinfBall, threat_model
@@ -66,6 +67,7 @@ def _pgd_run(
 ) -> torch.Tensor:
     x_adv = ball.random_init(x) if random_start else x.clone()
     for _ in range(steps):
+        check_stop("PGD")
         grad, _ = _input_grad(model, x_adv, y, loss_fn, precision)
         x_adv = ball.project(ball.step(x_adv.detach(), grad, alpha), x)
     return x_adv.detach()
@@ -183,6 +185,7 @@ def _track_run(
     every = compact_every(xa.device)
     alive = torch.ones_like(ya, dtype=torch.bool)
     for t in range(steps + 1):
+        check_stop("PGD")
         if t < steps:
             grad, logits = _input_grad(model, xa, ya, loss_fn, precision)
         else:

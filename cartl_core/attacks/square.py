@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
+from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome
 from cartl_core.attacks.threat import _per_sample_norm
@@ -220,6 +221,7 @@ class _SquareRun:
         margin = _margin(model, xb, ya, self.precision)
         evaluations = int(idx.numel())
         for q in range(self.queries):
+            check_stop("Square")
             alive = margin > 0
             if not bool(alive.all()):
                 robust[idx[~alive]] = False

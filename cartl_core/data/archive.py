@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
+from cartl_core._stop import check_stop
 from cartl_core.errors import DataError, UnsafeArchiveError
 
 __all__ = [
@@ -210,12 +211,14 @@ def iter_files(
         if kind == "zip":
             with zipfile.ZipFile(p) as zf:
                 for member, zinfo in _zip_members(zf, limits):
+                    check_stop("reading the dataset")
                     if not skip(member):
                         with zf.open(zinfo) as f:
                             yield member.name, _read_limited(f, member.name, member.size, budget)
         else:
             with tarfile.open(p, "r:*") as tf:
                 for member, tinfo in _tar_members(tf, limits):
+                    check_stop("reading the dataset")
                     if skip(member):
                         continue
                     stream = tf.extractfile(tinfo)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cartl_core._stop import check_stop
 from cartl_core.data._types import Dataset, Split
 from cartl_core.data.archive import ArchiveLimits, archive_kind, iter_files, list_members
 from cartl_core.errors import DataError
@@ -373,6 +374,7 @@ def _imagefolder(files: Iterable[tuple[str, bytes]], resize: int | None, source:
     entries = list(files)
     root = _imagefolder_root(n for n, _ in entries) or ""
     for name, data in entries:
+        check_stop("decoding the dataset")
         parts = name[len(root) :].split("/") if name.startswith(root) else []
         if len(parts) != 3 or parts[0] not in images or parts[2].startswith("."):
             continue
@@ -401,6 +403,7 @@ def _imagefolder(files: Iterable[tuple[str, bytes]], resize: int | None, source:
     def split(key: str) -> Split:
         arrays = []
         for _, img in images[key]:
+            check_stop("decoding the dataset")
             img = img.convert(mode)
             if resize is not None:
                 img = img.resize((resize, resize), Image.Resampling.BILINEAR)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import autocast
+from cartl_core._stop import StopFn, check_stop, stop_when
 from cartl_core.config import ScheduleConfig
 from cartl_core.data import DeviceLoader, Split
 from cartl_core.errors import CancelledError, ConfigError
@@ -59,7 +60,6 @@ class ProgressEvent:
 
 
 ProgressFn = Callable[[ProgressEvent], None]
-StopFn = Callable[[], bool]
 
 
 @dataclass
@@ -138,6 +138,7 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> 
     correct = torch.zeros((), device=device, dtype=torch.long)
     try:
         for start in range(0, len(split), batch_size):
+            check_stop("an evaluation")
             x = split.images[start : start + batch_size].to(device, non_blocking=True)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
             y = split.labels[start : start + batch_size].to(device, non_blocking=True)
@@ -185,9 +186,11 @@ class TrainLoop:
     def run(self) -> list[EpochRecord]:
         start_epoch = self._resume()
         started = time.monotonic()
-        for epoch in range(start_epoch, self.epochs):
-            self._run_epoch(epoch, started)
-            self._save(epoch + 1)
+        # Inside the batches too: the adversarial examples' steps and the trace's.
+        with stop_when(self.should_stop):
+            for epoch in range(start_epoch, self.epochs):
+                self._run_epoch(epoch, started)
+                self._save(epoch + 1)
         return self.history
 
     def _run_epoch(self, epoch: int, started: float) -> None:
@@ -205,6 +208,7 @@ class TrainLoop:
         for batch, (x, y) in enumerate(self.loader):
             if self.should_stop is not None and self.should_stop():
                 raise CancelledError(f"{self.stage} cancelled in epoch {epoch + 1}")
+            check_stop(f"{self.stage}, epoch {epoch + 1}")
             # The record shows the lr of the epoch's last step (the scheduler steps per batch,
             # so reading it after the epoch would show the next epoch's).
             lr = float(self.optimizer.param_groups[0]["lr"])

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cartl_core._runtime import autocast, frozen_for_attack
+from cartl_core._stop import check_stop
 from cartl_core.attacks import robust_mask
 from cartl_core.config import TraceConfig
 from cartl_core.data import Split
@@ -111,6 +112,7 @@ class RobustTrace:
             with torch.random.fork_rng(devices=cuda), frozen_for_attack(self.model):
                 torch.manual_seed(self.config.seed)
                 for start in range(0, len(self), self.batch_size):
+                    check_stop("the robust trace")
                     c, r = self._chunk(start)
                     clean += c
                     robust += r

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core._runtime import autocast, prepare_model, resolve_device
+from cartl_core._stop import check_stop
 from cartl_core.config import AuditConfig, BNPolicy, LwFConfig, TransferConfig
 from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split, augmented_copy
 from cartl_core.errors import ConfigError
@@ -63,6 +64,7 @@ def _record_penultimate(model: BlockModel, split: Split, batch_size: int) -> tor
     device = next(model.parameters()).device
     feats = []
     for start in range(0, len(split), batch_size):
+        check_stop("the penultimate features")
         x = split.subset(torch.arange(start, min(len(split), start + batch_size))).to(device)
         with autocast(device):
             feats.append(model.penultimate(x.float_images()).float())

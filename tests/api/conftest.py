@@ -25,6 +25,7 @@ from app.db.session import make_engine, make_sessionmaker
 from app.main import create_app
 from app.services.auth import create_key
 from app.settings import Settings
+from tests.api.helpers import METRICS_TOKEN
 from tests.services import postgres_database, redis_url, unavailable
 
 REDIS_URL = redis_url(15)
@@ -92,6 +93,7 @@ def settings_kwargs(
         "probe_timeout_s": 120.0,
         "max_upload_bytes": 4 * 1024**2,
         "upload_chunk_bytes": 64 * 1024,
+        "metrics_token": METRICS_TOKEN,
     }
 
 

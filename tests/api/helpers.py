@@ -9,6 +9,10 @@ import httpx2 as httpx
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+#: The test apps' CARTL_METRICS_TOKEN, and the header that sends it.
+METRICS_TOKEN = "metrics-token-for-tests"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
 
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     """The response is an RFC 9457 problem with ``status``; returns its body."""

@@ -1,5 +1,6 @@
-"""A real API server for tests: ``uvicorn app.main:app`` on a free port, on a fresh Postgres
-database (migrated) and Redis, with two keys; no worker reads its queue."""
+"""A real API server for tests: ``uvicorn app.main:app`` on a free port with the deployment's
+connection protocol, on a fresh Postgres database (migrated) and Redis, with two keys; no worker
+reads its queue."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Server:
     other_key: str
     log: Path
     database_url: str
+    pid: int
 
     @property
     def url(self) -> str:
@@ -66,10 +68,11 @@ def live_api(tmp: Path, **env: str) -> Iterator[Server]:
         log = tmp / "api.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                 "--http", "app.api.protocol:HTTPProtocol"],
                 env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        srv = Server(port, key, other_key, log, db)
+        srv = Server(port, key, other_key, log, db, proc.pid)
         try:
             wait_for(lambda: _healthy(srv), 60, "uvicorn to answer")
             yield srv

@@ -51,9 +51,9 @@ def test_a_compare_job_is_queued_with_every_param(
         ({"eps": 0.1, "k": ["2"]}, "params.k", "valid integer (item 0)"),
         ({"eps": 0.1, "methods": ["standard", "magic"]}, "params.methods", "(item 1)"),
         ({"eps": 0.1, "bn": ["nope"]}, "params.bn", "unknown bn_presets value"),
-        ({"eps": 0.1, "max_clean_drop": 2}, "params.max_clean_drop", "in [0, 1]"),
-        ({"eps": 0.1, "val_fraction": 0}, "params.val_fraction", "between 0 and 1"),
-        ({"eps": 0.1, "max_candidates": 0}, "params.max_candidates", ">= 1"),
+        ({"eps": 0.1, "max_clean_drop": 2}, "params.max_clean_drop", "at most 1; got 2"),
+        ({"eps": 0.1, "val_fraction": 0}, "params.val_fraction", "above 0; got 0"),
+        ({"eps": 0.1, "max_candidates": 0}, "params.max_candidates", "at least 1"),
     ],
 )
 def test_bad_compare_params_are_422_on_their_field(

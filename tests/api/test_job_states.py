@@ -3,7 +3,7 @@ wins once, only from the state it leaves, and a worker that lost its job cannot 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,8 +18,8 @@ from app.services import job_states
 def _job(db: sessionmaker[Session], **values: Any) -> str:
     job_id = new_id("job")
     with db() as s, s.begin():
-        row = {"status": JobStatus.queued.value, "progress": {}, "history": [], **values}
-        s.add(Job(id=job_id, owner="o", kind="audit", params={}, **row))
+        row = {"status": JobStatus.queued.value, "progress": {}, "history": [], "owner": "o"}
+        s.add(Job(id=job_id, kind="audit", params={}, **{**row, **values}))
     return job_id
 
 
@@ -115,9 +115,9 @@ def test_requeue_needs_evidence_and_locks_the_old_worker_out(db: sessionmaker[Se
     _do(db, job_states.claim, job_id, "host:1", stale_after_s=60)
     with pytest.raises(ValueError, match="evidence"):
         _do(db, job_states.requeue, job_id, "lost")
-    assert not _do(db, job_states.requeue, job_id, "lost", stale_after_s=60)  # fresh heartbeat
-    assert not _do(db, job_states.requeue, job_id, "lost", worker="host:2")  # not the holder
-    assert _do(db, job_states.requeue, job_id, "lost", worker="host:1")
+    assert _do(db, job_states.requeue, job_id, "lost", stale_after_s=60) is None  # fresh beat
+    assert _do(db, job_states.requeue, job_id, "lost", worker="host:2") is None  # not the holder
+    assert _do(db, job_states.requeue, job_id, "lost", worker="host:1") == "queued"
     job = _get(db, job_id)
     assert (job.status, job.worker, job.enqueued_at, job.progress) == (
         "queued",
@@ -141,3 +141,70 @@ def test_a_job_is_sent_once_and_released_when_the_broker_is_down(
     cancelled = _job(db)
     _do(db, job_states.cancel, cancelled)
     assert not _do(db, job_states.claim_send, cancelled)
+
+
+def test_a_lost_job_whose_cancel_was_asked_for_ends_cancelled_not_queued(
+    db: sessionmaker[Session],
+) -> None:
+    """The probe's stuck job: cancel asked, then its worker died. Requeued, it could never be
+    sent (claim_send skips a cancel request) nor claimed, and stayed queued for ever."""
+    job_id = _job(db)
+    _do(db, job_states.claim, job_id, "host:1", stale_after_s=60)
+    assert _do(db, job_states.cancel, job_id) == "requested"
+    assert _do(db, job_states.requeue, job_id, "lost", worker="host:1") == "cancelled"
+    job = _get(db, job_id)
+    assert (job.status, job.worker) == ("cancelled", None)
+    assert job.finished_at is not None
+    assert _do(db, job_states.requeue, job_id, "lost", worker="host:1") is None
+
+
+def test_every_queued_job_with_a_cancel_request_is_settled(db: sessionmaker[Session]) -> None:
+    stuck = [_job(db, cancel_requested=True) for _ in range(2)]
+    waiting = _job(db)
+    assert sorted(_do(db, job_states.settle_all_cancelled)) == sorted(stuck)
+    assert [_get(db, j).status for j in stuck] == ["cancelled", "cancelled"]
+    assert _get(db, waiting).status == "queued"
+
+
+def _at(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=1000 - seconds)
+
+
+def test_next_job_is_fair_across_owners_not_first_come(db: sessionmaker[Session]) -> None:
+    """Owner a queued 5 jobs before b's one; a's first has just finished. The free worker takes
+    b's job, though a's are older; then a's, in their own order."""
+    a_jobs = [_job(db, owner="a", created_at=_at(i)) for i in range(5)]
+    _do(db, job_states.claim, a_jobs[0], "host:1", stale_after_s=60)
+    b_job = _job(db, owner="b", created_at=_at(10))
+    # While a's first job runs, b (nothing running) is first.
+    assert _do(db, job_states.next_job) == b_job
+    _do(db, job_states.finish, a_jobs[0], "host:1", JobStatus.succeeded)
+    # a's job ended after b submitted: b has waited longer.
+    assert _do(db, job_states.next_job) == b_job
+    _do(db, job_states.claim, b_job, "host:1", stale_after_s=60)
+    assert _do(db, job_states.next_job) == a_jobs[1]
+    # A cancel request takes a job out of the running.
+    _do(db, job_states.cancel, a_jobs[1])
+    assert _do(db, job_states.next_job) == a_jobs[2]
+
+
+def test_next_job_serves_who_waited_longest_and_respects_the_running_cap(
+    db: sessionmaker[Session],
+) -> None:
+    # c ran a job long ago and has waited since _at(100); d submitted at _at(500).
+    old = _job(db, owner="c", created_at=_at(0))
+    _do(db, job_states.claim, old, "host:1", stale_after_s=60)
+    _do(db, job_states.finish, old, "host:1", JobStatus.succeeded)
+    with db() as s, s.begin():
+        s.execute(update(Job).where(Job.id == old).values(started_at=_at(1), finished_at=_at(2)))
+    c_job = _job(db, owner="c", created_at=_at(100))
+    d_job = _job(db, owner="d", created_at=_at(500))
+    assert _do(db, job_states.next_job) == c_job
+    # With one job running, c waits behind d, and past the cap c is not chosen at all.
+    _do(db, job_states.claim, c_job, "host:1", stale_after_s=60)
+    c_next = _job(db, owner="c", created_at=_at(101))
+    assert _do(db, job_states.next_job) == d_job
+    _do(db, job_states.claim, d_job, "host:2", stale_after_s=60)
+    assert _do(db, job_states.next_job, max_running_per_owner=1) is None
+    assert _do(db, job_states.next_job) == c_next
+    assert _do(db, job_states.has_waiting)

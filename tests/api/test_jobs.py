@@ -20,7 +20,7 @@ from app.db.models import Checkpoint, DatasetRow, Job
 from cartl_core.jobs import AuditParams, PretrainParams, TransferParams
 from tests.api import files
 from tests.api.conftest import REDIS_URL, ClientFactory
-from tests.api.helpers import fields, problem, upload
+from tests.api.helpers import METRICS, fields, problem, row_count, upload
 
 Auth = dict[str, str]
 
@@ -222,20 +222,20 @@ def test_plain_weights_get_arch_and_classes_from_the_checkpoint(
     ("kind", "params", "field", "text"),
     [
         ("transfer", {"k": 6}, "params.k", "between 1 and 5"),
-        ("transfer", {"k": 0}, "params.k", ">= 1"),
+        ("transfer", {"k": 0}, "params.k", "at least 1; got 0"),
         ("transfer", {"k": "3"}, "params.k", "valid integer"),
         ("transfer", {"k": 2.5}, "params.k", "valid integer"),
         ("transfer", {"method": "magic"}, "params.method", "'cartl'"),
         ("transfer", {"bogus": 1}, "params.bogus", "unknown parameter"),
-        ("transfer", {"audit_eps": -0.1}, "params.audit_eps", "> 0"),
+        ("transfer", {"audit_eps": -0.1}, "params.audit_eps", "above 0"),
         ("transfer", {"audit_eps": "8/0"}, "params.audit_eps", "fraction"),
-        ("transfer", {"norm_beta": 0}, "params.norm_beta", "> 0"),
+        ("transfer", {"norm_beta": 0}, "params.norm_beta", "above 0"),
         ("transfer", {"bn": "weird"}, "params.bn", "BN preset"),
-        ("transfer", {"epochs": 0}, "params.epochs", ">= 1"),
-        ("pretrain", {"eps": 0, "arch": "small-cnn"}, "params.eps", "> 0"),
-        ("pretrain", {"eps": "-8/255", "arch": "small-cnn"}, "params.eps", "> 0"),
+        ("transfer", {"epochs": 0}, "params.epochs", "at least 1"),
+        ("pretrain", {"eps": 0, "arch": "small-cnn"}, "params.eps", "above 0"),
+        ("pretrain", {"eps": "-8/255", "arch": "small-cnn"}, "params.eps", "above 0"),
         ("pretrain", {"fdm_reduction": "max", "arch": "small-cnn"}, "params.fdm_reduction", ""),
-        ("pretrain", {"audit_steps": 0, "arch": "small-cnn"}, "params.audit_steps", ">= 1"),
+        ("pretrain", {"audit_steps": 0, "arch": "small-cnn"}, "params.audit_steps", "at least 1"),
         ("audit", {"eps": []}, "params.eps", "at least one"),
         ("audit", {"norm": "l3"}, "params.norm", "'linf'"),
         ("audit", {"no_fgsm": "yes"}, "params.no_fgsm", "valid boolean"),
@@ -520,6 +520,34 @@ def test_cancel(
     )
 
 
+def test_an_owner_past_the_waiting_jobs_limit_gets_429_and_others_do_not(
+    make_client: ClientFactory, alice: Auth, bob: Auth, db: sessionmaker[Session]
+) -> None:
+    client = make_client(max_queued_per_owner=3)
+    ckpt, ds = add_checkpoint(db), add_dataset(db)
+    jobs = [post_job(client, alice, "audit", ckpt, ds).json()["id"] for _ in range(3)]
+    refused = client.post(
+        "/v1/jobs",
+        json={"kind": "audit", "checkpoint_id": ckpt, "dataset_id": ds, "params": {}},
+        headers=alice,
+    )
+    body = problem(refused, 429)
+    assert "3 of your jobs are waiting" in body["detail"]
+    assert int(refused.headers["Retry-After"]) > 0
+    # Nothing was stored for the refused one; an idempotent replay of a made job still answers.
+    assert row_count(db, "jobs") == 3
+    replay = post_job(client, alice, "audit", ckpt, ds, key="k1")
+    assert replay.status_code == 429
+    # Another owner is not held back by alice's queue.
+    bob_inputs = add_checkpoint(db, "bob"), add_dataset(db, "bob")
+    assert post_job(client, bob, "audit", *bob_inputs).status_code == 202
+    # A running job no longer waits: room for one more.
+    set_job(db, jobs[0], status="running", started_at=utcnow())
+    assert post_job(client, alice, "audit", ckpt, ds, key="k1").status_code == 202
+    assert post_job(client, alice, "audit", ckpt, ds, key="k1").status_code == 200  # replay
+    problem(post_job(client, alice, "audit", ckpt, ds), 429)
+
+
 def test_inputs_of_live_jobs_cannot_be_deleted(
     client: TestClient, alice: Auth, inputs: tuple[str, str], db: sessionmaker[Session]
 ) -> None:
@@ -544,7 +572,7 @@ def test_job_durations_reach_the_metrics(
     set_job(
         db, job_id, status="succeeded", started_at=start, finished_at=start + timedelta(seconds=42)
     )
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=METRICS).text
     assert 'cartl_jobs{status="queued"} 1.0' in text
     assert 'cartl_jobs{status="succeeded"} 1.0' in text
     assert "cartl_queue_depth 1.0" in text

@@ -5,6 +5,8 @@ what an in-process test client cannot do (stall a body, lie about its length, st
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -13,16 +15,26 @@ import httpx
 import pytest
 
 from tests.api.live import Server, live_api
+from tests.services import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 BODY_TIMEOUT_S = 2.0
 MAX_JSON_BYTES = 64 * 1024
+HEADER_TIMEOUT_S = 2.0
+MAX_HEADER_BYTES = 16 * 1024
+MAX_WAITING = 40
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"CARTL_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "CARTL_MAX_JSON_BYTES": str(MAX_JSON_BYTES)}
+    env = {
+        "CARTL_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "CARTL_MAX_JSON_BYTES": str(MAX_JSON_BYTES),
+        "CARTL_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "CARTL_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
+        "CARTL_MAX_WAITING_CONNECTIONS": str(MAX_WAITING),
+    }
     with live_api(tmp_path_factory.mktemp("live"), **env) as srv:
         yield srv
 
@@ -199,3 +211,105 @@ def test_a_poll_survives_the_database_dropping_every_connection(server: Server) 
         assert after[0].json() == before[0].json()
     finally:
         engine.dispose()
+
+
+# Request heads that never finish (slowloris): what uvicorn alone holds open for ever.
+PARTIAL_HEAD = b"GET /v1/jobs HTTP/1.1\r\nHost: test\r\nAuthorization: Bear"
+
+
+def _connect(srv: Server, first: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    if first:
+        sock.sendall(first)
+    return sock
+
+
+def _until_closed(sock: socket.socket, t0: float) -> tuple[bytes, float]:
+    """What the server sent before it closed ``sock``, and when (seconds after ``t0``)."""
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - t0
+
+
+def _is_closed(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    try:
+        return bool(readable) and sock.recv(4096, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _open_fds(srv: Server) -> int:
+    return len(os.listdir(f"/proc/{srv.pid}/fd"))
+
+
+def test_connections_that_never_finish_their_headers_are_closed(server: Server) -> None:
+    t0 = time.monotonic()
+    silent = [_connect(server) for _ in range(10)]
+    partial = [_connect(server, PARTIAL_HEAD) for _ in range(20)]
+    try:
+        for _ in range(5):  # everyone else is served meanwhile
+            r = httpx.get(f"{server.url}/v1/jobs", headers=server.headers(), timeout=10)
+            assert r.status_code == 200, r.text
+        answers = [_until_closed(sock, t0) for sock in silent + partial]
+    finally:
+        for sock in silent + partial:
+            sock.close()
+    closed_at = [t for _, t in answers]
+    assert min(closed_at) >= HEADER_TIMEOUT_S - 0.05
+    assert max(closed_at) < HEADER_TIMEOUT_S + 3, closed_at
+    assert [data for data, _ in answers[:10]] == [b""] * 10  # nothing sent: closed quietly
+    assert all(data.startswith(b"HTTP/1.1 408 ") for data, _ in answers[10:])
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off_all_the_same(server: Server) -> None:
+    sock = _connect(server, b"GET /healthz HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < HEADER_TIMEOUT_S + 10:
+            readable, _, _ = select.select([sock], [], [], 0.25)
+            if readable:
+                break
+            sock.sendall(b"X")  # keeps resetting uvicorn's own keep-alive timer
+        answer, took = _until_closed(sock, t0)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert took < HEADER_TIMEOUT_S + 2
+
+
+def test_a_head_too_long_is_431_before_it_ends(server: Server) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Filler: " + b"a" * MAX_HEADER_BYTES
+    sock = _connect(server, head)
+    try:
+        answer, took = _until_closed(sock, time.monotonic())
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert took < 2
+
+
+def test_a_flood_of_idle_connections_holds_a_bounded_number(server: Server) -> None:
+    """Three times CARTL_MAX_WAITING_CONNECTIONS unfinished heads: the server keeps the newest
+    ones, closing the rest at once, so its descriptors stay bounded; a newcomer still gets in."""
+    before = _open_fds(server)
+    socks = [_connect(server, PARTIAL_HEAD) for _ in range(3 * MAX_WAITING)]
+    try:
+        time.sleep(0.5)  # every one accepted
+        held = [sock for sock in socks if not _is_closed(sock)]
+        assert len(held) == MAX_WAITING
+        assert _open_fds(server) <= before + MAX_WAITING + 5
+        r = httpx.get(f"{server.url}/healthz", timeout=5)
+        assert r.status_code == 200
+        # The newest are the ones held (the newcomer closed the oldest of them).
+        assert held == socks[-len(held) :]
+        t0 = time.monotonic()
+        assert all(_until_closed(sock, t0)[1] < HEADER_TIMEOUT_S + 3 for sock in held)
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: _open_fds(server) <= before + 2, 10, "the held connections to be closed")

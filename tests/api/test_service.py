@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import LOGGERS
 from tests.api.conftest import ClientFactory
-from tests.api.helpers import fields, problem
+from tests.api.helpers import METRICS, fields, problem
 
 Auth = dict[str, str]
 
@@ -38,7 +38,7 @@ def test_readyz_names_what_is_down(make_client: ClientFactory) -> None:
 def test_metrics_are_prometheus_text(client: TestClient, alice: Auth) -> None:
     client.get("/v1/jobs", headers=alice)
     client.get("/v1/jobs/job_nope", headers=alice)
-    r = client.get("/metrics")
+    r = client.get("/metrics", headers=METRICS)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
@@ -51,6 +51,19 @@ def test_metrics_are_prometheus_text(client: TestClient, alice: Auth) -> None:
         'cartl_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0' in text
     )
     assert 'cartl_http_request_duration_seconds_count{method="GET",route="/v1/jobs"} 1.0' in text
+
+
+def test_metrics_answer_only_the_metrics_token(
+    client: TestClient, make_client: ClientFactory, alice: Auth
+) -> None:
+    """Job counts and queue depth are not for the world, nor for every API key."""
+    for headers in ({}, alice, {"Authorization": "Bearer metrics-token-for-test"}):
+        r = client.get("/metrics", headers=headers)
+        assert "CARTL_METRICS_TOKEN" in problem(r, 401)["detail"]
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "cartl_" not in r.text
+    off = make_client(metrics_token=None)
+    assert "metrics are off" in problem(off.get("/metrics", headers=METRICS), 401)["detail"]
 
 
 def test_errors_share_one_shape(client: TestClient, alice: Auth) -> None:
@@ -122,6 +135,7 @@ def test_openapi_documents_everything(client: TestClient) -> None:
     # /v1 routes declare the bearer scheme; health routes need none.
     assert create["security"] == [{"HTTPBearer": []}]
     assert "security" not in paths["/healthz"]["get"]
+    assert paths["/metrics"]["get"]["security"] == [{"MetricsToken": []}]
 
 
 def test_the_api_applies_cartl_log_level(make_client: ClientFactory) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import re
@@ -233,6 +234,38 @@ def test_bad_eps_rejected_by_parser() -> None:
     result = _run("audit", "--checkpoint", "x", "--data", "y", "--eps", "eight")
     assert result.returncode == 2
     assert "not a number or a fraction like 8/255" in result.stderr
+
+
+def test_a_value_out_of_range_is_one_argparse_line_naming_the_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cases = [
+        (("pretrain", "--out", "o", "--arch", "small-cnn", "--epochs", "1000000000"),
+         "cartl pretrain: error: argument --epochs: must be at most 10000; got 1000000000"),
+        (("pretrain", "--out", "o", "--arch", "small-cnn", "--lr", "1e308"),
+         "cartl pretrain: error: argument --lr: must be at most 10; got 1e+308"),
+        (("audit", "--checkpoint", "c", "--limit", "-1"),
+         "cartl audit: error: argument --limit: must be at least 1; got -1"),
+        (("compare", "--source", "s", "--out-dir", "o", "--eps", "0.1", "--k", "2,1000"),
+         "cartl compare: error: argument --k: must be at most 100; got 1000"),
+    ]  # fmt: skip
+    for args, line in cases:
+        with pytest.raises(SystemExit) as info:
+            main([*args, "--data", "d"])
+        assert info.value.code == 2, args
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == line  # after argparse's usage lines
+        assert "Traceback" not in err
+
+
+def test_help_shows_each_numbers_range() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: str(a.help) for a in sub.choices["pretrain"]._actions}
+    assert helps["epochs"].startswith("training epochs (1 to 10000) [default: 100")
+    assert helps["lr"].startswith("peak learning rate (above 0, at most 10) [default:")
+    audit = {a.dest: str(a.help) for a in sub.choices["audit"]._actions}
+    assert audit["eps"].startswith("attack radius, or several separated by commas (each above 0")
 
 
 def test_fraction_parsing() -> None:

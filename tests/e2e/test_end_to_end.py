@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -183,6 +184,28 @@ def test_embedded_defaults_end_to_end(
     url, key, env = embedded
     _run_job_as_a_user(url, key, tmp_path, env)
     assert (tmp_path / "data" / "cartl.sqlite").is_file()
+    _assert_owner_only(tmp_path / "data")
+
+
+def _assert_owner_only(data_dir: Path) -> None:
+    """What `cartl serve` and its worker made (database, broker, uploads, a job's output) is
+    their user's alone: folders 0700, files 0600."""
+    modes = {}
+    for path in [data_dir, *data_dir.rglob("*")]:
+        try:
+            modes[path.relative_to(data_dir).as_posix()] = path.lstat().st_mode
+        except FileNotFoundError:
+            continue  # a temporary file that went meanwhile
+    names = {name.rpartition("/")[2] for name in modes}
+    made = {"cartl.sqlite", "cartl.sqlite-wal", "cartl.sqlite-shm", "broker.sqlite"}
+    assert made | {"weights.safetensors"} <= names, sorted(modes)
+    assert any(name.startswith("artifacts/checkpoints/") for name in modes), sorted(modes)
+    loose = {
+        name: oct(stat.S_IMODE(mode))
+        for name, mode in modes.items()
+        if stat.S_IMODE(mode) != (0o700 if stat.S_ISDIR(mode) else 0o600)
+    }
+    assert not loose, loose
 
 
 def _compose() -> dict[str, Any]:

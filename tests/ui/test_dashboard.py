@@ -329,13 +329,20 @@ def test_the_form_shows_a_refused_parameter_beside_its_field_then_starts_the_job
     # uploads: the server answers with those rows and stores nothing twice).
     page.locator("#checkpoint-file").set_input_files(str(served.files["source"]))
     page.locator("#dataset-file").set_input_files(str(served.files["data"]))
-    page.locator("#param-steps").fill("0")
+    # A number's range comes from the schema too: the browser holds it before sending anything.
+    steps = page.locator("#param-steps")
+    assert (steps.get_attribute("type"), steps.get_attribute("min")) == ("number", "1")
+    assert steps.get_attribute("max") == "10000"
+    steps.fill("0")
+    assert steps.evaluate("e => e.validity.rangeUnderflow")
+    # What only the server can judge comes back beside its field.
+    steps.fill("2")
     page.locator("#param-limit").fill("8")
+    page.locator("#param-attacks").fill("magic")
     page.get_by_role("button", name="Start job").click()
-    page.locator("#param-steps-error").filter(has_text=re.compile(r"\S")).wait_for()
+    page.locator("#param-attacks-error").filter(has_text=re.compile(r"\S")).wait_for()
     assert page.url.endswith("#/new")
     _shot(page, served, "ui-form-error.png")
-    page.locator("#param-steps").fill("2")
     page.locator("#param-attacks").fill("fast")
     page.locator("#param-eps").fill("0.05, 1/10")
     page.get_by_role("button", name="Start job").click()

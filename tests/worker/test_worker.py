@@ -11,161 +11,33 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import new_id
-from app.db.migrate import upgrade
-from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
-from app.db.session import make_engine, make_sessionmaker
-from app.services.queue import enqueue_job
+from app.db.models import Job, JobStatus
+from app.services.queue import Send, enqueue_job
 from app.services.recovery import Sweeper, local_worker_gone, requeue_dead_local, sweep
-from app.settings import Settings
 from app.storage import Storage
-from tests.services import (
-    REDIS_URL,
-    PrivateRedis,
-    WorkerProcess,
-    postgres_database,
-    redis_ready,
-    wait_for,
-    write_checkpoint,
-    write_npz,
+from tests.services import PrivateRedis, wait_for
+from tests.worker.stack import (
+    Stack,
+    add_inputs,
+    add_job,
+    fast_settings,
+    make_stack,
+    request_cancel,
 )
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@dataclass
-class Stack:
-    settings: Settings
-    factory: sessionmaker[Session]
-    tmp: Path
-    workers: list[WorkerProcess]
-
-    def worker(self) -> WorkerProcess:
-        w = WorkerProcess(self.settings, self.tmp / f"worker{len(self.workers)}.log").start()
-        self.workers.append(w)
-        return w
-
-    def job(self, job_id: str) -> Job:
-        with self.factory() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            return job
-
-    def wait_status(self, job_id: str, *statuses: JobStatus, timeout: float = 120) -> Job:
-        wanted = {s.value for s in statuses}
-        try:
-            wait_for(lambda: self.job(job_id).status in wanted, timeout, f"job {statuses}")
-        except AssertionError:
-            logs = "\n".join(w.log() for w in self.workers)
-            raise AssertionError(
-                f"job is {self.job(job_id).status}; worker logs:\n{logs}"
-            ) from None
-        return self.job(job_id)
-
-
-def _settings(tmp: Path, database_url: str, broker_url: str, **kw: Any) -> Settings:
-    fast = {"heartbeat_s": 0.3, "stale_after_s": 3.0, "sweep_interval_s": 0.5}
-    return Settings(
-        data_dir=tmp,
-        database_url=database_url,
-        broker_url=broker_url,
-        storage_dir=tmp / "artifacts",
-        queue=f"test-{new_id('q')}",
-        device="cpu",
-        progress_interval_s=0.2,
-        **{**fast, **kw},
-    )
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    if request.param == "redis":
-        redis_ready()
-        with postgres_database() as url:
-            yield from _stack(_settings(tmp_path, url, REDIS_URL), tmp_path)
-    else:
-        db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
-        yield from _stack(
-            _settings(tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"), tmp_path
-        )
-
-
-def _stack(settings: Settings, tmp: Path) -> Iterator[Stack]:
-    upgrade(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    st = Stack(settings, make_sessionmaker(engine), tmp, [])
-    try:
-        yield st
-    finally:
-        for w in st.workers:
-            w.stop()
-        engine.dispose()
-
-
-def _inputs(st: Stack, classes: int = 3) -> tuple[str, str]:
-    """Store a source checkpoint (``classes`` outputs) and a 4-class target dataset and make
-    their rows, as an upload does."""
-    storage = Storage(st.settings.resolved_storage_dir)
-    ckpt_id, ds_id = new_id("ckpt"), new_id("ds")
-    src = write_checkpoint(st.tmp / "source.safetensors", classes=classes)
-    data = write_npz(st.tmp / "target.npz", n_train=1024)
-    storage.put_file(f"checkpoints/{ckpt_id}/source.safetensors", src)
-    storage.put_file(f"datasets/{ds_id}/target.npz", data)
-    with st.factory() as s, s.begin():
-        s.add(
-            Checkpoint(
-                id=ckpt_id, owner="alice", filename="source.safetensors", arch="small-cnn",
-                num_classes=classes, num_blocks=5, input_shape=[1, 8, 8], description={},
-                sha256="0" * 64, size=src.stat().st_size,
-                storage_key=f"checkpoints/{ckpt_id}/source.safetensors",
-            )
-        )  # fmt: skip
-        s.add(
-            DatasetRow(
-                id=ds_id, owner="alice", filename="target.npz", format="npz", num_classes=4,
-                class_names=["0", "1", "2", "3"], train_size=1024, test_size=128,
-                input_shape=[1, 8, 8], sha256="0" * 64, size=data.stat().st_size,
-                storage_key=f"datasets/{ds_id}/target.npz",
-            )
-        )  # fmt: skip
-    return ckpt_id, ds_id
-
-
-def _job(st: Stack, ckpt: str, ds: str, **params: Any) -> str:
-    job_id = new_id("job")
-    defaults = {"method": "cartl", "k": 2, "epochs": 3, "batch_size": 64, "lr": 0.05,
-                "augment": "none", "audit_steps": 5, "audit_attacks": "fast"}  # fmt: skip
-    with st.factory() as s, s.begin():
-        s.add(
-            Job(
-                id=job_id, owner="alice", kind="transfer", checkpoint_id=ckpt, dataset_id=ds,
-                params={**defaults, **params},
-            )
-        )  # fmt: skip
-    return job_id
-
-
-def _request_cancel(st: Stack, job_id: str) -> None:
-    """What ``POST /v1/jobs/{id}/cancel`` writes."""
-    with st.factory() as s, s.begin():
-        row = s.get(Job, job_id)
-        assert row is not None
-        row.cancel_requested = True
-
-
 def test_transfer_job_runs_to_completion(stack: Stack) -> None:
-    ckpt, ds = _inputs(stack)
-    job_id = _job(stack, ckpt, ds)
+    ckpt, ds = add_inputs(stack)
+    job_id = add_job(stack, ckpt, ds)
     stack.worker()
-    assert enqueue_job(stack.factory, stack.settings, job_id)
+    assert enqueue_job(stack.factory, stack.settings, job_id) is Send.sent
     job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed)
     assert job.status == "succeeded", job.error
     assert job.attempts == 1
@@ -193,10 +65,10 @@ def test_transfer_job_runs_to_completion(stack: Stack) -> None:
 
 
 def test_worker_killed_mid_job_is_redelivered_and_resumes(stack: Stack) -> None:
-    ckpt, ds = _inputs(stack)
-    job_id = _job(stack, ckpt, ds, epochs=12, method="neft")
+    ckpt, ds = add_inputs(stack)
+    job_id = add_job(stack, ckpt, ds, epochs=12, method="neft")
     first = stack.worker()
-    assert enqueue_job(stack.factory, stack.settings, job_id)
+    assert enqueue_job(stack.factory, stack.settings, job_id) is Send.sent
     # Started after the send: its first sweep runs at once and would send the job itself.
     sweeper = Sweeper(stack.settings, stack.factory).start()
     try:
@@ -223,14 +95,14 @@ def test_a_restart_requeues_its_dead_workers_jobs_at_once(tmp_path: Path) -> Non
     """What `cartl serve` does on start: a job held by a worker process of this machine that no
     longer exists resumes now, not after stale_after_s (600 s here)."""
     db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
-    settings = _settings(
+    settings = fast_settings(
         tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}", stale_after_s=600.0
     )
-    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
-        ckpt, ds = _inputs(st)
-        job_id = _job(st, ckpt, ds, epochs=8, method="neft")
+    with contextlib.contextmanager(make_stack)(settings, tmp_path) as st:
+        ckpt, ds = add_inputs(st)
+        job_id = add_job(st, ckpt, ds, epochs=8, method="neft")
         first = st.worker()
-        assert enqueue_job(st.factory, st.settings, job_id)
+        assert enqueue_job(st.factory, st.settings, job_id) is Send.sent
         wait_for(lambda: len(st.job(job_id).history) >= 2, 120, "two finished epochs")
         first.kill()
         # SIGKILL is delivered at once, but a busy machine may take a moment to end the process:
@@ -260,10 +132,10 @@ def test_pool_child_killed_is_retried_at_once(stack: Stack, tmp_path: Path) -> N
         tmp_path,
         stack.workers,
     )
-    ckpt, ds = _inputs(st)
-    job_id = _job(st, ckpt, ds, epochs=12)
+    ckpt, ds = add_inputs(st)
+    job_id = add_job(st, ckpt, ds, epochs=12)
     st.worker()
-    assert enqueue_job(st.factory, st.settings, job_id)
+    assert enqueue_job(st.factory, st.settings, job_id) is Send.sent
     wait_for(lambda: len(st.job(job_id).history) >= 2, 120, "two finished epochs")
     holder = st.job(job_id).worker
     assert holder is not None
@@ -276,12 +148,12 @@ def test_pool_child_killed_is_retried_at_once(stack: Stack, tmp_path: Path) -> N
 
 
 def test_cancel_stops_a_running_job_at_the_next_batch(stack: Stack) -> None:
-    ckpt, ds = _inputs(stack)
-    job_id = _job(stack, ckpt, ds, epochs=50)
+    ckpt, ds = add_inputs(stack)
+    job_id = add_job(stack, ckpt, ds, epochs=50)
     stack.worker()
-    assert enqueue_job(stack.factory, stack.settings, job_id)
+    assert enqueue_job(stack.factory, stack.settings, job_id) is Send.sent
     wait_for(lambda: stack.job(job_id).progress.get("epoch", 0) >= 1, 120, "the job to start")
-    _request_cancel(stack, job_id)
+    request_cancel(stack, job_id)
     job = stack.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, JobStatus.failed)
     assert job.status == "cancelled"
     assert job.finished_at is not None
@@ -291,17 +163,17 @@ def test_cancel_stops_a_running_job_at_the_next_batch(stack: Stack) -> None:
 def test_cancel_reaches_the_job_within_seconds_not_a_heartbeat(tmp_path: Path) -> None:
     """Heartbeats 60 s apart: only the cancel poll (CARTL_CANCEL_POLL_S, 1 s) can be that fast."""
     db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
-    settings = _settings(
+    settings = fast_settings(
         tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
         heartbeat_s=60.0, stale_after_s=600.0,
     )  # fmt: skip
-    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
-        ckpt, ds = _inputs(st)
-        job_id = _job(st, ckpt, ds, epochs=50)
+    with contextlib.contextmanager(make_stack)(settings, tmp_path) as st:
+        ckpt, ds = add_inputs(st)
+        job_id = add_job(st, ckpt, ds, epochs=50)
         st.worker()
-        assert enqueue_job(st.factory, st.settings, job_id)
+        assert enqueue_job(st.factory, st.settings, job_id) is Send.sent
         wait_for(lambda: st.job(job_id).progress.get("epoch", 0) >= 1, 120, "the job to start")
-        _request_cancel(st, job_id)
+        request_cancel(st, job_id)
         t0 = time.monotonic()
         job = st.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, timeout=30)
         assert job.status == "cancelled"
@@ -313,9 +185,9 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
     runs, how far it is within its one batch and the audit's ETA, then stops within seconds of
     a cancel, though its batch would take many minutes."""
     db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
-    settings = _settings(tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
-    with contextlib.contextmanager(_stack)(settings, tmp_path) as st:
-        ckpt, ds = _inputs(st, classes=4)  # audited on the dataset's own classes
+    settings = fast_settings(tmp_path, db, f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    with contextlib.contextmanager(make_stack)(settings, tmp_path) as st:
+        ckpt, ds = add_inputs(st, classes=4)  # audited on the dataset's own classes
         job_id = new_id("job")
         params = {"eps": [1e-4], "attacks": "square", "square_queries": 1_000_000,
                   "batch_size": 512}  # fmt: skip
@@ -323,7 +195,7 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
             s.add(Job(id=job_id, owner="alice", kind="audit", checkpoint_id=ckpt,
                       dataset_id=ds, params=params))  # fmt: skip
         st.worker()
-        assert enqueue_job(st.factory, st.settings, job_id)
+        assert enqueue_job(st.factory, st.settings, job_id) is Send.sent
 
         def inside_square() -> bool:
             p = st.job(job_id).progress
@@ -337,7 +209,7 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
         assert progress["audit_attack"] == 1  # of the plan: Square, PGD-20, FGSM, the checks
         assert progress["audit_attacks"] >= 3
         assert progress["audit_estimate_s"] > progress["eta_s"] > 0
-        _request_cancel(st, job_id)
+        request_cancel(st, job_id)
         t0 = time.monotonic()
         job = st.wait_status(job_id, JobStatus.cancelled, JobStatus.succeeded, timeout=30)
         assert job.status == "cancelled"
@@ -345,13 +217,13 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
 
 
 def test_a_job_that_fails_records_a_readable_error(stack: Stack) -> None:
-    ckpt, ds = _inputs(stack)
-    job_id = _job(stack, ckpt, ds, k=4)
+    ckpt, ds = add_inputs(stack)
+    job_id = add_job(stack, ckpt, ds, k=4)
     Storage(stack.settings.resolved_storage_dir).path(f"datasets/{ds}/target.npz").write_bytes(
         b"not an npz"
     )
     stack.worker()
-    assert enqueue_job(stack.factory, stack.settings, job_id)
+    assert enqueue_job(stack.factory, stack.settings, job_id) is Send.sent
     job = stack.wait_status(job_id, JobStatus.failed, JobStatus.succeeded)
     assert job.status == "failed"
     assert job.error
@@ -365,10 +237,10 @@ def test_jobs_created_while_the_broker_is_down_all_run_once_it_is_back(
 ) -> None:
     redis = PrivateRedis()  # not started: the broker is down
     db = f"sqlite:///{tmp_path / 'cartl.sqlite'}"
-    for st in _stack(_settings(tmp_path, db, redis.url), tmp_path):
-        ckpt, ds = _inputs(st)
-        jobs = [_job(st, ckpt, ds, epochs=1) for _ in range(3)]
-        assert not any(enqueue_job(st.factory, st.settings, j) for j in jobs)
+    for st in make_stack(fast_settings(tmp_path, db, redis.url), tmp_path):
+        ckpt, ds = add_inputs(st)
+        jobs = [add_job(st, ckpt, ds, epochs=1) for _ in range(3)]
+        assert all(enqueue_job(st.factory, st.settings, j) is Send.broker_down for j in jobs)
         assert all(st.job(j).status == "queued" and st.job(j).enqueued_at is None for j in jobs)
         assert sweep(st.factory, st.settings).sent == 0  # still down: nothing lost either
 
@@ -394,7 +266,7 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
     from app.services.jobs import candidate_key
     from cartl_core import read_description
 
-    ckpt, ds = _inputs(stack)
+    ckpt, ds = add_inputs(stack)
     job_id = new_id("job")
     params = {"eps": 0.1, "methods": ["standard", "cartl"], "max_candidates": 2, "k": [2],
               "epochs": 1, "batch_size": 64, "augment": "none",
@@ -405,7 +277,7 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
                 params=params)
         )  # fmt: skip
     stack.worker()
-    assert enqueue_job(stack.factory, stack.settings, job_id)
+    assert enqueue_job(stack.factory, stack.settings, job_id) is Send.sent
     job = stack.wait_status(job_id, JobStatus.succeeded, JobStatus.failed)
     assert job.status == "succeeded", job.error
     assert (job.progress["candidate"], job.progress["candidates"]) == (2, 2)

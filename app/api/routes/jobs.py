@@ -66,10 +66,13 @@ IdempotencyKey = Annotated[
             413,
             415,
             422,
+            429,
             s400="The body could not be read as text (send UTF-8 JSON).",
             s409="The Idempotency-Key was used before with a different request.",
             s413="The body is larger than CARTL_MAX_JSON_BYTES.",
             s415="The body is not JSON.",
+            s429="Too many of your jobs are waiting (CARTL_MAX_QUEUED_PER_OWNER); "
+            "Retry-After says when to try again.",
         ),
     },
 )
@@ -86,7 +89,9 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     request = service.JobRequest(body.kind, body.checkpoint_id, body.dataset_id, body.params)
-    job, created = service.create_job(session, owner, request, idempotency_key)
+    job, created = service.create_job(
+        session, owner, request, idempotency_key, max_queued=settings.max_queued_per_owner
+    )
     if created:
         # The row is committed: a worker given this id will find it. The send happens after
         # the response, so a broker that is down (its client retries for seconds) does not

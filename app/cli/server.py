@@ -32,6 +32,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface [default: 127.0.0.1]")
     p.add_argument("--port", type=int, default=8000, help="port [default: 8000]")
     p.add_argument("--no-worker", action="store_true", help="run the API only")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off: a polling client makes thousands of lines, and writing "
+        "them costs the API its latency under load)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("db", help="database schema")
@@ -188,6 +194,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level="info",
+            access_log=args.access_log,
             # Deadlines and limits on request heads, a cap on idle connections (the module says).
             http="app.api.protocol:HTTPProtocol",
         )

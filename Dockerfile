@@ -54,4 +54,4 @@ USER 10001:10001
 EXPOSE 8000
 # No HEALTHCHECK here: the worker and the migration run from this image too and serve no HTTP.
 # docker-compose.yml checks the API's /healthz.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--http", "app.api.protocol:HTTPProtocol"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--http", "app.api.protocol:HTTPProtocol", "--loop", "asyncio"]

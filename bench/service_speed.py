@@ -76,14 +76,16 @@ def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproce
 
 
 @contextmanager
-def api(settings: Settings, tmp: Path, workers: int) -> Iterator[tuple[str, int]]:
+def api(
+    settings: Settings, tmp: Path, workers: int, loop: str = "asyncio"
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = service_env(settings)
     subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)  # fmt: skip
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-           "--no-access-log"]  # fmt: skip
+           "--no-access-log", "--loop", loop]  # fmt: skip
     with process(cmd, env, tmp / "api.log") as proc:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _up(url), 60, "the API")
@@ -272,6 +274,12 @@ def main() -> None:
     p.add_argument("--upload-mb", type=int, default=500)
     p.add_argument("--only", choices=("status", "serve", "all"), default="all")
     p.add_argument("--runs", type=int, default=4, help="wrk runs on cartl serve")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the API's event loop (the compose API and cartl serve run asyncio)",
+    )
     p.add_argument("--tmp", type=Path, default=ROOT / "bench" / "results" / "service-tmp")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -293,7 +301,7 @@ def main() -> None:
         factory = make_sessionmaker(make_engine(db))
         key = make_key(settings)
         h = {"Authorization": f"Bearer {key}"}
-        with api(settings, args.tmp, args.api_workers) as (url, _pid):
+        with api(settings, args.tmp, args.api_workers, args.loop) as (url, _pid):
             ckpt, ds = upload_inputs(url, key, args.tmp)
             job = post_job(url, key, ckpt, ds)  # stays queued: no worker yet
             rows += status_rows("Postgres", url, f"{url}/v1/jobs/{job['id']}", h, args)
@@ -324,7 +332,7 @@ def main() -> None:
     factory = make_sessionmaker(make_engine(esettings.resolved_database_url))
     key = make_key(esettings)
     h = {"Authorization": f"Bearer {key}"}
-    with api(esettings, emb, 1) as (url, _pid):
+    with api(esettings, emb, 1, args.loop) as (url, _pid):
         ckpt, ds = upload_inputs(url, key, emb)
         job = post_job(url, key, ckpt, ds)
         rows += status_rows("SQLite", url, f"{url}/v1/jobs/{job['id']}", h, args)
@@ -350,7 +358,7 @@ def print_rows(rows: list[list[str]], args: argparse.Namespace) -> None:
     print(
         f"cartl service benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
         f"wrk -t2 -c{args.clients} x {args.seconds:.0f} s, uvicorn x{args.api_workers} "
-        "(SQLite and cartl serve: x1)"
+        f"(SQLite and cartl serve: x1), {args.loop} loop"
     )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:

@@ -195,6 +195,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level="info",
             access_log=args.access_log,
+            # The standard library's loop, not uvloop: under a poll flood uvloop let some
+            # requests wait ~0.5 s (p99 450-530 ms against 29-47 ms, same rate; measured with
+            # bench/service_speed.py).
+            loop="asyncio",
             # Deadlines and limits on request heads, a cap on idle connections (the module says).
             http="app.api.protocol:HTTPProtocol",
         )

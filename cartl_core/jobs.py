@@ -774,6 +774,19 @@ def _with_provenance(run: Callable[_P, JobOutcome]) -> Callable[_P, JobOutcome]:
     return wrapper
 
 
+def _stoppable(run: Callable[_P, JobOutcome]) -> Callable[_P, JobOutcome]:
+    """``run`` with its ``should_stop`` asked inside every long loop below it (a
+    :func:`~cartl_core._stop.stop_when` block around the call)."""
+
+    @functools.wraps(run)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> JobOutcome:
+        should_stop = kwargs.get("should_stop")
+        with stop_when(should_stop if callable(should_stop) else None):
+            return run(*args, **kwargs)
+
+    return wrapper
+
+
 def _add_provenance(
     outcome: JobOutcome, call: Mapping[str, Any], started: datetime, wall_seconds: float
 ) -> None:
@@ -803,6 +816,7 @@ def _add_provenance(
 
 
 @_with_provenance
+@_stoppable
 def run_job(
     kind: str,
     params: Params,
@@ -826,38 +840,6 @@ def run_job(
     ``should_stop`` is asked at every step of every long loop (data decoding, training batches,
     attack steps and queries): true ends the job with :class:`CancelledError` within one step.
     """
-    with stop_when(should_stop):
-        return _run_job(
-            kind,
-            params,
-            dataset_path=dataset_path,
-            checkpoint_path=checkpoint_path,
-            out_path=out_path,
-            state_path=state_path,
-            device=device,
-            on_progress=on_progress,
-            on_audit_progress=on_audit_progress,
-            should_stop=should_stop,
-            on_epoch=on_epoch,
-            candidates_dir=candidates_dir,
-        )
-
-
-def _run_job(
-    kind: str,
-    params: Params,
-    *,
-    dataset_path: Path,
-    checkpoint_path: Path | None,
-    out_path: Path | None = None,
-    state_path: Path | None = None,
-    device: str = "auto",
-    on_progress: ProgressFn | None = None,
-    on_audit_progress: AuditProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_epoch: Callable[[Any, Any], None] | None = None,
-    candidates_dir: Path | None = None,
-) -> JobOutcome:
     from cartl_core import audit, load_dataset, load_model, pretrain, save_checkpoint, transfer
     from cartl_core._runtime import prepare_model, resolve_device
     from cartl_core.checkpoints import read_description, trained_threat

@@ -101,3 +101,16 @@ def test_nested_blocks_stop_when_either_says_so() -> None:
         check_stop("the outer block still does not")
     with stop_when(After(1)), stop_when(lambda: False), pytest.raises(CancelledError):
         check_stop("the outer block says stop")
+
+
+def test_run_job_asks_its_should_stop_from_the_first_file_it_reads(tmp_path: Path) -> None:
+    from cartl_core.jobs import parse_params, run_job
+
+    archive = write_zip(tmp_path / "folder.zip", imagefolder_files(per_class=20))
+    params = parse_params("pretrain", {"arch": "small-cnn", "epochs": 1})
+    stop = After(1)
+    with pytest.raises(CancelledError, match="dataset"):
+        run_job("pretrain", params, dataset_path=archive, checkpoint_path=None,
+                out_path=tmp_path / "out.safetensors", should_stop=stop)  # fmt: skip
+    assert stop.asked == 1
+    check_stop("after the job: nothing asks any more")

@@ -109,15 +109,24 @@ def add_inputs(st: Stack, classes: int = 3) -> tuple[str, str]:
     return ckpt_id, ds_id
 
 
-def add_job(st: Stack, ckpt: str, ds: str, *, owner: str = "alice", **params: Any) -> str:
+#: Each job kind's small, fast parameters; a test's own override them.
+_FAST = {
+    "transfer": {"method": "cartl", "k": 2, "epochs": 3, "batch_size": 64, "lr": 0.05,
+                 "augment": "none", "audit_steps": 5, "audit_attacks": "fast"},
+    "audit": {"attacks": "fast", "steps": 2, "limit": 32, "square_queries": 20},
+}  # fmt: skip
+
+
+def add_job(
+    st: Stack, ckpt: str, ds: str, *, owner: str = "alice", kind: str = "transfer", **params: Any
+) -> str:
+    """A job row as the API makes it (not sent yet)."""
     job_id = new_id("job")
-    defaults = {"method": "cartl", "k": 2, "epochs": 3, "batch_size": 64, "lr": 0.05,
-                "augment": "none", "audit_steps": 5, "audit_attacks": "fast"}  # fmt: skip
     with st.factory() as s, s.begin():
         s.add(
             Job(
-                id=job_id, owner=owner, kind="transfer", checkpoint_id=ckpt, dataset_id=ds,
-                params={**defaults, **params},
+                id=job_id, owner=owner, kind=kind, checkpoint_id=ckpt, dataset_id=ds,
+                params={**_FAST[kind], **params},
             )
         )  # fmt: skip
     return job_id
@@ -126,16 +135,7 @@ def add_job(st: Stack, ckpt: str, ds: str, *, owner: str = "alice", **params: An
 def add_audit_job(st: Stack, ckpt: str, ds: str, owner: str, **params: Any) -> str:
     """A short audit job of ``owner`` (a few seconds, most of it the pool process's start);
     the checkpoint must have the dataset's 4 classes."""
-    job_id = new_id("job")
-    defaults = {"attacks": "fast", "steps": 2, "limit": 32, "square_queries": 20}
-    with st.factory() as s, s.begin():
-        s.add(
-            Job(
-                id=job_id, owner=owner, kind="audit", checkpoint_id=ckpt, dataset_id=ds,
-                params={**defaults, **params},
-            )
-        )  # fmt: skip
-    return job_id
+    return add_job(st, ckpt, ds, owner=owner, kind="audit", **params)
 
 
 def request_cancel(st: Stack, job_id: str) -> None:

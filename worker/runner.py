@@ -66,9 +66,8 @@ def turn_has_work(job_id: str, settings: Settings | None = None) -> bool:
     """Whether the turn of ``job_id``'s message would run a job: the message's job lost its
     worker, or some job waits that :func:`app.services.job_states.next_job` would pick. Asked
     by the worker's main process (:mod:`worker.tasks`), so it is a few indexed queries on a
-    pooled connection. Settles the message's job if its cancel was asked while it waited. When
-    jobs wait but every one's owner is at the running cap, one of them is made unsent, so the
-    sweeper sends it a new message later and the turn dropped here is not lost."""
+    pooled connection. Settles the message's job if its cancel was asked while it waited; a
+    turn it drops goes through :func:`app.services.job_states.drop_turn`."""
     settings = settings or get_settings()
     try:
         with _main_factory(settings.resolved_database_url)() as s, s.begin():
@@ -83,8 +82,7 @@ def turn_has_work(job_id: str, settings: Settings | None = None) -> bool:
                 return True
             if job_states.next_job(s, max_running_per_owner=settings.max_running_per_owner):
                 return True
-            if job_states.has_waiting(s):
-                job_states.release_sent(s)
+            job_states.drop_turn(s)
             return False
     except SQLAlchemyError:
         # The pool process will meet the same database and record why it cannot run.
@@ -149,6 +147,7 @@ class _Run:
                     s, max_running_per_owner=self.settings.max_running_per_owner
                 )
                 if chosen is None:
+                    job_states.drop_turn(s)  # taken meanwhile, or only capped owners wait
                     return None
                 if job_states.claim(
                     s, chosen, self.worker, stale_after_s=self.settings.stale_after_s

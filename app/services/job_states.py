@@ -40,6 +40,7 @@ __all__ = [
     "cancel",
     "claim",
     "claim_send",
+    "drop_turn",
     "finish",
     "has_waiting",
     "heartbeat",
@@ -336,6 +337,14 @@ def next_job(session: Session, *, max_running_per_owner: int = 0) -> str | None:
         .order_by(Job.created_at, Job.id)
         .limit(1)
     )
+
+
+def drop_turn(session: Session) -> None:
+    """A worker's turn found no job it may run: if jobs wait all the same (their owners are at
+    the running cap), one of them is made unsent (:func:`release_sent`), so the sweeper sends a
+    message for it and no waiting job is left without one."""
+    if has_waiting(session):
+        release_sent(session)
 
 
 def has_waiting(session: Session) -> bool:

@@ -208,3 +208,24 @@ def test_next_job_serves_who_waited_longest_and_respects_the_running_cap(
     assert _do(db, job_states.next_job, max_running_per_owner=1) is None
     assert _do(db, job_states.next_job) == c_next
     assert _do(db, job_states.has_waiting)
+
+
+def test_a_dropped_turn_leaves_no_waiting_job_without_a_message(
+    db: sessionmaker[Session],
+) -> None:
+    """Only an owner at the running cap waits: the turn is dropped, and that owner's newest
+    sent job is made unsent, for the sweeper to send again once a turn can take it."""
+    running = _job(db, owner="c")
+    _do(db, job_states.claim, running, "host:1", stale_after_s=60)
+    older, newer = _job(db, owner="c"), _job(db, owner="c")
+    assert _do(db, job_states.claim_send, older)
+    assert _do(db, job_states.claim_send, newer)
+    assert _do(db, job_states.next_job, max_running_per_owner=1) is None
+    _do(db, job_states.drop_turn)
+    assert _get(db, newer).enqueued_at is None
+    assert _get(db, older).enqueued_at is not None
+    # Nothing waits: a dropped turn changes nothing.
+    _do(db, job_states.cancel, older)
+    _do(db, job_states.cancel, newer)
+    _do(db, job_states.drop_turn)
+    assert _get(db, older).status == "cancelled"

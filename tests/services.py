@@ -249,3 +249,22 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def remount(path: Path, mode: str) -> None:
     """Turn a :func:`tmpfs` read-only (``"ro"``) or writable again (``"rw"``)."""
     subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+def processes_of(data_dir: Path) -> list[tuple[int, int, bytes]]:
+    """Live processes (not zombies) started with ``CARTL_DATA_DIR=data_dir``: (process id,
+    process group, command line) each."""
+    wanted = {f"CARTL_DATA_DIR={d}".encode() for d in (data_dir, data_dir.resolve())}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and wanted & env:
+            found.append((int(proc.name), int(fields[2]), cmd))
+    return found

@@ -28,6 +28,7 @@ from tests.services import (
     ROOT,
     free_port,
     postgres_database,
+    processes_of,
     redis_ready,
     redis_url,
     service_env,
@@ -159,23 +160,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     finally:
         serve.stop()
     # Stopping `cartl serve` stops the worker it started: nothing outlives it.
-    wait_for(lambda: not _processes_using(tmp_path / "data"), 60, "serve's worker to stop")
-
-
-def _processes_using(data_dir: Path) -> list[int]:
-    """Processes started with ``CARTL_DATA_DIR=data_dir`` that are still alive."""
-    wanted = f"CARTL_DATA_DIR={data_dir}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            alive = b"Z" not in (proc / "stat").read_bytes().split(b")")[-1][:3]
-            if alive and wanted in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+    wait_for(lambda: not processes_of(tmp_path / "data"), 60, "serve's worker to stop")
 
 
 def test_embedded_defaults_end_to_end(

@@ -18,7 +18,7 @@ import pytest
 
 from app.db.migrate import upgrade
 from app.db.models import JobStatus
-from tests.services import ROOT, WorkerProcess, free_port, wait_for
+from tests.services import ROOT, WorkerProcess, free_port, processes_of, wait_for
 from tests.worker.stack import Stack, add_inputs, add_job, fast_settings, make_stack
 
 pytestmark = pytest.mark.timeout(300)
@@ -113,21 +113,9 @@ def _gone(pgid: int) -> Callable[[], bool]:
 
 
 def _serving_workers(data: Path) -> list[int]:
-    """Live ``worker.embedded`` main processes on ``data``."""
-    wanted = f"CARTL_DATA_DIR={data.resolve()}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            env = (proc / "environ").read_bytes().split(b"\0")
-            pgid = int((proc / "stat").read_text().rpartition(")")[2].split()[2])
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"worker.embedded" in cmd and wanted in env and pgid == int(proc.name):
-            found.append(int(proc.name))
-    return found
+    """Live ``worker.embedded`` main processes (each leads its own group) on ``data``."""
+    found = processes_of(data)
+    return [pid for pid, pgid, cmd in found if b"worker.embedded" in cmd and pid == pgid]
 
 
 @pytest.fixture

@@ -190,6 +190,9 @@ def _crash_after_cancel(serve: Serve, st: Stack) -> None:
     # The first runs far longer than the test: it ends only by its cancel.
     first = add_job(st, ckpt, ds, owner="admin", epochs=5000, method="neft")
     second = add_job(st, ckpt, ds, owner="admin", epochs=30, method="neft")
+    # Only once serve's worker has declared the queue: kombu's SQL transport fails a worker that
+    # declares a new queue at the same moment as another (a unique-name race on its table).
+    wait_for(lambda: len(st.job(first).history) >= 1, 180, "the first job to run an epoch")
     extra = WorkerProcess(st.settings, st.tmp / "extra-worker.log").start()
     st.workers.append(extra)
     wait_for(

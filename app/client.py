@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 
+from app.shared import FINISHED, UPLOAD_MATCHES
 from cartl_core.errors import CartlError
+from cartl_core.provenance import sha256_file
 
 __all__ = ["Client", "ClientError"]
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(CartlError):
@@ -65,13 +65,9 @@ class Client:
         """The row of an earlier upload that this one would repeat, or None: the server's
         rows with the file's sha256, checked with the rule the server itself applies (a row
         that fails it, or a server that ignores ``sha256``, means uploading)."""
-        # The rules live with the services (which import the database layer): only loaded here.
-        from app.services import checkpoints, datasets
-        from app.storage import sha256_file
-
         form = {k: v for k, v in fields.items() if v is not None}
-        matches = {"checkpoints": checkpoints.upload_matches, "datasets": datasets.upload_matches}
-        if what not in matches:
+        matches = UPLOAD_MATCHES.get(what)
+        if matches is None:
             return None
         try:
             digest = sha256_file(path)
@@ -79,7 +75,7 @@ class Client:
             raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
         page = self._call("GET", f"/v1/{what}", params={"sha256": digest, "limit": 100}).json()
         for row in page.get("items") or []:
-            if row.get("sha256") == digest and matches[what](row, path.name, form):
+            if row.get("sha256") == digest and matches(row, path.name, form):
                 found: dict[str, Any] = row
                 return found
         return None
@@ -183,10 +179,12 @@ def _problem(response: httpx.Response) -> str:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"HTTP {response.status_code}: {response.text[:200]}"
-    detail = body.get("detail") or body.get("title") or response.reason_phrase
-    fields = "; ".join(
+    detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+    said = (
         f"{e.get('field')}: {e.get('message')}"
         for e in body.get("errors") or []
         if isinstance(e, dict)
     )
+    # The detail already says the first field's error (a 422's "k: must be ..."): once is enough.
+    fields = "; ".join(text for text in said if text not in detail)
     return f"HTTP {response.status_code}: {detail}" + (f" ({fields})" if fields else "")

@@ -1,21 +1,9 @@
 """Errors the service raises on purpose; each becomes one ``application/problem+json`` response.
 
-Services raise these (they know nothing of HTTP frameworks); :mod:`app.api.problems` renders them
-(RFC 9457: ``type``, ``title``, ``status``, ``detail``, and ``errors`` for per-field problems)::
-
-    AppError                         500  base; never raised itself
-    ├── BadRequestError              400  a malformed request (e.g. a broken multipart body)
-    ├── UnauthorizedError            401  no API key, or an unknown or revoked one
-    ├── NotFoundError                404  no such object, or another owner's
-    ├── RequestTimeoutError          408  a body that stalled past CARTL_BODY_TIMEOUT_S
-    ├── ConflictError                409  the object's state forbids it (in use, finished, ...)
-    ├── PayloadTooLargeError         413  an upload past the size limit
-    ├── UnsupportedMediaTypeError    415  a body of the wrong media type
-    ├── UnprocessableError           422  well-formed but invalid: lists ``FieldError``s
-    ├── TooManyRequestsError         429  past a per-key limit; carries Retry-After
-    ├── StoredArtifactError          500  a stored file missing or failing its checksum
-    ├── ServiceUnavailableError      503  the database, broker or storage is unusable
-    └── StorageFullError             507  the artifact storage is full
+Services raise these (they know nothing of HTTP); :mod:`app.api.problems` renders them (RFC 9457:
+``type``, ``title``, ``status``, ``detail``, and ``errors`` for per-field problems), with the
+status, type and title that its table ``PROBLEM_TYPES`` gives each class. Each class below is
+one kind of refusal, all direct subclasses of :class:`AppError`.
 
 Every message says what to fix; none carries a traceback or an internal path.
 """
@@ -24,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "MAX_FIELD_ERRORS",
@@ -70,9 +58,7 @@ class FieldError:
 
 
 class AppError(Exception):
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal Server Error"
-    slug: ClassVar[str] = "internal-error"
+    """Base of the errors below; carries the detail, any response headers and extra members."""
 
     def __init__(
         self,
@@ -88,42 +74,30 @@ class AppError(Exception):
 
 
 class BadRequestError(AppError):
-    status = 400
-    title = "Bad Request"
-    slug = "bad-request"
+    """A malformed request, such as a broken multipart body."""
 
 
 class UnauthorizedError(AppError):
-    status = 401
-    title = "Unauthorized"
-    slug = "unauthorized"
+    """No API key, or an unknown or revoked one."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class NotFoundError(AppError):
-    status = 404
-    title = "Not Found"
-    slug = "not-found"
+    """No such object, or another owner's (which must look the same)."""
 
 
 class ConflictError(AppError):
-    status = 409
-    title = "Conflict"
-    slug = "conflict"
+    """The object's state forbids this (in use, finished, ...)."""
 
 
 class PayloadTooLargeError(AppError):
-    status = 413
-    title = "Content Too Large"
-    slug = "payload-too-large"
+    """A body past its size limit."""
 
 
 class RequestTimeoutError(AppError):
-    status = 408
-    title = "Request Timeout"
-    slug = "request-timeout"
+    """A body that stalled past CARTL_BODY_TIMEOUT_S."""
 
     def __init__(self, detail: str) -> None:
         # The rest of the body may still be on its way: the connection cannot be reused.
@@ -131,24 +105,18 @@ class RequestTimeoutError(AppError):
 
 
 class TooManyRequestsError(AppError):
-    status = 429
-    title = "Too Many Requests"
-    slug = "too-many-requests"
+    """Past a per-key limit; says when to try again."""
 
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 class UnsupportedMediaTypeError(AppError):
-    status = 415
-    title = "Unsupported Media Type"
-    slug = "unsupported-media-type"
+    """A body of the wrong media type."""
 
 
 class UnprocessableError(AppError):
-    status = 422
-    title = "Validation Error"
-    slug = "validation-error"
+    """Well-formed but invalid input: one :class:`FieldError` per field."""
 
     def __init__(self, errors: Sequence[FieldError], detail: str | None = None) -> None:
         if not errors:
@@ -167,18 +135,10 @@ class StoredArtifactError(AppError):
     """A stored file is missing or fails its recorded checksum: the server's fault, not the
     client's, and no retry mends it; the detail names the object, never a server path."""
 
-    status = 500
-    title = "Stored Artifact Unavailable"
-    slug = "artifact-unavailable"
-
 
 class StorageFullError(AppError):
-    status = 507
-    title = "Insufficient Storage"
-    slug = "storage-full"
+    """The artifact storage is full; nothing of the request was kept."""
 
 
 class ServiceUnavailableError(AppError):
-    status = 503
-    title = "Service Unavailable"
-    slug = "service-unavailable"
+    """The database, broker or storage is unusable."""

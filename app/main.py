@@ -22,7 +22,7 @@ from app.api.guards import RequestGuardMiddleware
 from app.api.instrumentation import RequestMetricsMiddleware
 from app.api.limits import KeyCache, UploadSlots
 from app.api.problems import install_problem_handlers, problem_responses
-from app.api.routes import checkpoints, datasets, health, jobs, ui
+from app.api.routes import health, jobs, kinds, ui, uploads
 from app.db.session import (
     POOL_SIZE,
     check_integrity,
@@ -31,11 +31,12 @@ from app.db.session import (
     make_sessionmaker,
 )
 from app.schemas.common import Problem
-from app.schemas.jobs import PARAMS_SCHEMAS
+from app.schemas.jobs import params_schema_names
 from app.services.metrics import ServiceMetrics
 from app.services.params import params_json_schema
 from app.settings import Settings, apply_log_level, get_settings
 from app.storage import Storage, keep_files_private
+from cartl_core import __version__
 
 __all__ = ["app", "create_app"]
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="CARTL",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
@@ -80,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Full paths on the routers themselves (not a nested /v1 router): request metrics label
     # by the route's path template.
-    for module in (checkpoints, datasets, jobs):
-        app.include_router(module.router, responses=problem_responses(401, 422))
+    for router in (uploads.checkpoints, uploads.datasets, jobs.router, kinds.router):
+        app.include_router(router, responses=problem_responses(401, 422))
     app.include_router(health.router)
     app.include_router(ui.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -147,7 +148,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(problem.pop("$defs", {}))
     components["Problem"] = problem
-    for kind, name in PARAMS_SCHEMAS.items():
+    for kind, name in params_schema_names().items():
         components[name] = params_json_schema(kind)
     app.openapi_schema = schema
     return schema

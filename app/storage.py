@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from app.errors import exception_chain
+from cartl_core.provenance import sha256_file
 
-__all__ = ["Storage", "StoredFile", "UploadTooLargeError", "keep_files_private"]
+# sha256_file is cartl_core's (a job's provenance hashes files too), re-exported here.
+__all__ = ["Storage", "StoredFile", "UploadTooLargeError", "keep_files_private", "sha256_file"]
 
 #: The umask of the service's processes: no access for group and others.
 PRIVATE_UMASK = 0o077
@@ -121,14 +123,6 @@ def _make_private_dirs(path: Path) -> None:
         return
     _make_private_dirs(path.parent)
     path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: made meanwhile by another request
-
-
-def sha256_file(path: Path, chunk: int = 1024**2) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}

@@ -5,6 +5,7 @@ robustness: FDM pre-training on the source, non-expansive fine-tuning (NEFT) on 
 PGD audit of the result. Pure PyTorch; the CLI is ``cartl``.
 """
 
+from cartl_core._version import __version__
 from cartl_core.attacks import fgsm, pgd, robust_mask
 from cartl_core.audit import AuditReport, audit
 from cartl_core.checkpoints import load_model, read_description, save_checkpoint
@@ -34,8 +35,6 @@ from cartl_core.errors import (
 )
 from cartl_core.models import BlockModel, ModelSpec, create_model, list_models
 from cartl_core.training import ProgressEvent, TrainResult, pretrain, transfer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BN_PRESETS",

@@ -47,6 +47,7 @@ from cartl_core.options import format_duration
 
 __all__ = [
     "ENSEMBLES",
+    "SCHEMA_VERSION",
     "AttackResult",
     "AuditEstimate",
     "AuditEvent",
@@ -58,6 +59,11 @@ __all__ = [
     "ce_gap_verdict",
     "run_ensemble",
 ]
+
+#: The version of :meth:`AuditReport.to_dict`'s shape (its ``schema_version``), bumped when a key
+#: goes or changes meaning; readers skip the keys an older report lacks, so an added key is not a
+#: new version.
+SCHEMA_VERSION = 1
 
 #: Bumped whenever a change to the attacks can change a robust accuracy: stored results made by
 #: an older revision (compare's reusable candidates) are then recomputed, not reused.
@@ -158,7 +164,8 @@ class AuditReport:
     headline_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain, JSON-serialisable data, with its ``schema_version`` (:data:`SCHEMA_VERSION`)."""
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AuditReport:

@@ -56,6 +56,7 @@ from cartl_core.training.loop import ProgressEvent, StopFn
 from cartl_core.training.spectral import apply_spectral_norm
 
 __all__ = [
+    "SCHEMA_VERSION",
     "Candidate",
     "CandidateResult",
     "CompareEvent",
@@ -71,6 +72,9 @@ __all__ = [
     "validation_split",
 ]
 
+#: The version of :meth:`CompareResult.to_dict`'s shape (its ``schema_version``), bumped when a
+#: key goes or changes meaning.
+SCHEMA_VERSION = 1
 #: The ensemble every candidate is audited with, on validation and on test.
 SELECTION_ATTACKS = "fast"
 #: Shares of one candidate's progress: training, then the validation and the test audits.
@@ -243,7 +247,9 @@ class CompareResult:
         return self.chosen.model
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable data, with its ``schema_version`` (:data:`SCHEMA_VERSION`)."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "chosen": {**self.chosen.to_dict(), "reason": self.selection["reason"]},
             "candidates": [c.to_dict() for c in self.candidates],
             "estimate": self.estimate.to_dict(),

@@ -1,7 +1,7 @@
 """The paper's defaults, defined once.
 
 Every front end (CLI, REST API, worker) reads its defaults from here; a test checks they agree.
-Values follow ``CARTL_METHOD.md``: where the authors' release and the paper differ, the release's
+Values follow ``docs/method.md``: where the authors' release and the paper differ, the release's
 behaviour is the default and the alternative is a named option.
 """
 
@@ -475,8 +475,8 @@ class AuditConfig(_Config):
     settings are AutoAttack's standard ones (100 steps, one restart, up to 9 target classes) and
     Square gets 5,000 queries. Square's window schedule is rescaled to its budget, as in the
     Square paper's code (``square_rescale``); AutoAttack counts it in queries instead
-    (``square_rescale=False``), which measured weaker here at 1,000 and 5,000 queries (README,
-    "The audit"). PGD-``steps`` with CE (the paper's protocol: 20 steps, or 100 with
+    (``square_rescale=False``), which measured weaker here at 1,000 and 5,000 queries
+    (docs/audit.md). PGD-``steps`` with CE (the paper's protocol: 20 steps, or 100 with
     ``steps=100``; step ``alpha``, eps/4 by default) and FGSM are always run as named attacks.
     ``check_samples`` bounds the subset the masking checks attack at other radii. ``precision``
     is fp32 unless ``bf16`` is asked for (autocast, CUDA only; the report names it).

@@ -23,7 +23,7 @@ import math
 import operator
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -316,24 +316,32 @@ def arg_type(cls: type[Any], name: str) -> Callable[[str], Any]:
     return _arg_type(spec)
 
 
-def help_text(spec: OptionSpec, *, cli: bool = True) -> str:
+def help_text(spec: OptionSpec, *, cli: bool = True, default: str | None = None) -> str:
     """The help line with its range and default, as ``--help`` (``cli``) and the API's schema
-    show it."""
+    show it; ``default`` replaces how the default reads."""
     text = spec.option.help
     bounds = range_text(spec)
     if bounds is not None:
         text += f" ({'each ' if spec.is_list else ''}{bounds})"
-    default = None if cli and spec.option.cli_required else spec.default_text()
+    if default is None and not (cli and spec.option.cli_required):
+        default = spec.default_text()
     return f"{text} [default: {default}]" if default is not None else text
 
 
 def add_options(
-    parser: argparse.ArgumentParser, cls: type, *, skip: frozenset[str] = frozenset()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: frozenset[str] = frozenset(),
+    default_texts: Mapping[str, str] | None = None,
 ) -> None:
     """One ``--flag`` per parameter of ``cls`` (except ``skip``), in groups as the Options say.
 
     Defaults are the dataclass's own, so the parsed namespace holds a complete set of params.
+    ``default_texts`` says how some defaults read in this command's ``--help`` where the shared
+    text would name what does not apply to it (a pre-training's epochs are not LwF's).
     """
+    default_texts = default_texts or {}
     groups: dict[str, argparse._ArgumentGroup] = {
         g.title: g for g in parser._action_groups if g.title is not None
     }
@@ -345,7 +353,8 @@ def add_options(
         if title is not None:
             where = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         # argparse %-formats help lines; the schema's text is plain.
-        kwargs: dict[str, Any] = {"help": help_text(spec).replace("%", "%%")}
+        text = help_text(spec, default=default_texts.get(spec.name))
+        kwargs: dict[str, Any] = {"help": text.replace("%", "%%")}
         if spec.base is bool and not spec.is_list:
             where.add_argument(spec.flag, action="store_true", **kwargs)
             continue

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cartl_core._version import __version__
+
 __all__ = ["collect", "git_commit", "package_version", "sha256_file", "source_summary"]
 
 _CHUNK = 1 << 20
@@ -38,8 +40,6 @@ def package_version() -> str:
     try:
         return metadata.version("cartl")
     except metadata.PackageNotFoundError:
-        from cartl_core import __version__
-
         return __version__
 
 

@@ -132,8 +132,9 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, every: float
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def service_env(settings: Settings) -> dict[str, str]:
-    """The CARTL_* environment that gives a child process ``settings``."""
+def service_env(settings: Settings, python_path: tuple[Path, ...] = ()) -> dict[str, str]:
+    """The CARTL_* environment that gives a child process ``settings``; ``python_path``: more
+    folders to import from (packages a test installs that way)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
     env.update(
         CARTL_DATA_DIR=str(settings.data_dir),
@@ -148,7 +149,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         CARTL_PROGRESS_INTERVAL_S=str(settings.progress_interval_s),
         CARTL_MAX_ATTEMPTS=str(settings.max_attempts),
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join(map(str, (ROOT, *python_path))),
     )
     return env
 
@@ -156,9 +157,10 @@ def service_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """``celery -A worker.celery_app worker -Q QUEUE``, exactly as docker compose runs it."""
 
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, settings: Settings, log: Path, python_path: tuple[Path, ...] = ()) -> None:
         self.settings = settings
         self.log_path = log
+        self.python_path = python_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -171,7 +173,7 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
-                env=service_env(self.settings),
+                env=service_env(self.settings, self.python_path),
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
+from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.db.session import database_problem, make_engine, make_sessionmaker
 from app.services import job_states
 from app.services.jobs import candidates_prefix
@@ -210,43 +210,41 @@ class _Run:
 
     def _run(self, job: Job) -> str:
         from cartl_core import CancelledError, CartlError
-        from cartl_core.jobs import describe_error, parse_params, run_job
+        from cartl_core.jobs import describe_error, run_job
+        from cartl_core.kinds import get_kind
 
         state = self.storage.path(f"jobs/{job.id}/state.pt")
         out = self.storage.path(f"jobs/{job.id}/weights.safetensors")
-        compare = job.kind == JobKind.compare.value
         try:
-            params = parse_params(job.kind, job.params)
+            progress = self._progress_handlers[get_kind(job.kind).progress]
             dataset, checkpoint = self._inputs(job)
             outcome = run_job(
                 job.kind,
-                params,
+                job.params,  # checked once, there
                 dataset_path=dataset,
                 checkpoint_path=checkpoint,
                 out_path=out,
                 state_path=state,
                 device=self.settings.device,
-                on_progress=self._on_compare_progress if compare else self._on_progress,
+                on_progress=progress,
                 on_audit_progress=self._on_audit_progress,
                 should_stop=self.cancel.is_set,
-                # A compare's epochs are its candidates'; it keeps the chosen one's history.
-                on_epoch=None if compare else self._on_epoch,
+                on_epoch=self._on_epoch,  # for kinds whose progress is in epochs
                 # Finished candidates stay there, so a retry after a lost worker reuses them.
-                candidates_dir=self.storage.path(candidates_prefix(job.id)),
+                extra_dir=self.storage.path(candidates_prefix(job.id)),
             )
         except CancelledError:
             self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})
-            self._clean_up_files(job.kind)
+            self._clean_up_files()
             log.info("job %s: cancelled", job.id)
             return "cancelled"
         except Exception as exc:
             if not isinstance(exc, CartlError):
                 log.exception("job %s failed", job.id)
             self._finish(JobStatus.failed, error=self._public_error(exc, describe_error(exc)))
-            self._clean_up_files(job.kind)
+            self._clean_up_files()
             return "failed"
-        if compare:
-            _link_candidates(job.id, outcome.metrics)
+        _link_candidates(job.id, outcome.metrics)
         values: dict[str, Any] = {
             "metrics": outcome.metrics,
             "audit": outcome.audit,
@@ -298,13 +296,13 @@ class _Run:
             described = described.replace(path, "<artifact storage>")
         return described
 
-    def _clean_up_files(self, kind: str | None) -> None:
-        """What an unfinished job leaves: its resumable state, a compare's candidates."""
+    def _clean_up_files(self) -> None:
+        """What an unfinished job leaves: its resumable state, its extra files (a compare's
+        candidates)."""
         state = self.storage.path(f"jobs/{self.job_id}/state.pt")
         state.unlink(missing_ok=True)
         state.with_name(state.name + ".tmp").unlink(missing_ok=True)
-        if kind == JobKind.compare.value:
-            self.storage.delete_prefix(candidates_prefix(self.job_id))
+        self.storage.delete_prefix(candidates_prefix(self.job_id))
 
     def _inputs(self, job: Job) -> tuple[Path, Path | None]:
         from cartl_core import ConfigError
@@ -362,7 +360,6 @@ class _Run:
                 progress={**self.progress, "stage": "cancelled"},
                 error=None,
             )
-            kind = s.scalar(select(Job.kind).where(Job.id == self.job_id))
         if not ended:
             return  # it ended by itself meanwhile
         log.warning(
@@ -370,7 +367,7 @@ class _Run:
             self.job_id,
             grace,
         )
-        self._clean_up_files(kind)
+        self._clean_up_files()
         logging.shutdown()
         os._exit(_CANCELLED_EXIT)
 
@@ -381,6 +378,15 @@ class _Run:
         self.last_progress = now
         with self.factory() as s, s.begin():
             job_states.record_progress(s, self.job_id, self.worker, dict(self.progress))
+
+    @functools.cached_property
+    def _progress_handlers(self) -> dict[str, Any]:
+        """Where each style of progress event (``JobKind.progress``) goes."""
+        return {
+            "epochs": self._on_progress,
+            "candidates": self._on_compare_progress,
+            "none": None,
+        }
 
     def _on_progress(self, event: Any) -> None:
         fraction = float(event.fraction)

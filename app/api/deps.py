@@ -1,7 +1,8 @@
-"""Request dependencies: settings, a database session per request, storage, the caller's owner.
+"""Request dependencies: settings, a database session per request, storage, the caller's owner
+(found by the key check in :mod:`app.api.guards`).
 
-Everything comes from ``app.state``, filled in by the lifespan (:mod:`app.main`); nothing here
-reads the environment or makes an engine at import.
+Everything comes from ``app.state``, filled in by the lifespan (:mod:`app.main`), and from the
+request's state; nothing here reads the environment or makes an engine at import.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.limits import KeyCache, UploadSlots
+from app.api.guards import OWNER
+from app.api.limits import UploadSlots
 from app.errors import UnsupportedMediaTypeError
-from app.services.auth import authenticate
 from app.services.ids import ID_PATTERN
 from app.settings import Settings
 from app.storage import Storage
@@ -89,25 +89,16 @@ _bearer = HTTPBearer(
 
 async def get_owner(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The name of the caller's key: the owner of what it makes, and the filter on what it sees.
 
-    A key seen valid in the last ``key_cache_s`` seconds is not looked up again (a revoked key
-    is refused by every process within that time); others are checked in a short session of
-    their own, so no request holds a connection for its key check.
+    The key was checked before the request got here, by the one check every ``/v1`` request
+    passes (:mod:`app.api.guards`), which left its owner in the request's state; the bearer
+    scheme is declared here for the OpenAPI document only.
     """
-    secret = credentials.credentials if credentials else None
-    cache: KeyCache = request.app.state.key_cache
-    factory: sessionmaker[Session] = request.app.state.session_factory
-
-    def check() -> str:
-        with factory() as session:
-            return authenticate(session, secret).name
-
-    if not secret:
-        return await anyio.to_thread.run_sync(check)  # raises the 401 that says what to send
-    return await cache.owner_of(secret, check)
+    owner: str = getattr(request.state, OWNER)
+    return owner
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
@@ -115,7 +106,7 @@ OwnerDep = Annotated[str, Depends(get_owner)]
 
 async def get_upload_owner(request: Request, owner: OwnerDep) -> AsyncIterator[str]:
     """The caller's owner name for an upload, holding one of the key's upload slots until the
-    endpoint returns (the key check holds no database connection, as for every request)."""
+    endpoint returns."""
     settings: Settings = request.app.state.settings
     slots: UploadSlots = request.app.state.upload_slots
     with slots.hold(owner, settings.max_uploads_per_key, retry_after_s=5):
@@ -135,8 +126,8 @@ CursorQuery = Annotated[
 ]
 
 
-def require_json_body(request: Request, _owner: OwnerDep) -> None:
-    """415 for a body that is not JSON, after the key check (a wrong key is a 401 first)."""
+def require_json_body(request: Request) -> None:
+    """415 for a body that is not JSON (a wrong key was a 401 before: :mod:`app.api.guards`)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")

@@ -1,35 +1,59 @@
 """One error shape for every failure: ``application/problem+json`` (RFC 9457).
 
-Handlers for the app's error tree (:mod:`app.errors`), for request validation (pydantic errors
-reshaped to ``{field, message}`` with dotted paths such as ``params.k``), for Starlette's HTTP
-errors (unknown route, wrong method), and a last one for anything unexpected: a 500 that says
-nothing of the cause, whose traceback goes to the log.
+:data:`PROBLEM_TYPES` is the one table of which problem each error is (status, type, title): the
+errors the service raises on purpose (:mod:`app.errors`), those of cartl_core should one reach a
+route (:mod:`cartl_core.errors`), request validation (pydantic errors reshaped to ``{field,
+message}`` with dotted paths such as ``params.k``), a client that went away, and anything
+unexpected: a 500 that says nothing of the cause, whose traceback goes to the log. One handler
+renders them all with :func:`problem_for`, which the request guard (:mod:`app.api.guards`) calls
+too, and the OpenAPI examples read the same table. Starlette's HTTP errors (unknown route, wrong
+method) carry their own status.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.errors import MAX_FIELD_ERRORS, AppError, FieldError, UnauthorizedError
-from app.services.auth import authenticate, bearer_secret
+from app.errors import (
+    MAX_FIELD_ERRORS,
+    AppError,
+    BadRequestError,
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    StorageFullError,
+    StoredArtifactError,
+    TooManyRequestsError,
+    UnauthorizedError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
+from cartl_core import errors as core
 
 __all__ = [
     "PROBLEM_TYPE",
+    "PROBLEM_TYPES",
     "ProblemResponse",
+    "ProblemType",
     "install_problem_handlers",
     "problem",
+    "problem_for",
     "problem_responses",
+    "problem_type",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,25 +65,92 @@ MEDIA_TYPE = "application/problem+json"
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 
+@dataclass(frozen=True)
+class ProblemType:
+    """What a problem's ``status``, ``type`` (:data:`PROBLEM_TYPE` + ``slug``) and ``title``
+    say, whatever the case at hand."""
+
+    status: int
+    slug: str
+    title: str
+
+
+_BAD_REQUEST = ProblemType(400, "bad-request", "Bad Request")
+_CONFLICT = ProblemType(409, "conflict", "Conflict")
+_INVALID = ProblemType(422, "validation-error", "Validation Error")
+_INTERNAL = ProblemType(500, "internal-error", "Internal Server Error")
+
+#: Which problem each error is; an error not listed is its nearest listed base class's.
+PROBLEM_TYPES: dict[type[Exception], ProblemType] = {
+    # app.errors: what the service refuses on purpose.
+    BadRequestError: _BAD_REQUEST,
+    UnauthorizedError: ProblemType(401, "unauthorized", "Unauthorized"),
+    NotFoundError: ProblemType(404, "not-found", "Not Found"),
+    RequestTimeoutError: ProblemType(408, "request-timeout", "Request Timeout"),
+    ConflictError: _CONFLICT,
+    PayloadTooLargeError: ProblemType(413, "payload-too-large", "Content Too Large"),
+    UnsupportedMediaTypeError: ProblemType(415, "unsupported-media-type", "Unsupported Media Type"),
+    UnprocessableError: _INVALID,
+    TooManyRequestsError: ProblemType(429, "too-many-requests", "Too Many Requests"),
+    StoredArtifactError: ProblemType(500, "artifact-unavailable", "Stored Artifact Unavailable"),
+    ServiceUnavailableError: ProblemType(503, "service-unavailable", "Service Unavailable"),
+    StorageFullError: ProblemType(507, "storage-full", "Insufficient Storage"),
+    AppError: _INTERNAL,
+    # cartl_core.errors: what a user can cause (a bad option, architecture, dataset or
+    # checkpoint), each message saying what to fix; services mostly catch them first.
+    core.CartlError: _INVALID,
+    core.CancelledError: _CONFLICT,
+    # The framework's.
+    RequestValidationError: _INVALID,
+    ClientDisconnect: _BAD_REQUEST,
+    Exception: _INTERNAL,
+}
+
+# Every listed error but the last row's: raised or reported on purpose.
+_ON_PURPOSE = tuple(error for error in PROBLEM_TYPES if error is not Exception)
+_NO_FIELD = FieldError("body", "invalid request")
+_CLIENT_GONE = "the client went away before the request was read"
+_UNEXPECTED = "an internal error occurred; it has been logged"
+
+
 class ProblemResponse(JSONResponse):
     media_type = MEDIA_TYPE
 
 
+def problem_type(error: type[BaseException]) -> ProblemType:
+    """``error``'s row of :data:`PROBLEM_TYPES`, or its nearest listed base class's."""
+    return next((PROBLEM_TYPES[cls] for cls in error.__mro__ if cls in PROBLEM_TYPES), _INTERNAL)
+
+
+def problem_for(exc: BaseException) -> ProblemResponse:
+    """``exc`` as the problem :data:`PROBLEM_TYPES` makes it, with what it says of its case."""
+    kind = problem_type(type(exc))
+    if isinstance(exc, RequestValidationError):
+        exc = UnprocessableError([_field_error(e) for e in exc.errors()] or [_NO_FIELD])
+    if isinstance(exc, AppError):
+        errors: Sequence[FieldError] = getattr(exc, "errors", ())
+        return problem(kind, exc.detail, errors=errors, headers=exc.headers, extra=exc.extra)
+    if isinstance(exc, core.CartlError):
+        return problem(kind, str(exc), extra={"error_type": type(exc).__name__})
+    return problem(kind, _CLIENT_GONE if isinstance(exc, ClientDisconnect) else _UNEXPECTED)
+
+
 def problem(
-    status: int,
+    kind: ProblemType | int,
     detail: str,
     *,
-    slug: str | None = None,
-    title: str | None = None,
     errors: Sequence[FieldError] = (),
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ProblemResponse:
-    phrase = _phrase(status)
+    """A problem response of ``kind`` (a bare status: the type and title its phrase makes)."""
+    if isinstance(kind, int):
+        phrase = _phrase(kind)
+        kind = ProblemType(kind, phrase.lower().replace(" ", "-"), phrase)
     body: dict[str, Any] = {
-        "type": PROBLEM_TYPE + (slug or phrase.lower().replace(" ", "-")),
-        "title": title or phrase,
-        "status": status,
+        "type": PROBLEM_TYPE + kind.slug,
+        "title": kind.title,
+        "status": kind.status,
         "detail": detail,
     }
     if errors:
@@ -74,7 +165,7 @@ def problem(
         if len(first) > MAX_FIELD_ERRORS:
             body["errors_omitted"] = len(first) - MAX_FIELD_ERRORS
     body.update(extra or {})
-    return ProblemResponse(body, status_code=status, headers=headers)
+    return ProblemResponse(body, status_code=kind.status, headers=headers or None)
 
 
 def _phrase(status: int) -> str:
@@ -109,51 +200,12 @@ def _message(err: dict[str, Any]) -> str:
     return str(err.get("msg", "invalid"))
 
 
-async def _app_error(_request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, AppError)
-    errors: Sequence[FieldError] = getattr(exc, "errors", ())
-    return problem(
-        exc.status,
-        exc.detail,
-        slug=exc.slug,
-        title=exc.title,
-        errors=errors,
-        headers=exc.headers or None,
-        extra=exc.extra,
-    )
-
-
-def _key_refusal(request: Request) -> ProblemResponse | None:
-    """The 401 a route would give this request's key, or None for a valid key."""
-    secret = bearer_secret(request.headers.get("authorization", ""))
-    try:
-        with request.app.state.session_factory() as session:
-            authenticate(session, secret)
-    except UnauthorizedError as exc:
-        return problem(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
-    return None
-
-
-async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, RequestValidationError)
-    if any(e.get("type") == "json_invalid" for e in exc.errors()):
-        # FastAPI decodes a JSON body before any dependency runs, so the key check comes here:
-        # an unauthenticated caller learns nothing about how its body was parsed.
-        refusal = await run_in_threadpool(_key_refusal, request)
-        if refusal is not None:
-            return refusal
-    errors = [_field_error(e) for e in exc.errors()]
-    if not errors:
-        errors = [FieldError("body", "invalid request")]
-    first = errors[0]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return problem(
-        422,
-        f"{first.field}: {first.message}{more}",
-        slug="validation-error",
-        title="Validation Error",
-        errors=errors,
-    )
+async def _handle(request: Request, exc: Exception) -> ProblemResponse:
+    """The one handler of every error in :data:`PROBLEM_TYPES`; one that nothing raised on
+    purpose (a bug) is logged with its traceback."""
+    if not isinstance(exc, _ON_PURPOSE):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_for(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -166,7 +218,7 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
         detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
-    return problem(exc.status_code, detail, headers=headers or None)
+    return problem(exc.status_code, detail, headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -180,83 +232,78 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
-async def _client_disconnect(_request: Request, _exc: Exception) -> ProblemResponse:
-    # Nobody will read it; answering keeps the server from logging an internal error.
-    return problem(400, "the client went away before the request was read")
-
-
-async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "an internal error occurred; it has been logged", slug="internal-error")
-
-
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    for error in PROBLEM_TYPES:
+        app.add_exception_handler(error, _handle)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unexpected)
 
 
 # --- OpenAPI -----------------------------------------------------------------------------------
 
-_EXAMPLES: dict[int, tuple[str, str, str]] = {
-    400: ("bad-request", "Bad Request", "the multipart body is malformed"),
+#: What the docs show for each status a route may answer: the error that answers it (its type and
+#: title come from PROBLEM_TYPES), the default description, and an example detail.
+_DOCUMENTED: dict[int, tuple[type[Exception], str, str]] = {
+    400: (BadRequestError, "Malformed request.", "the multipart body is malformed"),
     401: (
-        "unauthorized",
-        "Unauthorized",
+        UnauthorizedError,
+        "Missing, unknown or revoked API key.",
         "missing API key: send the header 'Authorization: Bearer <key>'",
     ),
-    404: ("not-found", "Not Found", "no job with id 'job_019abc3f2e11c0ffee1234'"),
+    404: (
+        NotFoundError,
+        "No such object (or it belongs to another key's owner).",
+        "no job with id 'job_019abc3f2e11c0ffee1234'",
+    ),
     408: (
-        "request-timeout",
-        "Request Timeout",
+        RequestTimeoutError,
+        "The body stalled (nothing arrived for CARTL_BODY_TIMEOUT_S); the connection closes.",
         "the request body stalled: nothing arrived for 30 s (CARTL_BODY_TIMEOUT_S)",
     ),
     409: (
-        "conflict",
-        "Conflict",
+        ConflictError,
+        "The object's state forbids this.",
         "dataset ds_019abc3f2e10f6e5d4c3b2 is used by job job_019abc3f2e11c0ffee1234, which is "
         "running; cancel the job or wait for it to finish, then delete again",
     ),
-    413: ("payload-too-large", "Content Too Large", "the upload is larger than the limit"),
-    415: ("unsupported-media-type", "Unsupported Media Type", "send multipart/form-data"),
-    422: ("validation-error", "Validation Error", "params.k: must be between 1 and 5"),
+    413: (
+        PayloadTooLargeError,
+        "The upload is larger than the configured limit.",
+        "the upload is larger than the limit",
+    ),
+    415: (
+        UnsupportedMediaTypeError,
+        "The body is not multipart/form-data.",
+        "send multipart/form-data",
+    ),
+    422: (
+        UnprocessableError,
+        "Invalid input; `errors` lists each field.",
+        "params.k: must be between 1 and 5",
+    ),
     429: (
-        "too-many-requests",
-        "Too Many Requests",
+        TooManyRequestsError,
+        "Too many uploads in progress for this key; `Retry-After` says when to try again.",
         "this key already has 4 uploads in progress, the most it may have at once "
         "(CARTL_MAX_UPLOADS_PER_KEY); retry after one finishes",
     ),
     500: (
-        "artifact-unavailable",
-        "Stored Artifact Unavailable",
+        StoredArtifactError,
+        "A stored file is missing or damaged.",
         "job job_019abc3f2e11c0ffee1234's weights are damaged in the artifact storage (their "
         "sha256 no longer matches the one recorded when they were written); the operator has "
         "been told (server log)",
     ),
-    503: ("service-unavailable", "Service Unavailable", "broker: unreachable"),
+    503: (
+        ServiceUnavailableError,
+        "A dependency is unreachable.",
+        "broker: unreachable",
+    ),
     507: (
-        "storage-full",
-        "Insufficient Storage",
+        StorageFullError,
+        "The artifact storage is full; nothing was kept.",
         "the artifact storage is full: nothing of this upload was kept; try again once the "
         "operator has freed space",
     ),
-}
-
-_DESCRIPTIONS = {
-    400: "Malformed request.",
-    401: "Missing, unknown or revoked API key.",
-    404: "No such object (or it belongs to another key's owner).",
-    408: "The body stalled (nothing arrived for CARTL_BODY_TIMEOUT_S); the connection closes.",
-    409: "The object's state forbids this.",
-    413: "The upload is larger than the configured limit.",
-    415: "The body is not multipart/form-data.",
-    422: "Invalid input; `errors` lists each field.",
-    429: "Too many uploads in progress for this key; `Retry-After` says when to try again.",
-    500: "A stored file is missing or damaged.",
-    503: "A dependency is unreachable.",
-    507: "The artifact storage is full; nothing was kept.",
 }
 
 
@@ -267,17 +314,18 @@ def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, di
     """
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        slug, title, detail = _EXAMPLES[status]
+        error, description, detail = _DOCUMENTED[status]
+        kind = PROBLEM_TYPES[error]
         example: dict[str, Any] = {
-            "type": PROBLEM_TYPE + slug,
-            "title": title,
-            "status": status,
+            "type": PROBLEM_TYPE + kind.slug,
+            "title": kind.title,
+            "status": kind.status,
             "detail": detail,
         }
         if status == 422:
             example["errors"] = [{"field": "params.k", "message": "must be between 1 and 5"}]
         out[status] = {
-            "description": descriptions.get(f"s{status}", _DESCRIPTIONS[status]),
+            "description": descriptions.get(f"s{status}", description),
             "content": {
                 MEDIA_TYPE: {
                     "schema": {"$ref": "#/components/schemas/Problem"},

@@ -1,7 +1,7 @@
 """The ``cartl`` command: the library's commands plus the service's.
 
 Library: ``pretrain``, ``transfer``, ``audit``, ``compare``, ``demo``, ``inspect``, ``models`` (see
-:mod:`cartl_core.cli`). Service: ``serve``, ``db upgrade``, ``keys create`` (:mod:`.server`, which
+:mod:`.library`). Service: ``serve``, ``db upgrade``, ``keys create`` (:mod:`.server`, which
 runs the worker through :mod:`.supervisor`). Client of a running server: ``submit``, ``jobs
 list|get|watch|cancel|plot|report|download`` (:mod:`.remote`), with the server and key from
 ``--server``/``--key`` or ``CARTL_SERVER``/``CARTL_API_KEY``.
@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from app.cli import library as core_cli
 from app.cli import remote, server
 from app.cli.remote import job_params
-from cartl_core import cli as core_cli
 
 __all__ = ["job_params", "main"]
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "robust source, fine-tune it without losing robustness, audit the result; locally or "
         "as a service.",
     )
+    core_cli.add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core_cli.add_commands(sub)
     server.add_commands(sub)

@@ -39,12 +39,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "submit",
         help="upload inputs (or use uploaded ids) and start a job on a server",
-        description="Start a pretrain, transfer, audit or compare job on a running server. "
+        description="Start a job (pretrain, transfer, audit, compare, or another registered "
+        "kind) on a running server. "
         "--checkpoint and --dataset take a local file (uploaded first) or an id from an "
         "earlier upload. Job parameters use the names of this CLI's options with underscores: "
         "-p method=cartl -p k=4 -p eps=8/255 -p audit_eps=0.01,0.03.",
     )
-    p.add_argument("kind", choices=("pretrain", "transfer", "audit", "compare"))
+    p.add_argument("kind", choices=_kind_names(), help="the job to start")
     p.add_argument("--checkpoint", help="source / audited checkpoint: a file or an id")
     p.add_argument("--dataset", required=True, help="dataset: a file or an id")
     p.add_argument("--arch", help="architecture, when uploading plain weights")
@@ -52,7 +53,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "-p",
         "--param",
-        action="append",
+        action=_ParamAction,
         default=[],
         metavar="NAME=VALUE",
         help="a job parameter, written as the option of the same name takes it (lists "
@@ -63,44 +64,75 @@ def add_commands(sub: Any) -> None:
     _client_args(p)
     p.set_defaults(func=_cmd_submit)
 
-    p = sub.add_parser("jobs", help="list, follow, cancel and download jobs on a server")
+    p = sub.add_parser(
+        "jobs",
+        help="list, follow, cancel and download jobs on a server",
+        description="The jobs of this key on a running server: list them, show or follow one, "
+        "cancel it, plot or report its results, download its weights.",
+    )
     jsub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    q = jsub.add_parser("list", help="your jobs, newest first")
-    q.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
-    q.add_argument("--kind", choices=("pretrain", "transfer", "audit", "compare"))
-    q.add_argument("--limit", type=int, default=20)
+    q = jsub.add_parser(
+        "list",
+        help="your jobs, newest first",
+        description="One line per job, newest first: its id, kind, status, creation time and "
+        "robust accuracy ('!' marks a number with a note, such as one not fully audited).",
+    )
+    q.add_argument(
+        "--status",
+        choices=("queued", "running", "succeeded", "failed", "cancelled"),
+        help="only the jobs in this state",
+    )
+    q.add_argument(
+        "--kind",
+        choices=_kind_names(),
+        help="only the jobs of this kind",
+    )
+    q.add_argument("--limit", type=int, default=20, help="at most this many jobs [default: 20]")
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_list)
-    for name, helptext, func in (
-        ("get", "a job as JSON", _cmd_jobs_get),
-        ("watch", "a live progress bar until the job ends", _cmd_jobs_watch),
-        ("cancel", "stop a job (a running one stops at its next batch)", _cmd_jobs_cancel),
-    ):
-        q = jsub.add_parser(name, help=helptext)
-        q.add_argument("id")
+    for name, helptext, description, func in (
+        ("get", "a job as JSON", "Print the job as the server has it, as JSON: its status, "
+         "parameters, inputs, progress, metrics and error.", _cmd_jobs_get),
+        ("watch", "a live progress bar until the job ends", "Follow the job with a progress "
+         "bar until it ends, then print its accuracy; a job that did not succeed is an error.",
+         _cmd_jobs_watch),
+        ("cancel", "stop a job (a running one stops at its next batch)", "Cancel the job: a "
+         "queued one never runs, a running one stops at its next batch.", _cmd_jobs_cancel),
+    ):  # fmt: skip
+        q = jsub.add_parser(name, help=helptext, description=description)
+        q.add_argument("id", help="the job's id, as submit and jobs list print it")
         _client_args(q)
         q.set_defaults(func=func)
     q = jsub.add_parser(
         "plot",
         help="a PNG: one job's training curves and audit, or several jobs side by side",
-        description="With one job: loss and accuracy per epoch beside its audit (clean, PGD, "
-        "FGSM, CW). With several: their clean and robust accuracy side by side, e.g. a "
-        "standard and a CARTL transfer of the same source. Needs matplotlib (cartl[plot]).",
+        description="With one job: loss and accuracy per epoch above its audit (clean and each "
+        "attack of the main threat model). With several: their clean and robust accuracy side "
+        "by side, e.g. a standard and a CARTL transfer of the same source. Needs matplotlib "
+        "(cartl[plot]).",
     )
-    q.add_argument("ids", nargs="+", metavar="ID")
+    q.add_argument("ids", nargs="+", metavar="ID", help="one job's id, or several")
     q.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_plot)
     q = jsub.add_parser(
         "report",
         help="the job's HTML report: charts, checks, inherited robustness, provenance",
+        description="Write the job's report as one self-contained HTML page: its charts, the "
+        "audit's checks, the robustness it inherited from its source, and its provenance.",
     )
-    q.add_argument("id")
+    q.add_argument("id", help="the job's id")
     q.add_argument("-o", "--out", type=Path, required=True, help="output HTML file")
     _client_args(q)
     q.set_defaults(func=_cmd_jobs_report)
-    q = jsub.add_parser("download", help="the job's weights (self-describing safetensors)")
-    q.add_argument("id")
+    q = jsub.add_parser(
+        "download",
+        help="the job's weights (self-describing safetensors)",
+        description="Download the job's weights as a .safetensors file whose header describes "
+        "the model (cartl inspect reads it); the download is checked against the server's "
+        "sha256 and only kept when it matches.",
+    )
+    q.add_argument("id", help="the job's id")
     q.add_argument("-o", "--out", type=Path, required=True, help="output file")
     q.add_argument(
         "--candidate",
@@ -118,6 +150,33 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.server, args.key)
 
 
+def _name_value(text: str) -> tuple[str, str]:
+    """``-p NAME=VALUE``'s name (dashes read as underscores) and value text."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise CartlError(f"-p takes NAME=VALUE (e.g. -p k=4); got {text!r}")
+    return name, raw
+
+
+class _ParamAction(argparse.Action):
+    """``-p``, appending each value; one without ``=`` is refused at once, in one line (left to
+    argparse, ``-p epochs 2`` reads ``2`` as an unknown argument and prints the whole usage)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            _name_value(str(values))
+        except CartlError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])
+
+
 def job_params(kind: str, texts: Sequence[str]) -> dict[str, Any]:
     """``-p NAME=VALUE`` options read as the ``cartl`` command's own options read them (the
     same schema, :mod:`cartl_core.options`): ``-p eps=8/255``, ``-p audit_eps=8/255,0.1``.
@@ -130,10 +189,7 @@ def job_params(kind: str, texts: Sequence[str]) -> dict[str, Any]:
     specs = {spec.name: spec for spec in option_specs(params_class(kind))}
     params: dict[str, Any] = {}
     for text in texts:
-        name, sep, raw = text.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise CartlError(f"-p {text!r}: write NAME=VALUE, e.g. -p k=4")
+        name, raw = _name_value(text)
         spec = specs.get(name)
         if spec is None:
             raise CartlError(
@@ -147,19 +203,29 @@ def job_params(kind: str, texts: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def _resolve(client: Any, what: str, ref: str | None, **form: Any) -> str | None:
-    if ref is None:
-        return None
-    path = Path(ref)
-    if path.exists():
-        earlier = client.find_upload(what, path, **form)
-        if earlier is not None:
-            print(f"using {earlier['id']}: {path} was uploaded before", file=sys.stderr)
-            return str(earlier["id"])
-        uploaded = client.upload(what, path, **form)
-        print(f"uploaded {path} as {uploaded['id']}", file=sys.stderr)
-        return str(uploaded["id"])
-    return ref
+def _file_or_id(ref: str | None) -> Path | str | None:
+    """``--checkpoint``/``--dataset``: an existing file (a Path, to upload) or an id (a str)."""
+    from app.services.ids import is_id
+
+    if ref is None or (is_id(ref) and not Path(ref).exists()):
+        return ref
+    if not Path(ref).is_file():
+        # Not an id either (the server would only say so): a path mistyped, or a folder.
+        raise CartlError(f"no such file: {ref}")
+    return Path(ref)
+
+
+def _resolve(client: Any, what: str, ref: Path | str | None, **form: Any) -> str | None:
+    """The id to submit: ``ref`` itself, or the upload of a file (reused if uploaded before)."""
+    if not isinstance(ref, Path):
+        return ref
+    earlier = client.find_upload(what, ref, **form)
+    if earlier is not None:
+        print(f"using {earlier['id']}: {ref} was uploaded before", file=sys.stderr)
+        return str(earlier["id"])
+    uploaded = client.upload(what, ref, **form)
+    print(f"uploaded {ref} as {uploaded['id']}", file=sys.stderr)
+    return str(uploaded["id"])
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -168,13 +234,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     params = job_params(args.kind, args.param)
     # The server checks them again; checking here first means a refused job uploads nothing.
     parse_params(args.kind, params)
+    checkpoint_ref, dataset_ref = _file_or_id(args.checkpoint), _file_or_id(args.dataset)
     client = _client(args)
     form = {
         "arch": args.arch,
         "num_classes": None if args.num_classes is None else str(args.num_classes),
     }
-    checkpoint = _resolve(client, "checkpoints", args.checkpoint, **form)
-    dataset = _resolve(client, "datasets", args.dataset)
+    checkpoint = _resolve(client, "checkpoints", checkpoint_ref, **form)
+    dataset = _resolve(client, "datasets", dataset_ref)
     assert dataset is not None
     job = client.submit(args.kind, checkpoint, dataset, params, args.idempotency_key)
     print(job["id"])
@@ -254,19 +321,16 @@ def _how(metrics: dict[str, Any]) -> str:
 
 
 def _cmd_jobs_plot(args: argparse.Namespace) -> int:
-    from cartl_core import plots
-    from cartl_core.audit import AuditReport
-    from cartl_core.training.loop import EpochRecord
+    from app.report import plot_audit, plot_comparison, plot_training
 
     client = _client(args)
     if len(args.ids) == 1:
         job, metrics = client.job(args.ids[0]), client.metrics(args.ids[0])
-        history = [EpochRecord.from_dict(h) for h in metrics.get("history") or []]
-        report = AuditReport.from_dict(metrics["audit"]) if metrics.get("audit") else None
+        history, audit = metrics.get("history") or [], metrics.get("audit")
         if history:
-            plots.plot_training(history, args.out, title=_label(job), report=report)
-        elif report is not None:
-            plots.plot_audit(report, args.out)
+            plot_training(history, args.out, title=_label(job), audit=audit)
+        elif audit:
+            plot_audit(audit, args.out)
         else:
             raise CartlError(f"job {job['id']} has no metrics yet ({job['status']})")
     else:
@@ -283,11 +347,17 @@ def _cmd_jobs_plot(args: argparse.Namespace) -> int:
             label = "\n".join(filter(None, [_label(job), job_id[-6:], threat]))
             rows.append((label, m["clean_accuracy"], m["robust_accuracy"]))
             ensembles.add(str(m.get("ensemble") or "pgd"))
-        plots.plot_comparison(
-            rows, args.out, robust_label=f"robust ({', '.join(sorted(ensembles))})"
-        )
+        plot_comparison(rows, args.out, robust_label=f"robust ({', '.join(sorted(ensembles))})")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _kind_names() -> list[str]:
+    """The job kinds this client knows (its registry, whose parameters ``-p`` is checked
+    against); the server says which it runs."""
+    from cartl_core.kinds import job_kinds
+
+    return [kind.name for kind in job_kinds()]
 
 
 def _label(job: dict[str, Any]) -> str:
@@ -299,7 +369,7 @@ def _label(job: dict[str, Any]) -> str:
     if job["kind"] == "compare":
         chosen = (job.get("metrics") or {}).get("chosen") or {}
         return f"compare: {chosen.get('name', 'no choice yet')}"
-    return "audit"
+    return str(job["kind"])
 
 
 def _cmd_jobs_report(args: argparse.Namespace) -> int:

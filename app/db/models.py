@@ -6,7 +6,6 @@ so another owner's row is simply not found.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
@@ -23,27 +22,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, utcnow
+from app.status import JobStatus
 
-__all__ = ["ApiKey", "Checkpoint", "DatasetRow", "Job", "JobKind", "JobStatus"]
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
-class JobKind(enum.StrEnum):
-    pretrain = "pretrain"
-    transfer = "transfer"
-    audit = "audit"
-    compare = "compare"
+__all__ = ["ApiKey", "Checkpoint", "DatasetRow", "Job", "JobStatus"]
 
 
 class ApiKey(Base):
@@ -108,6 +89,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(200))
+    #: A registered kind's name (:mod:`cartl_core.kinds`; at most 20 characters).
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value)
     checkpoint_id: Mapped[str | None] = mapped_column(

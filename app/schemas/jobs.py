@@ -3,72 +3,88 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Row
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.db.models import Job, JobKind, JobStatus
 from app.schemas.common import UtcDateTime
 from app.services.ids import ID_PATTERN
+from app.status import JobStatus
+from cartl_core.kinds import job_kinds
 
-__all__ = ["JobCreate", "JobLinks", "JobMetricsOut", "JobOut", "ProgressOut"]
+__all__ = [
+    "JobCreate",
+    "JobKindOut",
+    "JobLinks",
+    "JobMetricsOut",
+    "JobOut",
+    "ProgressOut",
+    "create_examples",
+    "params_schema_names",
+]
 
 log = logging.getLogger(__name__)
 
-PARAMS_SCHEMAS = {
-    JobKind.pretrain: "PretrainParams",
-    JobKind.transfer: "TransferParams",
-    JobKind.audit: "AuditParams",
-    JobKind.compare: "CompareParams",
-}
 
-CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "transfer": {
-        "summary": "CARTL transfer of the last 4 blocks",
-        "value": {
-            "kind": "transfer",
-            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
-            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
-            "params": {"method": "cartl", "k": 4, "epochs": 20, "audit_eps": "8/255"},
-        },
-    },
-    "pretrain": {
-        "summary": "FDM pre-training of a new resnet18-cifar",
-        "value": {
-            "kind": "pretrain",
-            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
-            "params": {"arch": "resnet18-cifar", "k": 4, "fdm_lambda": 0.005, "eps": "8/255"},
-        },
-    },
-    "audit": {
-        "summary": "PGD-20 audit at two radii",
-        "value": {
-            "kind": "audit",
-            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
-            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
-            "params": {"eps": ["4/255", "8/255"], "steps": 20},
-        },
-    },
-    "compare": {
-        "summary": "Choose among standard, LwF, NEFT and CARTL transfers at k 3 and 4",
-        "value": {
-            "kind": "compare",
-            "checkpoint_id": "ckpt_019abc3f2e10a1b2c3d4e5",
-            "dataset_id": "ds_019abc3f2e10f6e5d4c3b2",
-            "params": {"eps": "8/255", "k": [3, 4], "epochs": 20, "max_clean_drop": 0.05},
-        },
-    },
-}
+def params_schema_names() -> dict[str, str]:
+    """Each registered kind's params schema, by kind: the dataclass's name (``TransferParams``),
+    under ``components/schemas`` in the OpenAPI document."""
+    return {kind.name: kind.params.__name__ for kind in job_kinds()}
+
+
+def create_examples() -> dict[str, dict[str, Any]]:
+    """One example request per registered kind that gives one, for the API's documentation."""
+    examples: dict[str, dict[str, Any]] = {}
+    for kind in job_kinds():
+        if not kind.example:
+            continue
+        value: dict[str, Any] = {"kind": kind.name}
+        if kind.checkpoint is not None and kind.checkpoint != "init":
+            value["checkpoint_id"] = "ckpt_019abc3f2e10a1b2c3d4e5"
+        value["dataset_id"] = "ds_019abc3f2e10f6e5d4c3b2"
+        value["params"] = dict(kind.example.get("params", {}))
+        examples[kind.name] = {"summary": kind.example.get("summary", kind.summary), "value": value}
+    return examples
+
+
+def _kind_schema(schema: dict[str, Any]) -> None:
+    """The registered kinds when the schema is built (a kind may register after import)."""
+    schema["enum"] = [kind.name for kind in job_kinds()]
+
+
+def _params_schema(schema: dict[str, Any]) -> None:
+    names = params_schema_names().values()
+    schema["anyOf"] = [{"$ref": f"#/components/schemas/{n}"} for n in names]
+
+
+class JobKindOut(BaseModel):
+    """A registered job kind (``cartl_core.kinds``)."""
+
+    name: str = Field(description="The `kind` of a job request.")
+    summary: str
+    checkpoint: Literal["model", "source", "init"] | None = Field(
+        description="What its checkpoint is: the model it examines, the source it fine-tunes "
+        "(both required), optional initial weights, or null (it takes none)."
+    )
+    makes_weights: bool = Field(description="Whether a job of this kind produces weights.")
+    candidates: bool = Field(description="Whether its result has downloadable candidates.")
+    params_schema: dict[str, Any] = Field(
+        description="The JSON schema of its `params`: defaults, bounds, help."
+    )
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [e["value"] for e in CREATE_EXAMPLES.values()]},
+        json_schema_extra=lambda schema: schema.update(
+            examples=[e["value"] for e in create_examples().values()]
+        ),
     )
 
-    kind: JobKind = Field(description="pretrain, transfer, audit or compare.")
+    kind: str = Field(
+        description="A job kind: pretrain, transfer, audit, compare, or another registered one.",
+        json_schema_extra=_kind_schema,
+    )
     checkpoint_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
@@ -81,13 +97,19 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Named like the `cartl` CLI options (`--fdm-lambda` is `fdm_lambda`), with "
-        "the same defaults; see PretrainParams, TransferParams, AuditParams and CompareParams. "
-        "Radii and step "
-        'sizes accept fractions as text (`"8/255"`).',
-        json_schema_extra={
-            "anyOf": [{"$ref": f"#/components/schemas/{n}"} for n in PARAMS_SCHEMAS.values()]
-        },
+        "the same defaults; see each kind's params schema (PretrainParams, TransferParams, "
+        "AuditParams, CompareParams, ...). Radii and step sizes accept fractions as text "
+        '(`"8/255"`).',
+        json_schema_extra=_params_schema,
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        names = [k.name for k in job_kinds()]
+        if kind not in names:
+            raise ValueError(f"unknown job kind {kind!r}; choose one of {', '.join(names)}")
+        return kind
 
 
 class ProgressOut(BaseModel):
@@ -189,7 +211,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     id: str
-    kind: JobKind
+    kind: str = Field(description="The job's kind (see JobCreate).")
     status: JobStatus
     checkpoint_id: str | None
     dataset_id: str | None
@@ -209,12 +231,12 @@ class JobOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_job(cls, job: Job | Row[Any]) -> JobOut:
+    def from_job(cls, job: Any) -> JobOut:
         """From the ORM object or a status row (:data:`app.services.jobs.STATUS_QUERY`)."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id,
-            kind=JobKind(job.kind),
+            kind=job.kind,
             status=JobStatus(job.status),
             checkpoint_id=job.checkpoint_id,
             dataset_id=job.dataset_id,
@@ -232,12 +254,17 @@ class JobOut(BaseModel):
                 self=base,
                 metrics=f"{base}/metrics",
                 report=f"{base}/report",
-                weights=None if job.kind == JobKind.audit else f"{base}/weights",
+                weights=f"{base}/weights" if _makes_weights(job.kind) else None,
             ),
         )
 
 
-def _progress(job: Job | Row[Any]) -> ProgressOut:
+def _makes_weights(kind: str) -> bool:
+    # A kind no longer registered may still have rows: show the link, whose answer says more.
+    return all(k.makes_weights for k in job_kinds() if k.name == kind)
+
+
+def _progress(job: Any) -> ProgressOut:
     try:
         progress = ProgressOut.model_validate(job.progress or {})
     except ValidationError as exc:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
 from app.db.session import rows_changed
+from app.shared import FINISHED
 
 __all__ = [
     "cancel",
@@ -207,7 +208,7 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
 
 def finish(session: Session, job_id: str, worker: str, status: JobStatus, **values: Any) -> bool:
     """End a running job held by ``worker`` as ``status`` (succeeded, failed or cancelled)."""
-    if status in (JobStatus.queued, JobStatus.running):
+    if status not in FINISHED:
         raise ValueError(f"finish ends a job; {status.value} is not an end")
     now = utcnow()
     return _changed(

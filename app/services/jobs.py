@@ -10,7 +10,6 @@ same key with a different request is a 409.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from app.db.base import new_id
-from app.db.models import Checkpoint, DatasetRow, Job, JobKind, JobStatus
+from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.errors import (
     ConflictError,
     FieldError,
@@ -29,12 +28,12 @@ from app.errors import (
 )
 from app.services import job_states
 from app.services.ids import is_id
-from app.services.models import model_info
 from app.services.pagination import Page, paginate
-from app.services.params import jsonable_params, resolve_params
-from cartl_core import CartlError
+from app.services.params import jsonable_params, request_field, resolve_params
+from cartl_core import ConfigError
 from cartl_core.checkpoints import FORMAT
-from cartl_core.jobs import AuditParams, CompareParams, Params, PretrainParams, TransferParams
+from cartl_core.compare import pretrained_k
+from cartl_core.kinds import CheckpointFacts, DatasetFacts, Inputs, fit, get_kind, job_kinds
 
 __all__ = [
     "JobRequest",
@@ -53,18 +52,12 @@ __all__ = [
 M = TypeVar("M", Checkpoint, DatasetRow)
 
 # Params the service fills in from the checkpoint when the request leaves them out.
-_FILLED = frozenset({"arch", "source_classes"})
-_NEEDS = {
-    JobKind.pretrain: {"dataset_id"},
-    JobKind.transfer: {"checkpoint_id", "dataset_id"},
-    JobKind.audit: {"checkpoint_id", "dataset_id"},
-    JobKind.compare: {"checkpoint_id", "dataset_id"},
-}
+_FILLED = frozenset({"arch", "source_classes", "k"})
 
 
 @dataclass(frozen=True)
 class JobRequest:
-    kind: JobKind
+    kind: str  # a registered kind's name (the schema checked it)
     checkpoint_id: str | None = None
     dataset_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +86,7 @@ def create_job(
     job = Job(
         id=new_id("job"),
         owner=owner,
-        kind=request.kind.value,
+        kind=request.kind,
         status=JobStatus.queued.value,
         checkpoint_id=request.checkpoint_id,
         dataset_id=request.dataset_id,
@@ -187,13 +180,13 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     status: JobStatus | None = None,
-    kind: JobKind | None = None,
+    kind: str | None = None,
 ) -> Page[Job]:
     query: Select[Job] = select(Job).where(Job.owner == owner).options(*SUMMARY)
     if status is not None:
         query = query.where(Job.status == status.value)
     if kind is not None:
-        query = query.where(Job.kind == kind.value)
+        query = query.where(Job.kind == kind)
     return paginate(session, query, Job.id, limit=limit, cursor=cursor)
 
 
@@ -231,6 +224,8 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
     Only names in the finished job's candidate table are looked up, so a name never reaches
     storage unchecked.
     """
+    if not all(k.makes_weights for k in job_kinds() if k.name == job.kind):
+        raise ConflictError(f"job {job.id} has no weights: {job.kind} jobs produce none")
     if candidate is None:
         if job.weights_key is None:
             raise ConflictError(
@@ -238,11 +233,11 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
                 "has succeeded"
             )
         return JobWeights(job.weights_key, job.weights_sha256, f"{job.id}.safetensors")
-    if job.kind != JobKind.compare.value:
+    if not _has_candidates(job.kind):
         raise UnprocessableError.one(
             "candidate",
-            f"job {job.id} is a {job.kind} job; only compare jobs have candidates (leave "
-            "candidate out for its weights)",
+            f"job {job.id} is a {job.kind} job; only {_kinds_with_candidates()} jobs have "
+            "candidates (leave candidate out for its weights)",
         )
     if job.status != JobStatus.succeeded.value:
         raise ConflictError(
@@ -263,6 +258,14 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
     )
 
 
+def _has_candidates(kind: str) -> bool:
+    return any(k.name == kind and k.candidates for k in job_kinds())
+
+
+def _kinds_with_candidates() -> str:
+    return " and ".join(k.name for k in job_kinds() if k.candidates) or "no"
+
+
 def _by_key(session: Session, owner: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
 
@@ -278,7 +281,7 @@ def _replay(job: Job, request: JobRequest) -> Job:
 
 def _same_request(job: Job, request: JobRequest) -> bool:
     if (job.kind, job.checkpoint_id, job.dataset_id) != (
-        request.kind.value,
+        request.kind,
         request.checkpoint_id,
         request.dataset_id,
     ):
@@ -296,10 +299,12 @@ def _inputs(
 ) -> tuple[Checkpoint | None, DatasetRow | None]:
     """The request's checkpoint and dataset, locked against deletion until the commit."""
     errors: list[FieldError] = []
-    needs = _NEEDS[request.kind]
+    needs = {"dataset_id"}
+    if get_kind(request.kind).needs_checkpoint:
+        needs.add("checkpoint_id")
     for name in ("checkpoint_id", "dataset_id"):
         if getattr(request, name) is None and name in needs:
-            errors.append(FieldError(name, f"required for a {request.kind.value} job"))
+            errors.append(FieldError(name, f"required for a {request.kind} job"))
     checkpoint = dataset = None
     if request.checkpoint_id is not None:
         checkpoint = session.scalar(_owned(Checkpoint, owner, request.checkpoint_id))
@@ -325,144 +330,39 @@ def _owned(model: type[M], owner: str, object_id: str) -> Select[M]:
 
 def _fit(
     request: JobRequest,
-    params: Params,
+    params: Any,
     checkpoint: Checkpoint | None,
     dataset: DatasetRow | None,
-) -> Params:
-    """Check the params against the model and data they will meet, filling in what the
-    checkpoint knows (the architecture of plain weights)."""
+) -> Any:
+    """Check the params against the model and data they will meet (the kind's own checks, see
+    :mod:`cartl_core.kinds.fit`), filling in what the checkpoint knows."""
     assert dataset is not None  # every kind needs one (checked by _inputs)
-    errors: list[FieldError] = []
-    given = set(request.params)
-    channels, size = int(dataset.input_shape[0]), int(dataset.input_shape[1])
-    blocks: int | None = None
-    if checkpoint is not None:
-        params = _fill_from_checkpoint(params, given, checkpoint, errors)
-        blocks = checkpoint.num_blocks
-        if int(checkpoint.input_shape[0]) != channels:
-            errors.append(
-                FieldError(
-                    "dataset_id",
-                    f"checkpoint {checkpoint.id} takes {checkpoint.input_shape[0]}-channel images "
-                    f"but dataset {dataset.id} has {channels} channels",
-                )
-            )
-        # A transfer (and each candidate of a compare) replaces the classifier.
-        replaces_head = isinstance(params, TransferParams | CompareParams)
-        if not replaces_head and dataset.num_classes > checkpoint.num_classes:
-            errors.append(
-                FieldError(
-                    "dataset_id",
-                    f"dataset {dataset.id} has {dataset.num_classes} classes but checkpoint "
-                    f"{checkpoint.id} classifies {checkpoint.num_classes}",
-                )
-            )
-    elif isinstance(params, PretrainParams):
-        try:
-            blocks = model_info(params.arch, max(dataset.num_classes, 2), channels, size).num_blocks
-        except CartlError as exc:
-            errors.append(FieldError("params.arch", str(exc)))
-    if (
-        isinstance(params, PretrainParams | TransferParams)
-        and blocks is not None
-        and not 1 <= params.k <= blocks
-    ):
-        errors.append(
-            FieldError("params.k", f"must be between 1 and {blocks} (the model's block count)")
-        )
-    if isinstance(params, CompareParams) and blocks is not None and params.k is not None:
-        bad = [k for k in params.k if not 1 <= k <= blocks]
-        if bad:
-            errors.append(
-                FieldError(
-                    "params.k",
-                    f"k={bad[0]} is out of range: every k must be between 1 and {blocks} (the "
-                    "model's block count)",
-                )
-            )
-    if isinstance(params, TransferParams | CompareParams) and checkpoint is not None:
-        errors += _residual_scale_errors(params, checkpoint)
-    if isinstance(params, TransferParams | AuditParams | CompareParams) and checkpoint is not None:
-        errors += _image_size_errors(params, checkpoint, dataset)
-    if errors:
-        raise UnprocessableError(errors)
-    return params
-
-
-def _image_size_errors(
-    params: TransferParams | AuditParams | CompareParams,
-    checkpoint: Checkpoint,
-    dataset: DatasetRow,
-) -> list[FieldError]:
-    # Plain weights are rebuilt at the data's size; a CARTL checkpoint keeps the size it was
-    # trained at, and images of another size would run but be described at the wrong one.
-    if params.resize or checkpoint.description.get("format") != FORMAT:
-        return []
-    size = int(checkpoint.input_shape[1])
-    height, width = int(dataset.input_shape[1]), int(dataset.input_shape[2])
-    if (height, width) == (size, size):
-        return []
-    return [
-        FieldError(
-            "params.resize",
-            f"dataset {dataset.id} has {height}x{width} images but checkpoint {checkpoint.id} "
-            f"takes {size}x{size}; set resize to true to resize them (bilinear, antialiased)",
-        )
-    ]
-
-
-def _fill_from_checkpoint(
-    params: Params, given: set[str], checkpoint: Checkpoint, errors: list[FieldError]
-) -> Params:
-    if "arch" in given and params.arch is not None and params.arch != checkpoint.arch:
-        errors.append(
-            FieldError(
-                "params.arch",
-                f"checkpoint {checkpoint.id} is a {checkpoint.arch}; leave arch out or set it "
-                "to that",
-            )
-        )
-        return params
-    plain = checkpoint.description.get("format") != FORMAT
-    if isinstance(params, PretrainParams):
-        return dataclasses.replace(params, arch=checkpoint.arch)
-    if isinstance(params, TransferParams | CompareParams) and plain:
-        if params.source_classes not in (None, checkpoint.num_classes):
-            errors.append(
-                FieldError(
-                    "params.source_classes",
-                    f"checkpoint {checkpoint.id} has {checkpoint.num_classes} classes",
-                )
-            )
-            return params
-        return dataclasses.replace(
-            params, arch=checkpoint.arch, source_classes=checkpoint.num_classes
-        )
-    if isinstance(params, AuditParams) and plain:
-        return dataclasses.replace(params, arch=checkpoint.arch)
-    return params
-
-
-def _residual_scale_errors(
-    params: TransferParams | CompareParams, checkpoint: Checkpoint
-) -> list[FieldError]:
-    if isinstance(params, CompareParams):
-        # neft and cartl average the residuals of the blocks they tune.
-        field = "params.methods"
-        if not {"neft", "cartl"} & set(params.methods):
-            return []
-    else:
-        field = "params.residual_scale"
-        if params.config().resolved_residual_scale() == 1.0:
-            return []
-    shape = checkpoint.input_shape
+    inputs = Inputs(
+        dataset=DatasetFacts(dataset.id, dataset.num_classes, _shape(dataset.input_shape)),
+        checkpoint=None if checkpoint is None else _checkpoint_facts(checkpoint),
+        given=frozenset(request.params),
+    )
     try:
-        info = model_info(checkpoint.arch, checkpoint.num_classes, int(shape[0]), int(shape[1]))
-    except CartlError:
-        return []
-    if info.residual_scalable:
-        return []
-    fix = "leave neft and cartl out" if field == "params.methods" else "set residual_scale to 1"
-    return [
-        FieldError(field, f"{checkpoint.arch} has residual sums that cannot be rescaled; {fix}")
-    ]
+        return fit(get_kind(request.kind), params, inputs)
+    except ConfigError as exc:
+        raise UnprocessableError(
+            [FieldError(request_field(e.field), str(e)) for e in (exc, *exc.more)]
+        ) from None
+
+
+def _checkpoint_facts(checkpoint: Checkpoint) -> CheckpointFacts:
+    description = checkpoint.description or {}
+    return CheckpointFacts(
+        id=checkpoint.id,
+        arch=checkpoint.arch,
+        num_classes=checkpoint.num_classes,
+        num_blocks=checkpoint.num_blocks,
+        input_shape=_shape(checkpoint.input_shape),
+        described=description.get("format") == FORMAT,
+        pretrained_k=pretrained_k(description),
+    )
+
+
+def _shape(shape: list[Any]) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in shape)
+    return c, h, w

@@ -18,13 +18,14 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Job, JobStatus
+from app.shared import FINISHED
 
 __all__ = ["DURATION_BUCKETS", "JobsCollector", "ServiceMetrics"]
 
 log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 12 * 3600.0)
-_FINISHED = [s.value for s in JobStatus if s.finished]
+_FINISHED = sorted(FINISHED)
 
 
 class ServiceMetrics:

@@ -6,8 +6,8 @@
    is not an integer), after :func:`cartl_core.jobs.normalise_values` turned fractions written as
    text (``"8/255"``) into numbers and refused non-finite ones and those outside their bounds
    (``params.epochs``: "epochs must be at most 10000; got 1000000000"), as it does for the CLI.
-3. Ranges and consistency: :func:`cartl_core.jobs.parse_params`, the same check the CLI and the
-   worker use.
+3. Consistency: the kind's ``check()`` on the typed values, the same check
+   :func:`cartl_core.jobs.parse_params` runs for the CLI and the worker.
 
 The dataclasses and their field metadata (:mod:`cartl_core.options`) are the single source of
 names, defaults, help and parsing; nothing here restates one. Errors name the field as
@@ -26,10 +26,16 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.errors import MAX_FIELD_ERRORS, FieldError, UnprocessableError
 from cartl_core import ConfigError
-from cartl_core.jobs import Params, normalise_values, params_class, parse_params
+from cartl_core.jobs import normalise_values, params_class
 from cartl_core.options import describe, fraction_fields, json_bounds
 
-__all__ = ["MAX_LIST", "jsonable_params", "params_json_schema", "resolve_params"]
+__all__ = [
+    "MAX_LIST",
+    "jsonable_params",
+    "params_json_schema",
+    "request_field",
+    "resolve_params",
+]
 
 #: Longest list a parameter may hold (radii, k values, methods, ...): far above any real use.
 MAX_LIST = 64
@@ -79,7 +85,7 @@ def _one_of(alternatives: list[Any]) -> dict[str, Any]:
     return dict(alternatives[0]) if len(alternatives) == 1 else {"anyOf": alternatives}
 
 
-def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
+def resolve_params(kind: str, raw: Mapping[str, Any]) -> Any:
     """Validate ``raw`` for a ``kind`` job; the result has every default filled in."""
     cls = params_class(kind)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -116,9 +122,12 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Params:
             ]
         ) from None
     try:
-        return parse_params(kind, _as_raw(typed))
+        typed.check()  # what relates the values to each other, now that each is well-typed
     except ConfigError as exc:
-        raise UnprocessableError.one(_param_field(kind, exc.field, typed), str(exc)) from None
+        raise UnprocessableError(
+            [FieldError(request_field(e.field), str(e)) for e in (exc, *exc.more)]
+        ) from None
+    return typed
 
 
 def _item_message(err: Any) -> str:
@@ -127,30 +136,19 @@ def _item_message(err: Any) -> str:
     return f"{err['msg']}{where}"
 
 
-def jsonable_params(params: Params) -> dict[str, Any]:
+def jsonable_params(params: Any) -> dict[str, Any]:
     """Plain JSON values (tuples become lists) for the job row and the response."""
     out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(params)))
     return out
 
 
-def _as_raw(params: Params) -> dict[str, Any]:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+#: The job's own fields (beside ``params``) a core error may name.
+_JOB_FIELDS = frozenset({"kind", "checkpoint_id", "dataset_id"})
 
 
-def _param_field(kind: str, field: str | None, typed: Params) -> str:
-    """The params name behind a config error: the config's names are not always the CLI's."""
-    known = {f.name for f in dataclasses.fields(typed)}
+def request_field(field: str | None) -> str:
+    """Where in the request a core error's field is: a job field as it is, a parameter under
+    ``params``, none at all as ``params`` as a whole."""
     if field is None:
         return "params"
-    # A training job builds two configs that share names (eps, steps, ...): the training one,
-    # then the final audit's. If the training config is fine, the audit's was at fault.
-    if f"audit_{field}" in known and field in known:
-        try:
-            typed.config()
-        except ConfigError:
-            return f"params.{field}"
-        return f"params.audit_{field}"
-    for name in (field, f"audit_{field}", f"fdm_{field}"):
-        if name in known:
-            return f"params.{name}"
-    return "params"
+    return field if field in _JOB_FIELDS else f"params.{field}"

@@ -1,4 +1,4 @@
-"""A job's readable report: the HTML page :mod:`cartl_core.report` draws from the job's row.
+"""A job's readable report: the HTML page :mod:`app.report` draws from the job's row.
 
 The row holds all it needs: the audit, the per-epoch history, and in ``metrics`` the provenance,
 the transfer source's robustness and the training warnings (see :func:`cartl_core.jobs.run_job`).
@@ -12,7 +12,7 @@ from typing import Any
 
 from app.db.models import Job, JobStatus
 from app.errors import ConflictError
-from cartl_core.report import render_job_report
+from app.report import render_job_report
 
 __all__ = ["job_report"]
 

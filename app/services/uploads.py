@@ -1,13 +1,17 @@
-"""What checkpoint and dataset uploads share: file names on disk, form fields, the upload flow.
+"""Uploaded files, one resource of two kinds (checkpoints and datasets): upload, list, get, delete.
+
+What sets a kind apart is declared once, in its :class:`UploadKind` (``app.services.checkpoints``,
+``app.services.datasets``): its table and id prefix, the form fields it takes, how its file is
+validated and what of that is recorded. The rest is here, the same for both.
 
 The web layer knows how to read a request; the services only see a :data:`Receiver`, a callable
 that streams the upload's file part to storage under a key the service chooses (from the
-sanitised file name) and returns what it wrote plus the small form fields. The flow is then the
-same for both kinds of upload: receive, probe in a child process, insert the row and commit; on
-any failure (a bad file, a timeout, the client going away, the database) the object's folder is
-deleted and no row remains. An upload of bytes the owner already uploaded (same sha256) with
-the same fields is answered with the row made earlier: :func:`find_reusable`, between the
-receiving and the probe, and the new copy is deleted.
+sanitised file name) and returns what it wrote plus the small form fields. The flow is then:
+receive, probe in a child process, insert the row and commit; on any failure (a bad file, a
+timeout, the client going away, the database) the object's folder is deleted and no row remains.
+An upload of bytes the owner already uploaded (same sha256) with the same fields is answered
+with the row made earlier: :func:`find_reusable`, between the receiving and the probe, and the
+new copy is deleted.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from typing import Any, TypeVar, cast
+from pathlib import Path, PurePosixPath
+from typing import Any, Generic, TypeVar, cast
 
 import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import Base
+from app.db.base import Base, new_id
 from app.db.models import Job, JobStatus
 from app.errors import (
     ConflictError,
@@ -34,20 +39,23 @@ from app.errors import (
     UnprocessableError,
 )
 from app.services.ids import is_id
+from app.services.pagination import Page, paginate
+from app.settings import Settings
+from app.shared import display_name
 from app.storage import Storage, StoredFile, storage_problem
 
 __all__ = [
     "SHA256_PATTERN",
     "ReceivedUpload",
     "Receiver",
-    "commit_new",
-    "display_name",
-    "ensure_unused",
+    "UploadKind",
+    "create_upload",
+    "delete_upload",
     "find_reusable",
+    "get_upload",
     "int_field",
+    "list_uploads",
     "safe_filename",
-    "store_then",
-    "unknown_fields",
 ]
 
 #: A file's sha256 as rows record it and the API shows it: 64 lowercase hex digits.
@@ -76,6 +84,131 @@ class ReceivedUpload:
 Receiver = Callable[[Callable[[str], str]], Awaitable[ReceivedUpload]]
 
 
+@dataclass(frozen=True)
+class UploadKind(Generic[R]):
+    """What sets one kind of uploaded file apart from the other."""
+
+    #: In messages ("no checkpoint with id ..."); a job names its object in ``<name>_id``.
+    name: str
+    #: The table of its rows; a row's files are kept under ``<table name>/<id>/``.
+    model: type[R]
+    #: Its ids' prefix: ``ckpt`` makes ``ckpt_019a...``.
+    id_prefix: str
+    #: The name of a file part sent without one; loaders then judge the file by its content.
+    default_name: str
+    #: ``probe(path, settings, options)``: the stored file loaded in a child process, summed up
+    #: (a :class:`~app.services.probe.ProbeError` for a file that does not load).
+    probe: Callable[[Path, Settings, dict[str, Any]], Awaitable[dict[str, Any]]]
+    #: The entries of the probe's summary that the row records, one column each.
+    recorded: tuple[str, ...]
+    #: ``matches(row, filename, fields)``: whether uploading the bytes of ``row`` (as the API
+    #: shows it) again, named ``filename`` with the form ``fields``, would record that row.
+    matches: Callable[[Mapping[str, Any], str, Mapping[str, str]], bool]
+    #: The form fields it takes besides ``file``.
+    form_fields: AbstractSet[str] = frozenset()
+    #: ``options(fields)``: the form's fields checked (an :class:`UnprocessableError` if not)
+    #: and turned into the probe's options.
+    options: Callable[[Mapping[str, str]], dict[str, Any]] = lambda _fields: {}
+
+    def as_shown(self, row: R) -> dict[str, Any]:
+        """What :attr:`matches` reads of a row: its file name and what the probe recorded."""
+        return {"filename": cast(Any, row).filename} | {c: getattr(row, c) for c in self.recorded}
+
+
+async def create_upload(
+    kind: UploadKind[R],
+    factory: sessionmaker[Session],
+    settings: Settings,
+    storage: Storage,
+    owner: str,
+    receive: Receiver,
+) -> tuple[R, bool]:
+    """The row recorded, and whether it is new (False: the same bytes and fields were uploaded
+    before, and that row is returned; nothing new is kept)."""
+    object_id = new_id(kind.id_prefix)
+
+    async def register(upload: ReceivedUpload) -> tuple[R, bool]:
+        errors = unknown_fields(upload.fields, kind.form_fields)
+        if errors:
+            raise UnprocessableError(errors)
+        options = kind.options(upload.fields)
+        earlier = await find_reusable(
+            factory,
+            storage,
+            kind.model,
+            owner,
+            upload,
+            lambda row: kind.matches(kind.as_shown(row), upload.filename, upload.fields),
+        )
+        if earlier is not None:
+            return earlier, False
+        summary = await kind.probe(upload.stored.path, settings, options)
+        row = kind.model(
+            id=object_id,
+            owner=owner,
+            filename=display_name(upload.filename, kind.default_name),
+            sha256=upload.stored.sha256,
+            size=upload.stored.size,
+            storage_key=upload.key,
+            **{column: summary[column] for column in kind.recorded},
+        )
+        await commit_new(factory, row)
+        return row, True
+
+    prefix = f"{kind.model.__tablename__}/{object_id}"
+    return await store_then(storage, prefix, receive, kind.default_name, register)
+
+
+def list_uploads(
+    kind: UploadKind[R],
+    session: Session,
+    owner: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    sha256: str | None = None,
+) -> Page[R]:
+    """``owner``'s rows of ``kind``, newest first; with ``sha256``, only those of that file."""
+    table: Any = kind.model
+    query = select(kind.model).where(table.owner == owner)
+    if sha256 is not None:
+        query = query.where(table.sha256 == sha256)
+    return paginate(session, query, table.id, limit=limit, cursor=cursor)
+
+
+def get_upload(
+    kind: UploadKind[R], session: Session, owner: str, object_id: str, *, lock: bool = False
+) -> R:
+    """``owner``'s row ``object_id`` of ``kind``; another owner's is as missing as no row."""
+    row = None
+    if is_id(object_id):
+        table: Any = kind.model
+        query = select(kind.model).where(table.owner == owner, table.id == object_id)
+        row = session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        raise NotFoundError(f"no {kind.name} with id {object_id!r}")
+    return row
+
+
+def delete_upload(
+    kind: UploadKind[R], session: Session, storage: Storage, owner: str, object_id: str
+) -> None:
+    """Delete the files (``<table>/<id>``) and then the row, unless a live job uses it; the
+    request's session commits. Files that cannot be removed fail the request and keep the row
+    (a 503 that says so), so nothing is reported deleted that is still on disk."""
+    row = get_upload(kind, session, owner, object_id, lock=True)
+    _ensure_unused(session, kind.name, object_id, getattr(Job, f"{kind.name}_id"))
+    try:
+        storage.remove_prefix(f"{kind.model.__tablename__}/{object_id}")
+    except OSError as exc:
+        raise ServiceUnavailableError(
+            f"the files of {kind.name} {object_id} could not be removed from the artifact "
+            f"storage ({os.strerror(exc.errno) if exc.errno else 'error'}); nothing was "
+            "deleted, try again once the operator has fixed the storage"
+        ) from None
+    session.delete(row)
+
+
 def safe_filename(name: str | None, default: str) -> str:
     """A file name safe on any file system that keeps the suffix loaders dispatch on.
 
@@ -92,11 +225,6 @@ def safe_filename(name: str | None, default: str) -> str:
             suffix = base[base.rindex(".") :]
         base = base[: _MAX_NAME - len(suffix)] + base[len(base) - len(suffix) :]
     return base
-
-
-def display_name(name: str, default: str) -> str:
-    """The client's file name as shown back to it: printable, at most 255 characters."""
-    return "".join(c for c in name if c.isprintable()).strip()[:255] or default
 
 
 def int_field(fields: Mapping[str, str], name: str, *, minimum: int) -> int | None:
@@ -157,17 +285,14 @@ async def commit_new(factory: sessionmaker[Session], row: Base) -> None:
     await anyio.to_thread.run_sync(insert)
 
 
-U = TypeVar("U", bound=Base)
-
-
 async def find_reusable(
     factory: sessionmaker[Session],
     storage: Storage,
-    model: type[U],
+    model: type[R],
     owner: str,
     upload: ReceivedUpload,
-    matches: Callable[[U], bool],
-) -> U | None:
+    matches: Callable[[R], bool],
+) -> R | None:
     """``owner``'s row of ``model`` whose file has the bytes of ``upload`` (same sha256), that
     ``matches`` (it holds what this upload would record), is stored under the same file name
     (loaders dispatch on its suffix) and whose file is still in storage; None if there is none.
@@ -192,7 +317,7 @@ async def find_reusable(
         .with_for_update(read=True)
     )
 
-    def find() -> U | None:
+    def find() -> R | None:
         with factory() as session, session.begin():
             for row in session.scalars(query):
                 key: str = cast(Any, row).storage_key
@@ -216,40 +341,7 @@ def _intact(storage: Storage, key: str, size: int) -> bool:
         return False
 
 
-def get_owned(
-    session: Session, model: type[U], owner: str, object_id: str, what: str, *, lock: bool = False
-) -> U:
-    """``owner``'s row ``object_id`` of ``model``; another owner's is as missing as no row."""
-    row = None
-    if is_id(object_id):
-        table: Any = model
-        query = select(model).where(table.owner == owner, table.id == object_id)
-        row = session.scalar(query.with_for_update() if lock else query)
-    if row is None:
-        raise NotFoundError(f"no {what} with id {object_id!r}")
-    return row
-
-
-def delete_owned(
-    session: Session, storage: Storage, model: type[U], owner: str, object_id: str, what: str
-) -> None:
-    """Delete the files (``<table>/<id>``) and then the row, unless a live job uses it; the
-    request's session commits. Files that cannot be removed fail the request and keep the row
-    (a 503 that says so), so nothing is reported deleted that is still on disk."""
-    row = get_owned(session, model, owner, object_id, what, lock=True)
-    ensure_unused(session, what, object_id, getattr(Job, f"{what}_id"))
-    try:
-        storage.remove_prefix(f"{model.__tablename__}/{object_id}")
-    except OSError as exc:
-        raise ServiceUnavailableError(
-            f"the files of {what} {object_id} could not be removed from the artifact storage "
-            f"({os.strerror(exc.errno) if exc.errno else 'error'}); nothing was deleted, try "
-            "again once the operator has fixed the storage"
-        ) from None
-    session.delete(row)
-
-
-def ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:
+def _ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:
     """A 409 if a queued or running job uses the object (it would lose its input)."""
     job = session.execute(
         select(Job.id, Job.status)
@@ -263,7 +355,7 @@ def ensure_unused(session: Session, what: str, object_id: str, column: Any) -> N
         )
 
 
-def unknown_fields(fields: Mapping[str, str], allowed: set[str]) -> list[FieldError]:
+def unknown_fields(fields: Mapping[str, str], allowed: AbstractSet[str]) -> list[FieldError]:
     return [
         FieldError(name, f"unknown form field; accepted: file, {', '.join(sorted(allowed))}")
         for name in fields

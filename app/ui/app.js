@@ -9,7 +9,7 @@ const LIVE = new Set(["queued", "running"]);
 const POLL_MS = 2000;
 const main = document.getElementById("main");
 let timers = [];
-let schemaCache = null;
+let kindsCache = null;
 
 // ------------------------------------------------------------------ the API
 
@@ -175,8 +175,10 @@ function jobsView() {
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) =>
       h("option", { value: s, selected: params.get("status") === s }, s || "any")));
   const kindSel = h("select", { id: "filter-kind" },
-    ["", "pretrain", "transfer", "audit", "compare"].map((k) =>
-      h("option", { value: k, selected: params.get("kind") === k }, k || "any")));
+    h("option", { value: "", selected: !params.get("kind") }, "any"));
+  // The kinds are the server's registry's, as the new-job form's are.
+  jobKinds().then((kinds) => kindSel.append(...kinds.map((k) =>
+    h("option", { value: k.name, selected: params.get("kind") === k.name }, k.name)))).catch(() => {});
   const body = h("tbody");
   const note = h("p", { class: "muted", id: "jobs-note" });
   const compareButton = h("button", { type: "button", id: "compare-selected", onclick: () => {
@@ -491,15 +493,11 @@ function renderProvenance(where, job) {
 
 // ------------------------------------------------------------------ new job
 
-async function paramSchemas() {
-  if (!schemaCache) {
-    const spec = await (await fetch("/openapi.json")).json();
-    schemaCache = spec.components.schemas;
-  }
-  return schemaCache;
+// The server's job kinds (its registry), each with its params' JSON schema.
+async function jobKinds() {
+  if (!kindsCache) kindsCache = await getJson("/v1/job-kinds");
+  return kindsCache;
 }
-
-const KIND_SCHEMA = { pretrain: "PretrainParams", transfer: "TransferParams", audit: "AuditParams", compare: "CompareParams" };
 
 function fieldKind(prop) {
   const options = prop.anyOf || [prop];
@@ -555,8 +553,9 @@ function readValue(input) {
 }
 
 async function newJobView() {
+  const kinds = await jobKinds();
   const kindSel = h("select", { id: "job-kind", name: "kind" },
-    Object.keys(KIND_SCHEMA).map((k) => h("option", { value: k, selected: k === "transfer" }, k)));
+    kinds.map((k) => h("option", { value: k.name, selected: k.name === "transfer", title: k.summary }, k.name)));
   const params = h("div", { class: "form-grid", id: "params" });
   const formError = h("div", { id: "form-error", role: "alert" });
   const [checkpoints, datasets] = await Promise.all([
@@ -574,8 +573,7 @@ async function newJobView() {
     h("input", { id: "upload-arch", type: "text", placeholder: "e.g. small-cnn" }));
 
   async function showParams() {
-    const schemas = await paramSchemas();
-    const schema = schemas[KIND_SCHEMA[kindSel.value]];
+    const schema = kinds.find((k) => k.name === kindSel.value).params_schema;
     params.replaceChildren(...Object.entries(schema.properties).map(([name, prop]) => paramField(name, prop)));
   }
   kindSel.addEventListener("change", showParams);

@@ -24,7 +24,15 @@ const Charts = (() => {
     return [lo, hi];
   }
 
-  function ticks(lo, hi, n) {
+  // n steps from lo to hi; with `whole`, whole numbers only (epochs: there is no epoch 1.5).
+  function ticks(lo, hi, n, whole) {
+    if (whole) {
+      const raw = (hi - lo) / n, mag = 10 ** Math.floor(Math.log10(Math.max(raw, 1)));
+      const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+      const out = [];
+      for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) out.push(t);
+      return out;
+    }
     const step = (hi - lo) / n;
     return Array.from({ length: n + 1 }, (_, i) => lo + i * step);
   }
@@ -62,7 +70,7 @@ const Charts = (() => {
       label.textContent = fmt(t);
     }
     if (!opts.categorical) {
-      for (const t of ticks(x0, x1, Math.min(5, Math.max(1, Math.round(x1 - x0)) || 1))) {
+      for (const t of ticks(x0, x1, Math.min(5, Math.max(1, Math.round(x1 - x0)) || 1), opts.xWhole)) {
         const label = el("text", { x: x(t), y: m.top + ph + 16, "text-anchor": "middle" }, svg);
         label.textContent = fmt(t);
       }
@@ -107,6 +115,7 @@ const Charts = (() => {
       width,
       legendRows: legendRows(opts.series, width),
       xDomain: extent(all.map((p) => p[0])),
+      xWhole: all.every((p) => Number.isInteger(p[0])),
       yDomain: opts.yDomain || extent(all.map((p) => p[1]), opts.zero),
     });
     opts.series.forEach((s, i) => {

@@ -30,12 +30,14 @@ __all__ = [
     "BlockModel",
     "Head",
     "ModelFamily",
+    "ModelInfo",
     "ModelSpec",
     "Normalize",
     "build_model",
     "create_model",
     "list_models",
     "model_families",
+    "model_info",
     "register_model",
     "unregister_model",
 ]
@@ -204,3 +206,7 @@ def create_model(
         options=dict(options if options is not None else DEFAULT_OPTIONS.get(arch, {})),
     )
     return build_model(spec)
+
+
+# Last: info builds models through this module's create_model.
+from cartl_core.models.info import ModelInfo, model_info  # noqa: E402

@@ -24,7 +24,10 @@ from cartl_core.errors import ConfigError
 
 
 class BoundedSpectralNorm(nn.Module):
-    """beta * W / sigma(W), sigma by power iteration on W reshaped to (out, -1)."""
+    """beta * W / sigma(W), sigma by power iteration on W reshaped to (out, -1).
+
+    ``beta`` > 0 is :class:`~cartl_core.config.TransferConfig`'s check (every caller builds one).
+    """
 
     _u: torch.Tensor
     _v: torch.Tensor
@@ -33,8 +36,6 @@ class BoundedSpectralNorm(nn.Module):
         self, weight: torch.Tensor, beta: float, mode: str = "exact", n_power_iterations: int = 1
     ) -> None:
         super().__init__()
-        if beta <= 0:
-            raise ConfigError(f"norm_beta must be > 0; got {beta}", field="norm_beta")
         if mode not in ("exact", "at-most"):
             raise ConfigError("spectral_mode must be 'exact' or 'at-most'", field="spectral_mode")
         self.beta = float(beta)

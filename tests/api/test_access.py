@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import Message, Scope
 
 from app.db.base import utcnow
 from app.db.models import ApiKey
@@ -51,6 +52,56 @@ def test_no_valid_key_is_401(
     r = client.request(method, path, headers=headers)
     problem(r, 401)
     assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer cartl_not-a-key"}])
+def test_a_refused_key_is_answered_before_the_body_is_read(
+    client: TestClient, alice: Auth, headers: dict[str, str]
+) -> None:
+    """A 500 MB upload without a live key is refused with none of its body read."""
+    reads: list[int] = []
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        reads.append(1)
+        return {"type": "http.request", "body": bytes(64 * 1024), "more_body": True}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/checkpoints",
+        "raw_path": b"/v1/checkpoints",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("testserver", 80),
+        "client": ("testclient", 50000),
+        "state": {},
+        "headers": [
+            (b"content-type", b"multipart/form-data; boundary=x"),
+            (b"content-length", str(500 * 1024**2).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ],
+    }
+
+    async def call() -> None:
+        await client.app(scope, receive, send)
+
+    assert client.portal is not None
+    client.portal.call(call)
+    assert sent[0]["status"] == 401
+    assert reads == []
+
+
+def test_a_wrong_key_is_named_before_a_malformed_body(client: TestClient, alice: Auth) -> None:
+    wrong = {"Authorization": "Bearer cartl_not-a-key", "Content-Type": "application/json"}
+    r = client.post("/v1/jobs", content=b'{"kind": ', headers=wrong)
+    assert "invalid or revoked" in problem(r, 401)["detail"]
 
 
 def _revoke(db: sessionmaker[Session], auth: Auth) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import new_id, utcnow
 from app.db.models import Checkpoint, DatasetRow, Job
+from cartl_core.config import TransferConfig
 from cartl_core.jobs import AuditParams, PretrainParams, TransferParams
 from tests.api import files
 from tests.api.conftest import REDIS_URL, ClientFactory
@@ -32,10 +33,15 @@ def add_checkpoint(
     channels: int = 1,
     classes: int = 10,
     plain: bool = False,
+    training: dict[str, Any] | None = None,
 ) -> str:
-    """A checkpoint row as an upload of a small-cnn would record it (the file is not needed)."""
+    """A checkpoint row as an upload of a small-cnn would record it (the file is not needed);
+    ``training``: its header's record of how it was made."""
     checkpoint_id = new_id("ckpt")
     fmt = "plain-state-dict" if plain else "cartl-checkpoint/1"
+    description: dict[str, Any] = {"format": fmt}
+    if training is not None:
+        description["training"] = training
     with db() as session, session.begin():
         session.add(
             Checkpoint(
@@ -46,7 +52,7 @@ def add_checkpoint(
                 num_classes=classes,
                 num_blocks=5,
                 input_shape=[channels, 8, 8],
-                description={"format": fmt},
+                description=description,
                 sha256="0" * 64,
                 size=1,
                 storage_key=f"checkpoints/{checkpoint_id}/m.safetensors",
@@ -120,6 +126,19 @@ def defaults(cls: type) -> dict[str, Any]:
 # --- creating ----------------------------------------------------------------------------------
 
 
+def test_a_transfer_without_k_tunes_the_k_its_source_was_pretrained_for(
+    client: TestClient, alice: Auth, db: sessionmaker[Session]
+) -> None:
+    source = add_checkpoint(db, classes=4, training={"kind": "pretrain", "k": 2})
+    dataset = add_dataset(db)
+    job = post_job(client, alice, "transfer", source, dataset).json()
+    assert job["params"]["k"] == 2  # stored resolved: the job says which k it tunes
+    given = post_job(client, alice, "transfer", source, dataset, k=3).json()
+    assert given["params"]["k"] == 3
+    too_deep = post_job(client, alice, "transfer", source, dataset, k=6)
+    assert "between 1 and 5" in fields(problem(too_deep, 422))["params.k"]
+
+
 def test_transfer_with_defaults_is_queued_and_sent(
     client: TestClient, alice: Auth, inputs: tuple[str, str]
 ) -> None:
@@ -131,8 +150,9 @@ def test_transfer_with_defaults_is_queued_and_sent(
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert (job["kind"], job["status"]) == ("transfer", "queued")
     assert (job["checkpoint_id"], job["dataset_id"]) == inputs
-    # Every default resolved, straight from cartl_core's dataclass.
-    assert job["params"] == defaults(TransferParams)
+    # Every default resolved, straight from cartl_core's dataclass; k from the source's header,
+    # which records no pre-training here, so the paper's.
+    assert job["params"] == {**defaults(TransferParams), "k": TransferConfig().k}
     assert job["enqueued_at"] is None  # sent right after the response
     assert job["attempts"] == 0
     assert job["progress"]["fraction"] is None

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.cli.library import build_parser
 from app.services.params import jsonable_params, params_json_schema, resolve_params
-from cartl_core.cli import build_parser
 from cartl_core.jobs import params_class
 
 KINDS = ("pretrain", "transfer", "audit", "compare")

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.routes.jobs import REPORT_HEADERS
 from app.db.base import utcnow
+from app.db.session import make_engine, make_sessionmaker
 from tests.api.helpers import problem
+from tests.api.live import Server, live_api
 from tests.api.test_jobs import Auth, add_checkpoint, add_dataset, post_job, set_job
-from tests.core.test_report import FULL_AUDIT, HISTORY
+from tests.report.test_page import FULL_AUDIT, HISTORY
+from tests.services import ROOT
 
 METRICS: dict[str, Any] = {
     "clean_accuracy": 0.95,
@@ -101,3 +109,40 @@ def test_the_report_is_in_the_openapi_description(client: TestClient) -> None:
     assert "text/html" in op["responses"]["200"]["content"]
     assert {"404", "409"} <= set(op["responses"])
     assert "Content-Security-Policy" in op["description"]
+
+
+def _plot(srv: Server, out: Path, *ids: str) -> subprocess.CompletedProcess[str]:
+    """``cartl jobs plot IDS -o OUT`` as a user runs it against ``srv``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
+    env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "plot", *ids, "-o", str(out)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_jobs_plot_draws_the_stored_history_and_audit(tmp_path: Path) -> None:
+    """One job: its curves above its audit; two: their clean and robust accuracy side by side."""
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv") as srv:
+        engine = make_engine(srv.database_url)
+        db = make_sessionmaker(engine)
+        checkpoint, dataset = add_checkpoint(db), add_dataset(db)
+        body = {"checkpoint_id": checkpoint, "dataset_id": dataset, "params": {}}
+        ids = [
+            httpx.post(
+                f"{srv.url}/v1/jobs", json={"kind": kind, **body}, headers=srv.headers()
+            ).json()["id"]
+            for kind in ("transfer", "audit")
+        ]
+        metrics = {**METRICS, "eps": 8 / 255, "norm": "linf", "ensemble": "standard"}
+        for job_id, history in zip(ids, (HISTORY, []), strict=True):
+            set_job(db, job_id, status="succeeded", started_at=utcnow(), finished_at=utcnow(),
+                    history=history, audit=FULL_AUDIT, metrics=metrics)  # fmt: skip
+        engine.dispose()
+        for n, args in enumerate(([ids[0]], [ids[1]], ids)):
+            out = tmp_path / f"plot{n}.png"
+            done = _plot(srv, out, *args)
+            assert done.returncode == 0, done.stderr
+            assert f"wrote {out}" in done.stderr
+            assert out.read_bytes().startswith(b"\x89PNG")

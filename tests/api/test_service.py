@@ -7,7 +7,10 @@ from typing import Any, cast
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app import errors as app_errors
+from app.api.problems import PROBLEM_TYPES, problem_type
 from app.settings import LOGGERS
+from cartl_core import errors as core_errors
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import METRICS, fields, problem
 
@@ -91,6 +94,26 @@ def test_unexpected_errors_are_500_without_details(make_client: ClientFactory) -
     body = problem(r, 500)
     assert "secret" not in r.text
     assert body["type"] == "urn:cartl:problem:internal-error"
+
+
+def test_every_error_class_has_its_problem_type() -> None:
+    for name in app_errors.__all__:
+        error = getattr(app_errors, name)
+        if isinstance(error, type) and issubclass(error, Exception):
+            assert error in PROBLEM_TYPES, name
+    for name in core_errors.__all__:
+        assert problem_type(getattr(core_errors, name)).status < 500, name
+
+
+def test_a_core_error_reaching_a_route_says_what_to_fix(client: TestClient) -> None:
+    app = cast(FastAPI, client.app)
+
+    @app.get("/core-error")
+    def core_error() -> None:
+        raise core_errors.ArchitectureError("unknown architecture 'x'")
+
+    body = problem(client.get("/core-error"), 422)
+    assert (body["detail"], body["error_type"]) == ("unknown architecture 'x'", "ArchitectureError")
 
 
 def test_openapi_documents_everything(client: TestClient) -> None:

@@ -42,7 +42,7 @@ def test_param_values_read_like_cli_options() -> None:
         ("audit_eps=eight", "not a number or a fraction like 8/255"),
         ("lr=nan", "-p lr: 'nan' is not a finite number"),
         ("kk=3", "-p kk: not a parameter of a transfer job; known:"),
-        ("k", "write NAME=VALUE"),
+        ("k", "-p takes NAME=VALUE (e.g. -p k=4); got 'k'"),
     ],
 )
 def test_a_bad_param_is_named_with_what_to_write(text: str, says: str) -> None:
@@ -50,14 +50,50 @@ def test_a_bad_param_is_named_with_what_to_write(text: str, says: str) -> None:
         job_params("transfer", [text])
 
 
-def _submit(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    """``cartl submit ARGS`` as a user runs it against ``srv`` (key and server from the env)."""
+def _cartl(srv: Server | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cartl ARGS`` as a user runs it against ``srv`` (key and server from the env); with no
+    server, against an address where nothing answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
-    env.update(CARTL_SERVER=srv.url, CARTL_API_KEY=srv.key)
+    env.update(CARTL_SERVER=srv.url if srv else "http://127.0.0.1:9",
+               CARTL_API_KEY=srv.key if srv else "cartl_no-server")  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "submit", *args],
+        [sys.executable, "-m", "app.cli", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _submit(srv: Server | None, *args: str) -> subprocess.CompletedProcess[str]:
+    return _cartl(srv, "submit", *args)
+
+
+def test_a_value_neither_a_file_nor_an_id_is_no_such_file(tmp_path: Path) -> None:
+    data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
+    for args, missing in (
+        (["--checkpoint", "nothere.pt", "--dataset", str(data)], "nothere.pt"),
+        (["--dataset", str(tmp_path / "none.npz")], str(tmp_path / "none.npz")),
+    ):
+        done = _submit(None, "transfer", *args)
+        # Said before anything is sent: the server's address answers nothing.
+        assert (done.returncode, done.stderr) == (2, f"cartl: error: no such file: {missing}\n")
+
+
+def test_a_param_without_its_value_is_one_line_naming_it() -> None:
+    done = _submit(None, "audit", "--dataset", "ds_1", "-p", "epochs", "2")
+    assert done.returncode == 2
+    assert done.stderr == "cartl submit: error: -p takes NAME=VALUE (e.g. -p k=4); got 'epochs'\n"
+
+
+def test_a_servers_refusal_is_said_once(tmp_path: Path) -> None:
+    data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv") as srv:
+        listed = _cartl(srv, "jobs", "list", "--limit", "1000")
+        submitted = _submit(srv, "audit", "--checkpoint", "ckpt_0123", "--dataset", str(data))
+    for done, said in ((listed, "limit: "), (submitted, "no checkpoint with id 'ckpt_0123'")):
+        assert done.returncode != 0
+        error = done.stderr.strip().splitlines()[-1]
+        assert error.startswith("cartl: error: HTTP 422: "), done.stderr
+        assert error.count(said) == 1, error
 
 
 def test_a_refused_submit_uploads_nothing_and_says_why_once(tmp_path: Path) -> None:

@@ -8,14 +8,15 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from app.cli.library import build_parser, fraction, main
 from cartl_core import read_description, reproduction
-from cartl_core.cli import build_parser, fraction, main
 from cartl_core.compare import CandidateResult, CompareResult, CostEstimate
 from cartl_core.config import AttackConfig, AuditConfig, FDMConfig, ScheduleConfig, TransferConfig
 from cartl_core.reproduction import DemoResult, DigitsSettings, ReproductionRow
@@ -90,8 +91,6 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
                 str(tgt),
                 "--method",
                 "cartl",
-                "--k",
-                "2",
                 "--out",
                 str(target),
                 "--no-audit",
@@ -103,6 +102,7 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
     d = read_description(target)
     assert d is not None
     assert (d["training"]["method"], d["training"]["norm_beta"]) == ("cartl", 0.4)
+    assert d["training"]["k"] == 2  # no --k: the k the source was pre-trained for
     assert d["model"]["num_classes"] == 3
 
     capsys.readouterr()
@@ -150,7 +150,7 @@ def test_pretrain_transfer_audit(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cartl_core.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],  # the `cartl` command
         capture_output=True,
         text=True,
         timeout=120,
@@ -287,7 +287,8 @@ def test_cli_defaults_come_from_config() -> None:
     assert (pre.k, pre.fdm_lambda, pre.fdm_reduction) == (fdm.k, fdm.fdm_lambda, fdm.reduction)
     assert (pre.eps, pre.alpha, pre.steps) == (attack.eps, attack.alpha, attack.steps)
     tr = parser.parse_args(["transfer", "--source", "s", "--data", "d", "--out", "o"])
-    assert (tr.method, tr.k) == (TransferConfig().method, TransferConfig().k)
+    # k comes from the source's header when the command runs (else TransferConfig's).
+    assert (tr.method, tr.k) == (TransferConfig().method, None)
     au = parser.parse_args(["audit", "--checkpoint", "c", "--data", "d"])
     assert au.batch_size == AuditConfig().batch_size
     # Unset schedule flags fall through to the config's defaults.
@@ -434,3 +435,108 @@ def test_training_bars_show_the_runs_eta_not_tqdms_rate(
     err = capsys.readouterr().err
     assert re.search(r"pretrain epoch 1/2: +\d+%.*batches.*ends in=~\d+ s", err)
     assert "batch/s" not in err
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: str = "cartl") -> Iterator[Any]:
+    """``(name, parser)`` of every command under ``parser``, nested ones (``jobs list``) too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{path} {name}", sub
+                yield from _subcommands(sub, f"{path} {name}")
+
+
+def test_every_command_and_option_says_what_it_is() -> None:
+    from app.cli import build_parser as cartl_parser
+
+    commands = dict(_subcommands(cartl_parser()))
+    # The library's commands and the client's (the server's own are cartl serve, db, keys).
+    ours = [c for c in commands if c.split()[1] not in ("serve", "db", "keys")]
+    assert {"cartl inspect", "cartl models", "cartl jobs list", "cartl jobs get"} <= set(ours)
+    for command in ours:
+        sub = commands[command]
+        assert sub.description, command
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{command} {action.dest}"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main as cartl_main
+    from cartl_core import __version__
+
+    for run_main in (main, cartl_main):
+        with pytest.raises(SystemExit) as info:
+            run_main(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out == f"cartl {__version__}\n"
+
+
+def test_each_commands_help_shows_only_its_own_defaults() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    pretrain = {a.dest: str(a.help) for a in sub.choices["pretrain"]._actions}
+    schedule = ScheduleConfig()
+    assert pretrain["epochs"].endswith(f"[default: {schedule.epochs}]")
+    assert pretrain["lr"].endswith(f"[default: {schedule.lr}]")
+    assert pretrain["weight_decay"].endswith(f"[default: {schedule.weight_decay}]")
+    assert "lwf" not in _run("pretrain", "--help").stdout.lower()
+    # A transfer may be LwF, whose schedule is its own; its k follows the source.
+    transfer = {a.dest: str(a.help) for a in sub.choices["transfer"]._actions}
+    assert "lwf: 52" in transfer["epochs"]
+    assert "pre-trained for, from its header; else 4]" in transfer["k"]
+
+
+def test_transfer_k_defaults_to_the_k_the_source_was_pretrained_for(tmp_path: Path) -> None:
+    from cartl_core import create_model, read_description, save_checkpoint
+    from cartl_core.compare import pretrained_k
+    from cartl_core.kinds.transfer import source_k
+
+    model = create_model("small-cnn", 4, in_channels=1, input_size=8)
+    path = tmp_path / "m.safetensors"
+    for training, k in (
+        ({"kind": "pretrain", "k": 3}, 3),
+        ({"kind": "transfer", "k": 3}, TransferConfig().k),  # a fine-tuning's k is not a source's
+        ({}, TransferConfig().k),
+    ):
+        save_checkpoint(model, path, training=training)
+        assert source_k(pretrained_k(read_description(path))) == k, training
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``cartl inspect X | head``: the reader gone, no traceback and no error line."""
+    from cartl_core import create_model, save_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(create_model("small-cnn", 4, in_channels=1, input_size=8), path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "inspect", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # before it prints anything: its first write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err == ""
+
+
+def test_models_builds_no_weights(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cartl models`` counts the blocks of models on the meta device: no example's weights are
+    allocated or initialised (46M of them for WRN-34-10)."""
+    from cartl_core import models
+
+    devices = []
+    build = models.create_model
+
+    def create_model(*args: Any, **kwargs: Any) -> Any:
+        model = build(*args, **kwargs)
+        devices.append({p.device.type for p in model.parameters()})
+        return model
+
+    monkeypatch.setattr(models, "create_model", create_model)
+    assert main(["models"]) == 0
+    assert "wrn-34-10                T = 17" in capsys.readouterr().out
+    assert devices
+    assert all(d == {"meta"} for d in devices)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli.library import build_parser, main
 from cartl_core import create_model, save_checkpoint
-from cartl_core.cli import build_parser, main
 
 
 def _npz(path: Path) -> Path:
@@ -28,9 +28,11 @@ def test_audit_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[s
     args = ["audit", "--checkpoint", str(checkpoint), "--data", str(data), "--eps", "4/255,8/255"]
     args += ["--attacks", "fast", "--apgd-steps", "2", "--steps", "1", "--check-samples", "8"]
     args += ["--square-queries", "10"]
+    plot = tmp_path / "out" / "audit.png"
     args += ["--limit", "8", "--quiet", "--device", "cpu", "--report", str(report)]
-    assert main(args) == 0
+    assert main([*args, "--plot", str(plot)]) == 0
     assert f"report {report}" in capsys.readouterr().err
+    assert plot.read_bytes().startswith(b"\x89PNG")
     page = report.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
     assert "<svg" in page
@@ -46,3 +48,15 @@ def test_training_commands_take_report_too(
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     assert "--report PATH" in capsys.readouterr().out
+
+
+def test_pretrain_plots_its_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--plot`` draws what the job returned, the history records (the audit's dict: above)."""
+    data, plot = _npz(tmp_path / "d.npz"), tmp_path / "out" / "pretrain.png"
+    args = ["pretrain", "--data", str(data), "--arch", "small-cnn", "--out",
+            str(tmp_path / "m.safetensors"), "--epochs", "2", "--batch-size", "8", "--steps", "1",
+            "--augment", "none", "--no-audit", "--quiet", "--device", "cpu",
+            "--plot", str(plot)]  # fmt: skip
+    assert main(args) == 0
+    assert f"plot {plot}" in capsys.readouterr().err
+    assert plot.read_bytes().startswith(b"\x89PNG")

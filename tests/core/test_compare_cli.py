@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli.library import main
 from cartl_core import create_model, read_description, save_checkpoint
-from cartl_core.cli import main
 
 from .test_cli import _npz, _run
 

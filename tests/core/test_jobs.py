@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.cli.library import build_parser
 from cartl_core import AuditConfig, AuditReport, ConfigError, read_description
-from cartl_core.cli import build_parser
 from cartl_core.jobs import (
     AuditParams,
     CompareParams,

@@ -142,7 +142,7 @@ FAMILIES = ["small-cnn", "resnet18-cifar", "wrn-D-W", "torchvision:NAME"]
 
 def _cartl_models(capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, int], dict[str, str]]:
     """`cartl models`: block counts of the examples, and each family's line."""
-    from cartl_core.cli import main
+    from app.cli.library import main
 
     assert main(["models"]) == 0
     counts: dict[str, int] = {}

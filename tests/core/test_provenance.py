@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app.report import render_job_report
 from cartl_core import create_model, save_checkpoint
 from cartl_core import provenance as prov
 from cartl_core.jobs import parse_params, run_job
-from cartl_core.report import render_job_report
 
 from .test_jobs import _npz as _dataset
 

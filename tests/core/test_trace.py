@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.cli.library import _warning_line, main
 from cartl_core import (
     AttackConfig,
     ConfigError,
@@ -20,7 +21,6 @@ from cartl_core import (
     pretrain,
     transfer,
 )
-from cartl_core.cli import _warning_line, main
 from cartl_core.data import Dataset
 from cartl_core.jobs import TransferParams, parse_params
 from cartl_core.training import EpochRecord, TrainResult

@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright against a live
 ``cartl serve`` (embedded defaults, its own Celery worker running real jobs).
 
-Screenshots go to ``$CARTL_TEST_ARTIFACTS/ui`` (default: the test's temporary folder); the
-README's two pictures are ``ui-job.png`` and ``ui-compare.png`` from there.
+Screenshots go to ``$CARTL_TEST_ARTIFACTS/ui`` (default: the test's temporary folder); the two
+pictures in docs/service.md (``docs/ui-job.png``, also in the README, and ``docs/ui-compare.png``)
+are ``ui-job.png`` and ``ui-compare.png`` from there.
 """
 
 from __future__ import annotations
@@ -162,6 +163,27 @@ def _shot(page: Any, served: Served, name: str) -> Path:
     path = served.artifacts / name
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def test_the_navigation_shows_only_when_signed_in(browser: Any, served: Served) -> None:
+    context = browser.new_context()  # a tab of its own: signed out, whatever ran before
+    try:
+        pg = context.new_page()
+        pg.goto(f"{served.url}/")  # the server's address as typed: the dashboard
+        assert pg.url == f"{served.url}/ui"
+        nav = pg.locator("#nav")
+        pg.get_by_label("API key").wait_for()
+        assert not nav.is_visible()
+        assert not pg.get_by_role("button", name="Sign out").is_visible()
+        pg.get_by_label("API key").fill(served.key)
+        pg.get_by_label("API key").press("Enter")
+        pg.get_by_role("button", name="Sign out").wait_for()
+        assert nav.is_visible()
+        pg.get_by_role("button", name="Sign out").click()
+        pg.get_by_label("API key").wait_for()
+        assert not nav.is_visible()
+    finally:
+        context.close()
 
 
 def test_a_wrong_key_is_refused_and_the_right_one_signs_in_with_enter(

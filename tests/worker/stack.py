@@ -32,8 +32,9 @@ class Stack:
     tmp: Path
     workers: list[WorkerProcess]
 
-    def worker(self) -> WorkerProcess:
-        w = WorkerProcess(self.settings, self.tmp / f"worker{len(self.workers)}.log").start()
+    def worker(self, python_path: tuple[Path, ...] = ()) -> WorkerProcess:
+        log = self.tmp / f"worker{len(self.workers)}.log"
+        w = WorkerProcess(self.settings, log, python_path).start()
         self.workers.append(w)
         return w
 
@@ -126,7 +127,7 @@ def add_job(
         s.add(
             Job(
                 id=job_id, owner=owner, kind=kind, checkpoint_id=ckpt, dataset_id=ds,
-                params={**_FAST[kind], **params},
+                params={**_FAST.get(kind, {}), **params},
             )
         )  # fmt: skip
     return job_id

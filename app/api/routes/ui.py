@@ -52,6 +52,13 @@ async def page_slash() -> RedirectResponse:
     return RedirectResponse("/ui", status_code=308)
 
 
+@router.get("/")
+async def root() -> RedirectResponse:
+    # The server's address as a person types it: to the dashboard, not a 404. Temporary (307),
+    # so a browser keeps asking should / ever answer something else.
+    return RedirectResponse("/ui", status_code=307)
+
+
 @router.get("/ui/static/{name}")
 async def asset(name: str) -> FileResponse:
     # A flat folder of known files: nothing outside it can be named.

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from cartl_core.report import render_html, render_job_report
+from app.report import render_html, render_job_report
+from cartl_core.audit import SCHEMA_VERSION as AUDIT_SCHEMA_VERSION
+from cartl_core.compare import SCHEMA_VERSION as COMPARE_SCHEMA_VERSION
+from cartl_core.compare import CandidateResult, CompareResult, CostEstimate
 
 EPS = 8 / 255
 
@@ -319,14 +322,26 @@ def test_job_report_reads_provenance_source_and_warnings_from_metrics() -> None:
 def test_a_meaningless_number_says_so_beside_it_in_the_report() -> None:
     from cartl_core.audit import audit as run_audit
     from cartl_core.config import AuditConfig
-
-    from .conftest import make_dataset
-    from .masked_models import ConstantClass
+    from tests.core.conftest import make_dataset
+    from tests.core.masked_models import ConstantClass
 
     data = make_dataset(num_classes=3, n_train=3, n_test=48)
     cfg = AuditConfig(eps=(0.1,), attacks="fast", apgd_steps=5, check_samples=16)
     report = run_audit(ConstantClass(3).eval(), data.test, cfg).to_dict()
+    assert report["schema_version"] == AUDIT_SCHEMA_VERSION
     page = render_html(report, title="constant")
     headline = page[page.index("The headline numbers") :]
     assert "MEANINGLESS: the model predicts (almost) one class" in headline
     assert "Arithmetic of the attacks" in headline
+
+
+def test_a_compare_result_carries_its_schema_version_and_renders() -> None:
+    chosen = CandidateResult("cartl-k3", "cartl", 3, 0.4, "frozen", 0.95, 0.29, 0.96, 0.25, 12.0)
+    selection = {"reason": "cartl-k3: validation robust 0.290", "val_samples": 89}
+    result = CompareResult([chosen], chosen, CostEstimate(1, 2.0, 6.0, []), selection, [], 9.0)
+    table = result.to_dict()
+    assert table["schema_version"] == COMPARE_SCHEMA_VERSION
+    page = render_html(None, compare=table)
+    candidates = page.split('<section id="candidates"')[1].split("</section>")[0]
+    assert "cartl-k3 <strong>(chosen)</strong>" in candidates
+    assert candidates.count("<svg") == 2  # validation and test

@@ -1,4 +1,5 @@
-"""The ``cartl`` command line: pretrain, transfer, audit, compare, demo, inspect, models.
+"""The ``cartl`` command line: pretrain, transfer, audit, compare, demo, inspect, models, and a
+command for every other registered job kind (:mod:`cartl_core.kinds`).
 
 Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. The
 options that are job parameters are generated from the dataclasses in :mod:`cartl_core.jobs`
@@ -17,12 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cartl_core import __version__
+from cartl_core.config import ScheduleConfig
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
+from cartl_core.kinds import JobKind, get_kind, job_kinds
 from cartl_core.options import add_options, arg_type, format_duration, fraction_value
 from cartl_core.reproduction import DigitsSettings
 
-__all__ = ["add_commands", "build_parser", "main", "run"]
+__all__ = ["add_commands", "add_version", "build_parser", "main", "run"]
 
 
 def fraction(text: str) -> float:
@@ -70,8 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adversarially robust transfer learning (CARTL, ICML 2021): pre-train a "
         "robust source, fine-tune it without losing robustness, audit the result.",
     )
+    add_version(parser)
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the package's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def _pretrain_schedule_defaults() -> dict[str, str]:
+    """A pre-training's own schedule defaults for ``--help``: the shared schedule options' texts
+    also name LwF's, which only a transfer (or compare) can use."""
+    schedule = ScheduleConfig()
+    return {name: str(getattr(schedule, name)) for name in ("epochs", "lr", "weight_decay")}
 
 
 def add_commands(sub: Any) -> None:
@@ -89,7 +106,7 @@ def add_commands(sub: Any) -> None:
         help="source dataset (npz, ImageFolder zip/tar.gz, CIFAR python tarball, SVHN .mat)",
     )
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
-    add_options(p, PretrainParams)
+    add_options(p, PretrainParams, default_texts=_pretrain_schedule_defaults())
     _common(p)
     _report_arg(p)
     p.set_defaults(func=_cmd_pretrain)
@@ -125,6 +142,9 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_audit)
 
     _compare_command(sub)
+    for kind in job_kinds():
+        if kind.name not in _OWN_COMMANDS:
+            _kind_command(sub, kind)
 
     p = sub.add_parser(
         "demo",
@@ -188,20 +208,99 @@ def add_commands(sub: Any) -> None:
     _common(p, seed=True)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("inspect", help="print a checkpoint's description")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser(
+        "inspect",
+        help="print a checkpoint's description",
+        description="Print the CARTL header of a .safetensors checkpoint as JSON: its "
+        "architecture, classes, input size and normalisation, how it was trained (kind, method, "
+        "k, threat model, schedule) and its audited metrics.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by cartl")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("models", help="list architectures and their block counts")
+    p = sub.add_parser(
+        "models",
+        help="list architectures and their block counts",
+        description="List the architectures --arch accepts: an example of each family with its "
+        "block count T (k, the blocks fine-tuned, is at most T), then each family's name "
+        "pattern and description.",
+    )
     p.set_defaults(func=_cmd_models)
 
 
-def _params(kind: str, args: argparse.Namespace) -> Any:
-    """The job parameters from the options, checked as the service checks them."""
-    from cartl_core.jobs import params_class, parse_params
+#: The built-in kinds, whose commands above show progress and results their own way; any other
+#: registered kind gets :func:`_kind_command`'s.
+_OWN_COMMANDS = frozenset({"pretrain", "transfer", "audit", "compare"})
 
-    fields = dataclasses.fields(params_class(kind))
-    return parse_params(kind, {f.name: getattr(args, f.name) for f in fields})
+_CHECKPOINT_HELP = {
+    "model": "checkpoint to examine",
+    "source": "source checkpoint",
+    "init": "initial weights [default: none, a new model]",
+}
+
+
+def _kind_command(sub: Any, kind: JobKind) -> None:
+    """A command for a registered kind (:mod:`cartl_core.kinds`): its inputs from what it
+    declares, its options from its parameters, its result printed as JSON."""
+    p = sub.add_parser(
+        kind.name,
+        help=kind.summary,
+        description=f"{kind.summary} (job kind {kind.name!r}, from {kind.params.__module__}). "
+        "Prints the job's metrics (and audit, if it has one) as one JSON object.",
+    )
+    if kind.checkpoint is not None:
+        p.add_argument(
+            "--checkpoint",
+            required=kind.needs_checkpoint,
+            type=Path,
+            help=_CHECKPOINT_HELP[kind.checkpoint],
+        )
+    p.add_argument("--data", required=True, type=Path, help="dataset")
+    if kind.makes_weights:
+        p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
+    add_options(p, kind.params)
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_kind, kind_name=kind.name)
+
+
+def _cmd_kind(args: argparse.Namespace) -> int:
+    from cartl_core.jobs import run_job
+
+    kind = get_kind(args.kind_name)
+    out: Path | None = getattr(args, "out", None)
+    bars = _Bars(args.quiet)
+    try:
+        outcome = run_job(
+            kind.name,
+            _params(kind.name, args),
+            dataset_path=args.data,
+            checkpoint_path=getattr(args, "checkpoint", None),
+            out_path=out,
+            state_path=None if out is None else _state_path(out),
+            device=args.device,
+            on_progress=bars.training if kind.progress == "epochs" else None,
+            on_audit_progress=bars.audit,
+        )
+    finally:
+        bars.close()
+    print(json.dumps({"metrics": outcome.metrics, "audit": outcome.audit}, indent=2))
+    if out is not None:
+        _state_path(out).unlink(missing_ok=True)
+        print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
+def _params(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The job parameters from the options, by name: :func:`cartl_core.jobs.run_job` checks them
+    as the service checks them, before anything runs."""
+    from cartl_core.jobs import params_class
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(params_class(kind))}
 
 
 #: A bar's resolution: the audit reports fractions, not counts.
@@ -315,7 +414,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
 
 def _train(
     kind: str,
-    params: PretrainParams | TransferParams,
+    params: dict[str, Any],
     checkpoint: Path | None,
     args: argparse.Namespace,
 ) -> int:
@@ -358,9 +457,9 @@ def _train(
     print(f"saved {args.out}", file=sys.stderr)
     state.unlink(missing_ok=True)
     if args.plot is not None:
-        from cartl_core.plots import plot_training
+        from app.report import plot_training
 
-        plot_training(history, args.plot, title=kind, report=report)
+        plot_training(outcome.history, args.plot, title=kind, audit=outcome.audit)
         print(f"plot {args.plot}", file=sys.stderr)
     if args.report is not None:
         facts = {"dataset": args.data, "source": checkpoint, "weights": args.out}
@@ -369,7 +468,7 @@ def _train(
 
 
 def _write_report(path: Path, outcome: Any, title: str, facts: dict[str, Any]) -> None:
-    from cartl_core.report import render_job_report
+    from app.report import render_job_report
 
     page = render_job_report(
         audit=outcome.audit,
@@ -409,9 +508,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(_warning_line(warning), file=sys.stderr)
     if args.plot is not None:
-        from cartl_core.plots import plot_audit
+        from app.report import plot_audit
 
-        plot_audit(report, args.plot)
+        plot_audit(outcome.audit, args.plot)
     if args.report is not None:
         facts = {"checkpoint": args.checkpoint, "dataset": args.data}
         _write_report(args.report, outcome, f"cartl audit: {args.checkpoint.name}", facts)
@@ -498,7 +597,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             device=args.device,
             on_progress=bar,
             on_audit_progress=audit_bars.audit,
-            candidates_dir=args.out_dir,
+            extra_dir=args.out_dir,
         )
     finally:
         bar.close()
@@ -526,7 +625,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"saved {args.out_dir / 'chosen.safetensors'} and the candidates beside it", file=sys.stderr
     )
     if args.plot is not None:
-        from cartl_core.plots import plot_comparison
+        from app.report import plot_comparison
 
         rows = [(c["name"].replace("-", "\n", 1), c["test_clean"], c["test_robust"])
                 for c in m["candidates"]]  # fmt: skip
@@ -604,7 +703,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(result.table())
     if args.plot is not None:
-        from cartl_core.plots import plot_reproduction
+        from app.report import plot_reproduction
 
         plot_reproduction(result.rows, args.plot, eps=settings.eps)
     return 0
@@ -621,12 +720,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
     from cartl_core.models import create_model, model_families
 
     families = model_families()
     for family in families:
         for arch in family.examples:
-            model = create_model(arch, 10, in_channels=3, input_size=32)
+            # On the meta device: the blocks without their weights, neither allocated nor
+            # initialised (a WRN-34-10 alone has 46M of them); counting needs only the modules.
+            with torch.device("meta"):
+                model = create_model(arch, 10, in_channels=3, input_size=32)
             print(f"{arch:<24} T = {model.num_blocks}")
     print()
     width = max((len(family.name) for family in families), default=0) + 2
@@ -643,7 +747,14 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed command: errors become one line on stderr and a non-zero exit."""
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone shows up as BrokenPipeError below
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (``cartl inspect X | head``): stop quietly as Unix tools
+        # do. Python flushes stdout again at exit; pointed at devnull, that cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except CartlError as exc:
         print(f"cartl: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Facts about an architecture (block count, residual scaling) without building its weights.
 
 A pre-training job names an architecture rather than a checkpoint; its ``k`` is checked against
-the block count of the model it will build. Building on PyTorch's ``meta`` device allocates no
-memory and takes milliseconds, and the answer is cached per (arch, classes, channels, size).
+the block count of the model it will build, before the job is queued. Building on PyTorch's
+``meta`` device allocates no memory and takes milliseconds, and the answer is cached per
+(arch, classes, channels, size).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def model_info(arch: str, num_classes: int, in_channels: int, input_size: int) -
     """Raises :class:`cartl_core.ArchitectureError` for an unknown or unusable architecture."""
     import torch
 
-    from cartl_core import create_model
+    from cartl_core.models import create_model
 
     with torch.device("meta"):
         model = create_model(arch, num_classes, in_channels=in_channels, input_size=input_size)

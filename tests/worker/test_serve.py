@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +186,35 @@ def test_a_cancel_asked_before_a_crash_ends_cancelled_and_recovery_goes_on(
             raise
 
 
+def _freeze(groups: tuple[int, ...], database: Path) -> None:
+    """SIGSTOP the process groups at a moment none of them holds the database's write lock.
+
+    A process stopped inside a write transaction keeps SQLite's lock, so every later write would
+    wait out the busy timeout: a crash (SIGKILL) releases it, a freeze does not. The freeze
+    stands in for a worker that cannot act, not for one that blocks the database."""
+    for _ in range(100):
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGSTOP)
+        if _writable(database):
+            return
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the workers held the database's write lock at every try")
+
+
+def _writable(database: Path) -> bool:
+    connection = sqlite3.connect(database, timeout=0.5)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
 def _crash_after_cancel(serve: Serve, st: Stack) -> None:
     ckpt, ds = add_inputs(st)
     # The admin key's own jobs, so it may cancel them.
@@ -205,8 +236,7 @@ def _crash_after_cancel(serve: Serve, st: Stack) -> None:
     assert serve_worker is not None
     assert extra_worker is not None
     groups = (serve_worker, extra_worker)
-    for pgid in groups:
-        os.killpg(pgid, signal.SIGSTOP)
+    _freeze(groups, serve.data / "cartl.sqlite")
     answer = httpx.post(
         f"{serve.url}/v1/jobs/{first}/cancel",
         headers={"Authorization": f"Bearer {serve.key()}"},

@@ -2,15 +2,16 @@
 command for every other registered job kind (:mod:`cartl_core.kinds`).
 
 Errors print one line to stderr and exit non-zero; set ``CARTL_DEBUG=1`` for tracebacks. The
-options that are job parameters are generated from the dataclasses in :mod:`cartl_core.jobs`
-(:mod:`cartl_core.options`), so they have the service's names, defaults, help and parsing; this
-module adds only the paths, output and display options around them.
+options that are job parameters are generated from each kind's parameters dataclass
+(:mod:`cartl_core.kinds`, through :mod:`cartl_core.options`), so they have the service's names,
+defaults, help and parsing; this module adds only the paths, output and display options around
+them. Progress bars: :mod:`.progress`; the demo: :mod:`.demo`; other kinds' commands:
+:mod:`.kinds`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -18,13 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.cli.demo import add_demo_command
+from app.cli.kinds import add_kind_commands, job_values, state_path
+from app.cli.progress import Bars, CompareBar, epoch_line, warning_line
 from cartl_core import __version__
 from cartl_core.config import ScheduleConfig
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
-from cartl_core.kinds import JobKind, get_kind, job_kinds
-from cartl_core.options import add_options, arg_type, format_duration, fraction_value
-from cartl_core.reproduction import DigitsSettings
+from cartl_core.options import add_options, fraction_value
 
 __all__ = ["add_commands", "add_version", "build_parser", "main", "run"]
 
@@ -142,71 +144,10 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_audit)
 
     _compare_command(sub)
-    for kind in job_kinds():
-        if kind.name not in _OWN_COMMANDS:
-            _kind_command(sub, kind)
+    # Any other registered kind: a command generated from what it declares.
+    add_kind_commands(sub, skip=("pretrain", "transfer", "audit", "compare"))
 
-    p = sub.add_parser(
-        "demo",
-        help="reproduce the paper's claim on scikit-learn's digits (a few minutes on a CPU)",
-        description="Adversarially train on digits 0-4 (plain AT and FDM), fine-tune the AT "
-        "source on digits 5-9 the ordinary way (the baseline), run compare from the FDM source "
-        "(candidates chosen on held-out training images), and audit the baseline and the chosen "
-        "model on the test split with the attack ensemble (and the paper's PGD-20 beside it).",
-    )
-    demo = DigitsSettings()
-    p.add_argument(
-        "--eps",
-        type=fraction,
-        default=demo.eps,
-        help=f"Linf radius for training and audit [default: {demo.eps}]",
-    )
-    p.add_argument(
-        "--k",
-        type=int,
-        default=demo.k,
-        help=f"FDM's k, the baseline's k and the centre of compare's k list [default: {demo.k}]",
-    )
-    p.add_argument(
-        "--fdm-lambda",
-        type=float,
-        default=demo.fdm_lambda,
-        help=f"FDM weight [default: {demo.fdm_lambda}]",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=demo.epochs,
-        help=f"epochs for each run [default: {demo.epochs}]",
-    )
-    p.add_argument(
-        "--attacks",
-        default=demo.attacks,
-        metavar="ENSEMBLE",
-        help=f"the audit's ensemble: standard, fast, paper or a list [default: {demo.attacks}]",
-    )
-    p.add_argument(
-        "--methods",
-        type=arg_type(CompareParams, "methods"),
-        default=demo.compare_methods,
-        metavar="LIST",
-        help="compare's methods, comma-separated (neft and lwf add minutes) "
-        f"[default: {','.join(demo.compare_methods)}]",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object: the rows, and compare's candidates and choice",
-    )
-    p.add_argument(
-        "--export-data",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="only write the two tasks as DIR/source.npz and DIR/target.npz",
-    )
-    _common(p, seed=True)
-    p.set_defaults(func=_cmd_demo)
+    add_demo_command(sub, _common)
 
     p = sub.add_parser(
         "inspect",
@@ -228,188 +169,12 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-#: The built-in kinds, whose commands above show progress and results their own way; any other
-#: registered kind gets :func:`_kind_command`'s.
-_OWN_COMMANDS = frozenset({"pretrain", "transfer", "audit", "compare"})
-
-_CHECKPOINT_HELP = {
-    "model": "checkpoint to examine",
-    "source": "source checkpoint",
-    "init": "initial weights [default: none, a new model]",
-}
-
-
-def _kind_command(sub: Any, kind: JobKind) -> None:
-    """A command for a registered kind (:mod:`cartl_core.kinds`): its inputs from what it
-    declares, its options from its parameters, its result printed as JSON."""
-    p = sub.add_parser(
-        kind.name,
-        help=kind.summary,
-        description=f"{kind.summary} (job kind {kind.name!r}, from {kind.params.__module__}). "
-        "Prints the job's metrics (and audit, if it has one) as one JSON object.",
-    )
-    if kind.checkpoint is not None:
-        p.add_argument(
-            "--checkpoint",
-            required=kind.needs_checkpoint,
-            type=Path,
-            help=_CHECKPOINT_HELP[kind.checkpoint],
-        )
-    p.add_argument("--data", required=True, type=Path, help="dataset")
-    if kind.makes_weights:
-        p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
-    add_options(p, kind.params)
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_kind, kind_name=kind.name)
-
-
-def _cmd_kind(args: argparse.Namespace) -> int:
-    from cartl_core.jobs import run_job
-
-    kind = get_kind(args.kind_name)
-    out: Path | None = getattr(args, "out", None)
-    bars = _Bars(args.quiet)
-    try:
-        outcome = run_job(
-            kind.name,
-            _params(kind.name, args),
-            dataset_path=args.data,
-            checkpoint_path=getattr(args, "checkpoint", None),
-            out_path=out,
-            state_path=None if out is None else _state_path(out),
-            device=args.device,
-            on_progress=bars.training if kind.progress == "epochs" else None,
-            on_audit_progress=bars.audit,
-        )
-    finally:
-        bars.close()
-    print(json.dumps({"metrics": outcome.metrics, "audit": outcome.audit}, indent=2))
-    if out is not None:
-        _state_path(out).unlink(missing_ok=True)
-        print(f"saved {out}", file=sys.stderr)
-    return 0
-
-
-def _params(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The job parameters from the options, by name: :func:`cartl_core.jobs.run_job` checks them
-    as the service checks them, before anything runs."""
-    from cartl_core.jobs import params_class
-
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(params_class(kind))}
-
-
-#: A bar's resolution: the audit reports fractions, not counts.
-_BAR_UNITS = 1000
-
-
-class _Bars:
-    """tqdm progress bars fed by cartl_core's progress callbacks."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar: Any = None
-        self.key: Any = None
-
-    def training(self, event: Any) -> None:
-        if self.quiet:
-            return
-        key = (event.stage, event.epoch)
-        if key != self.key:
-            self.close()
-            from tqdm import tqdm
-
-            self.key = key
-            # The bar appears with the epoch's first finished batch, so tqdm's own rate and ETA
-            # would divide by next to no time; the run's ETA comes from its measured rate.
-            self.bar = tqdm(
-                total=event.batches,
-                leave=False,
-                file=sys.stderr,
-                desc=f"{event.stage} epoch {event.epoch + 1}/{event.epochs}",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} batches{postfix}",
-            )
-        self.bar.n = event.batch
-        metrics = {k: f"{v:.4f}" for k, v in event.metrics.items()}
-        done = event.fraction
-        if done > 0:
-            metrics["ends in"] = f"~{format_duration(event.elapsed_s * (1 - done) / done)}"
-        self.bar.set_postfix(metrics, refresh=True)
-
-    def line(self, text: str) -> None:
-        """A line above the bars, at once (an epoch's numbers as it ends, not after the audit)."""
-        if self.bar is not None:
-            self.bar.clear()
-        print(text, file=sys.stderr, flush=True)
-        if self.bar is not None:
-            self.bar.refresh()
-
-    def audit(self, event: Any) -> None:
-        """An audit's :class:`~cartl_core.audit.AuditEvent`: its estimate as a line, then a bar
-        per attack that moves within each batch and says when the whole audit should end."""
-        if event.estimate is not None:
-            if not self.quiet:
-                self.line(f"audit estimate: {event.estimate.text()}")
-            return
-        if self.quiet:
-            return
-        key = ("audit", event.index, event.attack)
-        if key != self.key:
-            self.close()
-            from tqdm import tqdm
-
-            self.key = key
-            # tqdm's own rate and ETA would time this attack's first batch from the bar's
-            # creation; the audit's ETA comes from its measured rates instead.
-            self.bar = tqdm(
-                total=_BAR_UNITS,
-                leave=False,
-                file=sys.stderr,
-                desc=f"audit {event.index}/{event.attacks} {event.attack}",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
-            )
-        self.bar.n = round(_BAR_UNITS * event.fraction)
-        eta = "" if event.eta_s is None else f"; audit ends in ~{format_duration(event.eta_s)}"
-        self.bar.set_postfix_str(f"{event.done}/{event.total} images{eta}", refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            self.key = None
-
-
-def _epoch_line(record: Any) -> str:
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.metrics.items())
-    return f"epoch {record.epoch:>3}  lr {record.lr:.4g}  {record.seconds:6.1f}s  {metrics}"
-
-
-def _warning_line(warning: dict[str, Any]) -> str:
-    """One line for a job warning ``{name, meaning, detail[, source]}``; detail may be a dict."""
-    detail = warning.get("detail")
-    if isinstance(detail, dict):
-        detail = ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in detail.items()
-        )
-    source = f" ({warning['source']})" if warning.get("source") else ""
-    text = f"WARNING {warning['name']}{source}: {warning.get('meaning', '')}"
-    return f"{text} [{detail}]" if detail else text
-
-
-def _state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".state")
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    return _train("pretrain", _params("pretrain", args), None, args)
+    return _train("pretrain", job_values("pretrain", args), None, args)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
-    return _train("transfer", _params("transfer", args), args.source, args)
+    return _train("transfer", job_values("transfer", args), args.source, args)
 
 
 def _train(
@@ -423,14 +188,14 @@ def _train(
     from cartl_core.jobs import run_job
     from cartl_core.training.loop import EpochRecord
 
-    bars = _Bars(args.quiet)
+    bars = Bars(args.quiet)
     printed: list[int] = []
 
     def show_epoch(record: Any, _model: Any) -> None:
-        bars.line(_epoch_line(record))
+        bars.line(epoch_line(record))
         printed.append(record.epoch)
 
-    state = _state_path(args.out)
+    state = state_path(args.out)
     outcome = run_job(
         kind,
         params,
@@ -448,12 +213,12 @@ def _train(
     if len(printed) < len(history):
         # A resumed run: the epochs finished before the interruption come from its state.
         for record in history[: len(history) - len(printed)]:
-            print(_epoch_line(record), file=sys.stderr)
+            print(epoch_line(record), file=sys.stderr)
     report = AuditReport.from_dict(outcome.audit) if outcome.audit is not None else None
     if report is not None:
         print(report.table())
     for warning in outcome.metrics.get("warnings", []):
-        print(_warning_line(warning), file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     print(f"saved {args.out}", file=sys.stderr)
     state.unlink(missing_ok=True)
     if args.plot is not None:
@@ -486,10 +251,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from cartl_core.audit import AuditReport
     from cartl_core.jobs import run_job
 
-    bars = _Bars(args.quiet or args.json)
+    bars = Bars(args.quiet or args.json)
     outcome = run_job(
         "audit",
-        _params("audit", args),
+        job_values("audit", args),
         dataset_path=args.data,
         checkpoint_path=args.checkpoint,
         device=args.device,
@@ -506,7 +271,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             verdict = {True: "ok", False: "WARNING", None: "skipped"}[check.passed]
             print(f"[{verdict}] {check.name}: {check.detail}")
     for warning in report.warnings:
-        print(_warning_line(warning), file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     if args.plot is not None:
         from app.report import plot_audit
 
@@ -545,48 +310,14 @@ def _compare_command(sub: Any) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
-class _CompareBar:
-    """One tqdm bar over the candidates, its postfix saying what the current one is doing."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar: Any = None
-
-    def __call__(self, event: Any) -> None:
-        if event.stage == "estimate":
-            print(f"estimate: {event.estimate.text()}", file=sys.stderr)
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=event.candidates, unit="candidate", file=sys.stderr, desc="compare"
-            )
-        self.bar.n = event.candidate + (event.stage == "candidate-done")
-        doing = event.stage
-        if event.training is not None:
-            doing = f"epoch {event.training.epoch + 1}/{event.training.epochs}"
-        elif event.attack is not None:
-            doing = f"{event.stage} {event.attack}"
-        self.bar.set_postfix_str(f"{event.name}: {doing}", refresh=True)
-        if event.stage == "candidate-done" and event.candidate + 1 == event.candidates:
-            self.close()  # the chosen model's audit shows its own bars
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from cartl_core.audit import AuditReport
     from cartl_core.compare import candidate_table
     from cartl_core.jobs import run_job
 
-    params = _params("compare", args)
-    bar = _CompareBar(args.quiet or args.json)
-    audit_bars = _Bars(args.quiet or args.json)
+    params = job_values("compare", args)
+    bar = CompareBar(args.quiet or args.json)
+    audit_bars = Bars(args.quiet or args.json)
     try:
         outcome = run_job(
             "compare",
@@ -620,7 +351,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             for note in m.get("headline_notes", []):
                 print(f"  {note}")
     for warning in m.get("warnings", []):
-        print(_warning_line(warning), file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     print(
         f"saved {args.out_dir / 'chosen.safetensors'} and the candidates beside it", file=sys.stderr
     )
@@ -635,77 +366,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.report is not None:
         facts = {"dataset": args.data, "source": args.source, "weights": args.out_dir}
         _write_report(args.report, outcome, f"cartl compare: {args.out_dir}", facts)
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from cartl_core.reproduction import ReproductionRow, digits_reproduction
-
-    settings = DigitsSettings(
-        eps=args.eps,
-        k=args.k,
-        fdm_lambda=args.fdm_lambda,
-        epochs=args.epochs,
-        seed=args.seed,
-        attacks=args.attacks,
-        compare_methods=args.methods,
-    )
-    if args.export_data is not None:
-        from cartl_core.data.digits import digits_task, save_npz
-
-        for name, classes in (
-            ("source", settings.source_classes),
-            ("target", settings.target_classes),
-        ):
-            path = save_npz(
-                digits_task(classes, seed=settings.seed), args.export_data / f"{name}.npz"
-            )
-            print(f"wrote {path} (digits {', '.join(map(str, classes))})", file=sys.stderr)
-        return 0
-
-    quiet = args.quiet or args.json
-
-    def show(row: ReproductionRow) -> None:
-        if not quiet:
-            print(
-                f"  {row.source} {row.label if row.transfer else '(source)'}: clean "
-                f"{row.clean_accuracy:.3f} robust {row.robust_accuracy:.3f}",
-                file=sys.stderr,
-            )
-
-    bar = _CompareBar(quiet)
-    bars = _Bars(quiet)
-
-    def stage(text: str) -> None:
-        if not quiet:
-            bars.close()
-            print(f"demo {text}", file=sys.stderr, flush=True)
-
-    device = "cpu" if args.device == "auto" else args.device
-    if not quiet:
-        print(
-            "demo: two adversarial pre-trainings, a standard fine-tuning and a compare on "
-            f"scikit-learn's digits, then 4 audits ({settings.attacks} ensemble); a few minutes "
-            "on a CPU",
-            file=sys.stderr,
-            flush=True,
-        )
-    try:
-        result = digits_reproduction(
-            settings, device=device, on_row=show, on_compare=bar, on_stage=stage,
-            on_train=bars.training, on_audit=bars.audit,
-        )  # fmt: skip
-    finally:
-        bar.close()
-        bars.close()
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.table())
-    if args.plot is not None:
-        from app.report import plot_reproduction
-
-        plot_reproduction(result.rows, args.plot, eps=settings.eps)
     return 0
 
 

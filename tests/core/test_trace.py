@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from app.cli.library import _warning_line, main
+from app.cli.library import main
+from app.cli.progress import warning_line
 from cartl_core import (
     AttackConfig,
     ConfigError,
@@ -284,7 +285,7 @@ def test_resume_keeps_the_warning_and_refuses_other_trace_settings(
 def test_warning_line_for_the_cli() -> None:
     found = catastrophic_overfitting(_history([0.5, 0.3], [0.6, 0.9]))
     assert found is not None
-    line = _warning_line({**found, "source": "training"})
+    line = warning_line({**found, "source": "training"})
     assert line.startswith("WARNING catastrophic-overfitting (training): Robust accuracy")
     assert line.endswith(
         "[trace robust accuracy 0.300 at epoch 2, down from its best 0.500 at epoch 1, "
@@ -292,8 +293,8 @@ def test_warning_line_for_the_cli() -> None:
     )
     assert "\n" not in line
     # Any source's warning prints the same way; numbers in a dict detail are shortened.
-    assert _warning_line({"name": "x", "meaning": "m", "detail": "d"}) == "WARNING x: m [d]"
-    assert _warning_line({"name": "x", "meaning": "m", "detail": {"a": 0.30000001, "n": 2}}) == (
+    assert warning_line({"name": "x", "meaning": "m", "detail": "d"}) == "WARNING x: m [d]"
+    assert warning_line({"name": "x", "meaning": "m", "detail": {"a": 0.30000001, "n": 2}}) == (
         "WARNING x: m [a 0.3, n 2]"
     )
 

@@ -327,9 +327,10 @@ function jobFacts(job) {
 
 function jobActions(job, message) {
   const out = [];
-  if (job.status === "succeeded" && job.kind !== "audit") {
+  // A kind that makes weights links them (the registry says which: links.weights is null otherwise).
+  if (job.status === "succeeded" && job.links.weights) {
     out.push(h("button", { type: "button", id: "download-weights", class: "primary",
-      onclick: () => download(`/v1/jobs/${job.id}/weights`, `${job.id}.safetensors`, message) }, "Download weights"));
+      onclick: () => download(job.links.weights, `${job.id}.safetensors`, message) }, "Download weights"));
   }
   if (job.status !== "queued") {
     out.push(h("button", { type: "button", id: "download-report",
@@ -464,7 +465,7 @@ function renderAudit(where, audit) {
 
 function renderCandidates(where, job, metrics) {
   const rows = metrics.candidates || [];
-  if (job.kind !== "compare" || !rows.length) return where.replaceChildren();
+  if (!rows.length) return where.replaceChildren(); // only kinds with candidates have rows
   const message = h("div", { role: "status" });
   const chart = Charts.scatter({
     title: "Candidates: validation clean (across) against validation robust accuracy (up)", xLabel: "validation clean accuracy (up: validation robust accuracy)",

@@ -59,6 +59,10 @@ class Option:
 
     ``ge``/``gt`` (at least / above) and ``le``/``lt`` (at most / below) bound a numeric
     parameter, each item of a list: every int and float parameter has one lower and one upper.
+
+    ``to`` is where the value goes in the kind's run config, a dotted path such as
+    ``attack.eps`` (:func:`cartl_core.kinds.configs.build_config`); left out, the parameter's own
+    name. A config without that path takes the parameter by its own name, or not at all.
     """
 
     help: str
@@ -72,6 +76,7 @@ class Option:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    to: str | None = None
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:

@@ -4,7 +4,6 @@ summarised and saved."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from cartl_core.config import (
     ScheduleConfig,
     TraceConfig,
 )
-from cartl_core.errors import ConfigError
 from cartl_core.kinds.base import JobOutcome, RunContext
+from cartl_core.kinds.configs import build_config
 from cartl_core.options import format_number, option
 
 _S, _AU, _TR = ScheduleConfig(), AuditConfig(), TraceConfig()
@@ -133,6 +132,7 @@ class Schedule:
         group=SCHEDULE,
         ge=1,
         le=10_000,
+        to="schedule.epochs",
     )
     batch_size: int | None = option(
         None,
@@ -141,6 +141,7 @@ class Schedule:
         group=SCHEDULE,
         ge=1,
         le=MAX_BATCH,
+        to="schedule.batch_size",
     )
     # Linear scaling (Goyal et al.) gives 3.2 at batch 8,192; SGD diverges well before 10.
     lr: float | None = option(
@@ -150,6 +151,7 @@ class Schedule:
         group=SCHEDULE,
         gt=0,
         le=10.0,
+        to="schedule.lr",
     )
     # 10x the largest decays in use (0.1); each SGD step shrinks the weights by lr x decay.
     weight_decay: float | None = option(
@@ -159,12 +161,14 @@ class Schedule:
         group=SCHEDULE,
         ge=0,
         le=1.0,
+        to="schedule.weight_decay",
     )
     lr_schedule: LRShape = option(
         _S.shape,
         "step = the paper's warm-up and x0.2 steps; one-cycle = PyTorch's OneCycleLR curve "
         "peaking at lr (not the paper's)",
         group=SCHEDULE,
+        to="schedule.shape",
     )
     augment: Augment = option(
         "auto",
@@ -172,16 +176,9 @@ class Schedule:
         "other images of 16 px and up, none below; paper = crop 4 + flip + rotate 15 deg "
         "(CIFAR); crop = a crop of size/8 px (at least 1); crop-flip; none",
         group=SCHEDULE,
+        to="augmentation",
     )
     seed: int = option(0, "random seed", ge=0, le=MAX_SEED)
-
-    def schedule(self, base: ScheduleConfig) -> ScheduleConfig:
-        changes: dict[str, object] = {
-            name: getattr(self, name)
-            for name in ("epochs", "batch_size", "lr", "weight_decay")
-            if getattr(self, name) is not None
-        }
-        return base.with_(**changes, shape=self.lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -195,13 +192,16 @@ class Trace:
         group=TRACE,
         ge=0,
         le=MAX_SAMPLES,
+        to="trace.samples",
     )
     trace_steps: int = option(
-        _TR.steps, "PGD steps of the trace, step eps/4", group=TRACE, ge=1, le=MAX_TRAINING_STEPS
+        _TR.steps,
+        "PGD steps of the trace, step eps/4",
+        group=TRACE,
+        ge=1,
+        le=MAX_TRAINING_STEPS,
+        to="trace.steps",
     )
-
-    def trace(self, eps: float | None = None, norm: Norm | None = None) -> TraceConfig:
-        return TraceConfig(samples=self.trace_samples, steps=self.trace_steps, eps=eps, norm=norm)
 
 
 Threat = tuple[float, str]
@@ -239,16 +239,12 @@ class FinalAudit:
     no_audit: bool = option(False, "skip the audit at the end")
 
     def audit_config(self, threat: Threat | None = None) -> AuditConfig:
+        """The audit's own options, named with ``audit_``; the threat model resolved."""
         eps, norm = threat_model(self.audit_eps, self.audit_norm, threat)
-        return AuditConfig(
-            eps=eps,
-            attacks=self.audit_attacks,
-            steps=self.audit_steps,
-            alpha=self.audit_alpha,
-            restarts=self.audit_restarts,
-            norm=norm,
-            precision=self.audit_precision,
+        config: AuditConfig = build_config(
+            self, AuditConfig, prefix="audit_", values={"eps": eps, "norm": norm}
         )
+        return config
 
 
 @dataclass(frozen=True)
@@ -257,12 +253,17 @@ class FromSource:
     weights and fit the target's images to them."""
 
     lwf_lambda: float = option(
-        LwFConfig().lwf_lambda, "lwf feature-distance weight", ge=0, le=MAX_LOSS_WEIGHT
+        LwFConfig().lwf_lambda,
+        "lwf feature-distance weight",
+        ge=0,
+        le=MAX_LOSS_WEIGHT,
+        to="lwf.lwf_lambda",
     )
     lwf_tune: LwFTune = option(
         LwFConfig().tune,
         "after the head-only epochs, tune the whole model (all, the method's own) or only the "
         "last k blocks",
+        to="lwf.tune",
     )
     arch: str | None = option(None, "architecture, for a source of plain weights")
     source_classes: int | None = option(
@@ -402,38 +403,10 @@ def training_kwargs(params: Any, ctx: RunContext) -> dict[str, Any]:
     }
 
 
-#: The parameters' names for the configs' fields where they differ.
-CONFIG_NAMES = {
-    "reduction": "fdm_reduction",
-    "augmentation": "augment",
-    "ks": "k",
-    "norm_betas": "norm_beta",
-    "bn_presets": "bn",
-    "shape": "lr_schedule",
-}
-
-
-def renamed(exc: ConfigError, params: Any, names: Mapping[str, str] = CONFIG_NAMES) -> ConfigError:
-    """``exc`` with its field named as ``params`` name it (a config's names are not always its
-    parameters'); a field ``params`` lacks becomes None (the parameters as a whole)."""
-    name = names.get(exc.field or "", exc.field)
-    known = {f.name for f in dataclasses.fields(params)}
-    return ConfigError(str(exc), field=name if name in known else None, more=exc.more)
-
-
 def check_configs(params: Any) -> None:
     """The checks a training kind's ``check()`` runs: its final audit's config first (a
     transfer's robust trace takes its radius from the audit's, so a bad audit_eps is reported as
-    itself, not as the trace's), then its own config."""
+    itself, not as the trace's), then its own config; each error names its parameter."""
     if not params.no_audit:
-        try:
-            params.audit_config()
-        except ConfigError as exc:
-            raise renamed(exc, params, {n: f"audit_{n}" for n in _AUDIT_CONFIG_NAMES}) from None
-    try:
-        params.config()
-    except ConfigError as exc:
-        raise renamed(exc, params) from None
-
-
-_AUDIT_CONFIG_NAMES = ("eps", "attacks", "steps", "alpha", "restarts", "norm", "precision")
+        params.audit_config()
+    params.config()

@@ -20,11 +20,11 @@ from cartl_core.kinds._shared import (
     Threat,
     audit_summary,
     jsonable,
-    renamed,
     resize_to,
     threat_model,
 )
 from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, register
+from cartl_core.kinds.configs import build_config
 from cartl_core.kinds.fit import image_size_errors
 from cartl_core.options import option
 
@@ -83,28 +83,13 @@ class AuditParams:
     def config(self, threat: Threat | None = None) -> AuditConfig:
         """``threat``: the checkpoint's own threat model, used where ``eps``/``norm`` are unset."""
         eps, norm = threat_model(self.eps, self.norm, threat)
-        return AuditConfig(
-            eps=eps,
-            steps=self.steps,
-            alpha=self.alpha,
-            restarts=self.restarts,
-            norm=norm,
-            attacks=self.attacks,
-            apgd_steps=self.apgd_steps,
-            apgd_targets=self.apgd_targets,
-            fab_steps=self.fab_steps,
-            square_queries=self.square_queries,
-            check_samples=self.check_samples,
-            fgsm=not self.no_fgsm,
-            batch_size=self.batch_size,
-            precision=self.precision,
+        config: AuditConfig = build_config(
+            self, AuditConfig, values={"eps": eps, "norm": norm, "fgsm": not self.no_fgsm}
         )
+        return config
 
     def check(self) -> None:
-        try:
-            self.config()
-        except ConfigError as exc:
-            raise renamed(exc, self) from None
+        self.config()
 
 
 def _run(params: AuditParams, ctx: RunContext) -> JobOutcome:

@@ -15,7 +15,6 @@ from cartl_core.config import (
     COMPARE_NORM_BETAS,
     AuditConfig,
     CompareConfig,
-    LwFConfig,
     Precision,
     TransferConfig,
     TransferMethod,
@@ -34,12 +33,12 @@ from cartl_core.kinds._shared import (
     Schedule,
     audit_summary,
     jsonable,
-    renamed,
     resize_to,
     threat_record,
     train_accuracy,
 )
 from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, register
+from cartl_core.kinds.configs import build_config
 from cartl_core.kinds.fit import image_size_errors, k_in_range, residual_scale_error
 from cartl_core.options import option
 
@@ -82,6 +81,7 @@ class CompareParams(FromSource, Schedule):
         group=CANDIDATES,
         ge=1,
         le=MAX_BLOCKS,
+        to="ks",
     )
     norm_beta: tuple[float, ...] | None = option(
         None,
@@ -93,6 +93,7 @@ class CompareParams(FromSource, Schedule):
         fraction=True,
         gt=0,
         le=MAX_NORM_BETA,
+        to="norm_betas",
     )
     bn: tuple[str, ...] | None = option(
         None,
@@ -100,6 +101,7 @@ class CompareParams(FromSource, Schedule):
         default_text="; ".join(f"{m} {','.join(b)}" for m, b in COMPARE_BN_PRESETS.items()),
         group=CANDIDATES,
         choices=tuple(BN_PRESETS),
+        to="bn_presets",
     )
     max_candidates: int = option(
         _C.max_candidates,
@@ -141,44 +143,19 @@ class CompareParams(FromSource, Schedule):
             raise ConfigError(
                 "a compare needs eps, the attack radius candidates are chosen at", field="eps"
             )
-        return CompareConfig(
-            eps=self.eps,
-            norm=self.norm,
-            methods=tuple(self.methods),
-            ks=self.k,
-            norm_betas=self.norm_beta,
-            bn_presets=self.bn,
-            max_candidates=self.max_candidates,
-            max_clean_drop=self.max_clean_drop,
-            val_fraction=self.val_fraction,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            lr_schedule=self.lr_schedule,
-            augmentation=self.augment,
-            lwf=LwFConfig(lwf_lambda=self.lwf_lambda, tune=self.lwf_tune),
-        )
+        config: CompareConfig = build_config(self, CompareConfig)
+        return config
 
     def audit_config(self) -> AuditConfig:
         """The chosen model's full audit, in the comparison's threat model."""
         config = self.config()
-        try:
-            return AuditConfig(
-                eps=(config.eps,),
-                norm=config.norm,
-                attacks=self.audit_attacks,
-                precision=self.audit_precision,
-            )
-        except ConfigError as exc:
-            field = "audit_precision" if exc.field == "precision" else "audit_attacks"
-            raise ConfigError(str(exc), field=field) from None
+        audit: AuditConfig = build_config(
+            self, AuditConfig, prefix="audit_", values={"eps": (config.eps,), "norm": config.norm}
+        )
+        return audit
 
     def check(self) -> None:
-        try:
-            self.config()
-        except ConfigError as exc:
-            raise renamed(exc, self) from None
+        self.config()
         if not self.no_audit:
             self.audit_config()
 

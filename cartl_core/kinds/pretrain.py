@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from cartl_core.config import AttackConfig, FDMConfig, ScheduleConfig
+from cartl_core.config import AttackConfig, FDMConfig
 from cartl_core.errors import CartlError, ConfigError
 from cartl_core.kinds._shared import (
     MAX_BLOCKS,
@@ -21,6 +21,7 @@ from cartl_core.kinds._shared import (
     training_kwargs,
 )
 from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, register
+from cartl_core.kinds.configs import build_config
 from cartl_core.kinds.fit import k_in_range
 from cartl_core.models import list_models, model_info
 from cartl_core.options import option
@@ -47,9 +48,11 @@ class PretrainParams(Schedule, Trace, FinalAudit):
         le=MAX_LOSS_WEIGHT,
     )
     fdm_reduction: Literal["sum", "mean"] = option(
-        _F.reduction, "sum the term over the batch (the release) or average it"
+        _F.reduction, "sum the term over the batch (the release) or average it", to="reduction"
     )
-    eps: float = option(_A.eps, "training attack radius (Linf)", fraction=True, gt=0, le=1.0)
+    eps: float = option(
+        _A.eps, "training attack radius (Linf)", fraction=True, gt=0, le=1.0, to="attack.eps"
+    )
     alpha: float | None = option(
         _A.alpha,
         "training attack step",
@@ -57,23 +60,20 @@ class PretrainParams(Schedule, Trace, FinalAudit):
         fraction=True,
         gt=0,
         le=1.0,
+        to="attack.alpha",
     )
-    steps: int = option(_A.steps, "training attack steps", ge=0, le=MAX_TRAINING_STEPS)
+    steps: int = option(
+        _A.steps, "training attack steps", ge=0, le=MAX_TRAINING_STEPS, to="attack.steps"
+    )
 
     @property
     def threat(self) -> Threat:
         return (self.eps, _A.norm)
 
     def config(self) -> FDMConfig:
-        return FDMConfig(
-            k=self.k,
-            fdm_lambda=self.fdm_lambda,
-            reduction=self.fdm_reduction,
-            attack=AttackConfig(eps=self.eps, alpha=self.alpha, steps=self.steps),
-            schedule=self.schedule(ScheduleConfig()),
-            augmentation=self.augment,
-            trace=self.trace(),  # in the training attack's threat model
-        )
+        """The trace's radius left unset: the training attack's."""
+        config: FDMConfig = build_config(self, FDMConfig)
+        return config
 
     def check(self) -> None:
         check_configs(self)

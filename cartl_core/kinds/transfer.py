@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from cartl_core.config import BN_PRESETS, LwFConfig, TransferConfig, TransferMethod
+from cartl_core.config import BN_PRESETS, TransferConfig, TransferMethod
 from cartl_core.errors import ConfigError
 from cartl_core.kinds._shared import (
     MAX_BLOCKS,
@@ -23,6 +23,7 @@ from cartl_core.kinds._shared import (
     training_kwargs,
 )
 from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, register
+from cartl_core.kinds.configs import build_config
 from cartl_core.kinds.fit import image_size_errors, k_in_range, residual_scale_error
 from cartl_core.options import option
 
@@ -74,23 +75,17 @@ class TransferParams(FromSource, Schedule, Trace, FinalAudit):
     )
 
     def config(self, threat: Threat | None = None) -> TransferConfig:
-        """``threat``: the source's threat model, the trace's radius unless the audit names one."""
-        base = TransferConfig(method=self.method).resolved_schedule()
+        """``threat``: the source's threat model, the trace's radius unless the audit names one.
+        The schedule options override the method's own schedule."""
         eps, norm = threat_model(self.audit_eps, self.audit_norm, threat)
-        return TransferConfig(
-            method=self.method,
-            k=_T.k if self.k is None else self.k,
-            norm_beta=self.norm_beta,
-            spectral_mode=self.spectral_mode,
-            spectral_estimate=self.spectral_estimate,
-            residual_scale=self.residual_scale,
-            bn=self.bn,
-            schedule=self.schedule(base),
-            lwf=LwFConfig(lwf_lambda=self.lwf_lambda, tune=self.lwf_tune),
-            augmentation=self.augment,
+        config: TransferConfig = build_config(
+            self,
+            TransferConfig,
+            bases={"schedule": TransferConfig(method=self.method).resolved_schedule()},
             # The threat model the final audit will judge it by (its first radius).
-            trace=self.trace(eps[0] if eps else None, norm),
+            values={"trace.eps": eps[0] if eps else None, "trace.norm": norm},
         )
+        return config
 
     def check(self) -> None:
         check_configs(self)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from cartl_core import ConfigError
+from cartl_core.config import AuditConfig
 from cartl_core.jobs import params_class, parse_params, run_job
 from cartl_core.kinds import JobKind, get_kind, job_kinds, register
+from cartl_core.kinds.configs import routes
 from cartl_core.options import option
 from tests.plugins import toy_kind
 from tests.services import write_checkpoint, write_npz
@@ -96,3 +98,26 @@ def test_the_cli_offers_a_registered_kind(
     with pytest.raises(SystemExit):
         main([*args, "--limit", "0"])
     assert "--limit" in capsys.readouterr().err
+
+
+#: What each built-in kind's parameters hold besides its configs: read by its run function (the
+#: seed, the architecture and class count of plain weights, a resize, an audit's limit), or
+#: computed into a config (``no_fgsm``), or deciding whether the final audit runs.
+NOT_CONFIG = {
+    "pretrain": {"seed", "arch", "no_audit"},
+    "transfer": {"seed", "arch", "source_classes", "resize", "no_audit"},
+    "audit": {"seed", "arch", "resize", "limit", "no_fgsm"},
+    "compare": {"seed", "arch", "source_classes", "resize", "no_audit"},
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_CONFIG))
+def test_every_parameter_reaches_a_config_or_is_read_by_the_run(name: str) -> None:
+    """The run configs come from the parameters by their declared routes (no hand-written
+    translation): a parameter that reached no config would be silently ignored."""
+    kind = get_kind(name)
+    config_cls = type(parse_params(name, {"eps": 0.1} if name == "compare" else {}).config())
+    reached = set(routes(kind.params, config_cls).values())
+    if config_cls is not AuditConfig:  # a training's final audit, or a compare's
+        reached |= set(routes(kind.params, AuditConfig, prefix="audit_").values())
+    assert kind.param_names() - reached == NOT_CONFIG[name]

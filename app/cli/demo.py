@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.cli.options import add_run_options, fraction
 from app.cli.progress import Bars, CompareBar
 from cartl_core.jobs import CompareParams
 from cartl_core.options import arg_type
@@ -18,10 +18,8 @@ from cartl_core.reproduction import DigitsSettings
 __all__ = ["add_demo_command"]
 
 
-def add_demo_command(sub: Any, common: Callable[..., None]) -> None:
-    """``common``: the options every library command has (device, quiet, plot, and here seed)."""
-    from app.cli.library import fraction
-
+def add_demo_command(sub: Any) -> None:
+    """``cartl demo``, with its own options (the digits task's settings, not a kind's)."""
     p = sub.add_parser(
         "demo",
         help="reproduce the paper's claim on scikit-learn's digits (a few minutes on a CPU)",
@@ -81,7 +79,7 @@ def add_demo_command(sub: Any, common: Callable[..., None]) -> None:
         metavar="DIR",
         help="only write the two tasks as DIR/source.npz and DIR/target.npz",
     )
-    common(p, seed=True)
+    add_run_options(p, seed=True)
     p.set_defaults(func=_cmd_demo)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from app.cli.options import add_run_options
 from app.cli.progress import Bars
 from cartl_core.kinds import JobKind, get_kind, job_kinds
 from cartl_core.options import add_options
@@ -53,12 +54,7 @@ def _kind_command(sub: Any, kind: JobKind) -> None:
     if kind.makes_weights:
         p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     add_options(p, kind.params)
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(p, plot=False)  # what to draw is the kind's own
     p.set_defaults(func=_cmd_kind, kind_name=kind.name)
 
 

@@ -21,53 +21,15 @@ from typing import Any
 
 from app.cli.demo import add_demo_command
 from app.cli.kinds import add_kind_commands, job_values, state_path
+from app.cli.options import add_report_option, add_run_options, fraction
 from app.cli.progress import Bars, CompareBar, epoch_line, warning_line
 from cartl_core import __version__
 from cartl_core.config import ScheduleConfig
 from cartl_core.errors import CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
-from cartl_core.options import add_options, fraction_value
+from cartl_core.options import add_options
 
-__all__ = ["add_commands", "add_version", "build_parser", "main", "run"]
-
-
-def fraction(text: str) -> float:
-    """A positive number, written as a decimal or a fraction such as 8/255."""
-    try:
-        value = fraction_value(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def _common(p: argparse.ArgumentParser, *, seed: bool = False) -> None:
-    """The options every command has that are not job parameters (``seed`` for the demo)."""
-    p.add_argument(
-        "--plot",
-        type=Path,
-        default=None,
-        help="also write a PNG plot of the results here (needs matplotlib)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:N or auto (CUDA when available) [default: auto]",
-    )
-    if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _report_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--report",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="also write a self-contained HTML report here (charts, checks, provenance)",
-    )
+__all__ = ["add_commands", "add_version", "build_parser", "fraction", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,8 +71,8 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     add_options(p, PretrainParams, default_texts=_pretrain_schedule_defaults())
-    _common(p)
-    _report_arg(p)
+    add_run_options(p)
+    add_report_option(p)
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
@@ -123,8 +85,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--data", required=True, type=Path, help="target dataset")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     add_options(p, TransferParams)
-    _common(p)
-    _report_arg(p)
+    add_run_options(p)
+    add_report_option(p)
     p.set_defaults(func=_cmd_transfer)
 
     p = sub.add_parser(
@@ -139,15 +101,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset; its test split is used")
     add_options(p, AuditParams)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    _common(p)
-    _report_arg(p)
+    add_run_options(p)
+    add_report_option(p)
     p.set_defaults(func=_cmd_audit)
 
     _compare_command(sub)
     # Any other registered kind: a command generated from what it declares.
     add_kind_commands(sub, skip=("pretrain", "transfer", "audit", "compare"))
 
-    add_demo_command(sub, _common)
+    add_demo_command(sub)
 
     p = sub.add_parser(
         "inspect",
@@ -305,8 +267,8 @@ def _compare_command(sub: Any) -> None:
     )
     add_options(p, CompareParams)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    _common(p)
-    _report_arg(p)
+    add_run_options(p)
+    add_report_option(p)
     p.set_defaults(func=_cmd_compare)
 
 

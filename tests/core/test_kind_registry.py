@@ -12,7 +12,7 @@ import pytest
 
 from cartl_core import ConfigError
 from cartl_core.config import AuditConfig
-from cartl_core.jobs import params_class, parse_params, run_job
+from cartl_core.jobs import METRICS_VERSION, params_class, parse_params, run_job
 from cartl_core.kinds import JobKind, get_kind, job_kinds, register
 from cartl_core.kinds.configs import routes
 from cartl_core.options import option
@@ -51,6 +51,7 @@ def test_a_toy_kind_is_parsed_bounded_and_run(toy: JobKind, tmp_path: Path) -> N
     assert 0.0 <= outcome.metrics["clean_accuracy"] <= 1.0
     # What every kind gets from the shared path: where the number came from.
     assert outcome.metrics["provenance"]["kind"] == "clean-accuracy"
+    assert outcome.metrics["schema_version"] == METRICS_VERSION
 
 
 def test_a_kind_needs_a_checkpoint_it_declares(toy: JobKind, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.schemas.common import UtcDateTime
 from app.services.ids import ID_PATTERN
 from app.status import JobStatus
-from cartl_core.kinds import job_kinds
+from cartl_core.kinds import find_kind, job_kinds
 
 __all__ = [
     "JobCreate",
@@ -254,14 +254,15 @@ class JobOut(BaseModel):
                 self=base,
                 metrics=f"{base}/metrics",
                 report=f"{base}/report",
-                weights=f"{base}/weights" if _makes_weights(job.kind) else None,
+                weights=None if _makes_no_weights(job.kind) else f"{base}/weights",
             ),
         )
 
 
-def _makes_weights(kind: str) -> bool:
+def _makes_no_weights(kind: str) -> bool:
     # A kind no longer registered may still have rows: show the link, whose answer says more.
-    return all(k.makes_weights for k in job_kinds() if k.name == kind)
+    found = find_kind(kind)
+    return found is not None and not found.makes_weights
 
 
 def _progress(job: Any) -> ProgressOut:

@@ -33,7 +33,15 @@ from app.services.params import jsonable_params, request_field, resolve_params
 from cartl_core import ConfigError
 from cartl_core.checkpoints import FORMAT
 from cartl_core.compare import pretrained_k
-from cartl_core.kinds import CheckpointFacts, DatasetFacts, Inputs, fit, get_kind, job_kinds
+from cartl_core.kinds import (
+    CheckpointFacts,
+    DatasetFacts,
+    Inputs,
+    find_kind,
+    fit,
+    get_kind,
+    job_kinds,
+)
 
 __all__ = [
     "JobRequest",
@@ -224,7 +232,8 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
     Only names in the finished job's candidate table are looked up, so a name never reaches
     storage unchecked.
     """
-    if not all(k.makes_weights for k in job_kinds() if k.name == job.kind):
+    kind = find_kind(job.kind)
+    if kind is not None and not kind.makes_weights:
         raise ConflictError(f"job {job.id} has no weights: {job.kind} jobs produce none")
     if candidate is None:
         if job.weights_key is None:
@@ -233,7 +242,7 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
                 "has succeeded"
             )
         return JobWeights(job.weights_key, job.weights_sha256, f"{job.id}.safetensors")
-    if not _has_candidates(job.kind):
+    if kind is None or not kind.candidates:
         raise UnprocessableError.one(
             "candidate",
             f"job {job.id} is a {job.kind} job; only {_kinds_with_candidates()} jobs have "
@@ -256,10 +265,6 @@ def job_weights(job: Job, candidate: str | None = None) -> JobWeights:
         rows[candidate].get("sha256"),
         f"{job.id}-{candidate}.safetensors",
     )
-
-
-def _has_candidates(kind: str) -> bool:
-    return any(k.name == kind and k.candidates for k in job_kinds())
 
 
 def _kinds_with_candidates() -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "JobParams",
     "ProgressStyle",
     "RunContext",
+    "find_kind",
     "get_kind",
     "job_kinds",
     "register",
@@ -200,6 +201,11 @@ def unregister(name: str) -> None:
 def job_kinds() -> tuple[JobKind, ...]:
     """Every registered kind, in registration order."""
     return tuple(_KINDS.values())
+
+
+def find_kind(name: str) -> JobKind | None:
+    """The kind named ``name``, or None: a stored job may name a kind no longer registered."""
+    return _KINDS.get(name)
 
 
 def get_kind(name: str) -> JobKind:

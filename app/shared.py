@@ -15,10 +15,12 @@ __all__ = [
     "CHECKPOINT_DEFAULT_NAME",
     "CHECKPOINT_FORM_FIELDS",
     "DATASET_DEFAULT_NAME",
+    "DATASET_FORM_FIELDS",
     "FINISHED",
     "PLAIN_INPUT_SIZE",
     "UPLOAD_MATCHES",
     "checkpoint_upload_matches",
+    "dataset_resize",
     "dataset_upload_matches",
     "display_name",
 ]
@@ -34,6 +36,9 @@ DATASET_DEFAULT_NAME = "dataset.bin"
 #: A checkpoint upload's form fields besides ``file``: for plain state dicts, which do not
 #: describe themselves.
 CHECKPOINT_FORM_FIELDS = {"arch", "num_classes", "in_channels", "input_size"}
+#: A dataset upload's form fields besides ``file``: resize every image to ``resize`` x
+#: ``resize`` pixels with ``resize_method`` (a folder of images of several sizes needs it).
+DATASET_FORM_FIELDS = {"resize", "resize_method"}
 #: The input side the probe gives plain weights uploaded without ``input_size``.
 PLAIN_INPUT_SIZE = 32
 _INT_FIELDS = ("num_classes", "in_channels", "input_size")
@@ -53,9 +58,11 @@ def checkpoint_upload_matches(
     The server decides with it whether to reuse the row (before the probe), the client whether
     to upload at all; both err towards a new upload. Every field given must equal what the row
     recorded. A field left out gives what the probe derives: from the file for a self-describing
-    checkpoint (which ignores the fields); for plain weights ``arch`` is required (without it
-    the upload is refused: no reuse), ``num_classes`` and ``in_channels`` come from the weights
-    (the same bytes give the same values) and ``input_size`` is :data:`PLAIN_INPUT_SIZE`.
+    checkpoint (which ignores the fields); for plain weights ``arch`` comes from their keys
+    where the probe recognised them (the row's ``description.origin.arch_source``), else it is
+    required (without it the upload is refused: no reuse), ``num_classes`` and ``in_channels``
+    come from the weights (the same bytes give the same values) and ``input_size`` is
+    :data:`PLAIN_INPUT_SIZE`.
     """
     if set(fields) - CHECKPOINT_FORM_FIELDS:
         return False
@@ -79,12 +86,27 @@ def checkpoint_upload_matches(
             return False
     if any(value is not None and value != actual[name] for name, value in given.items()):
         return False
-    if (recorded.get("description") or {}).get("format") == PLAIN_FORMAT:
-        if given["arch"] is None:
+    description = recorded.get("description") or {}
+    if description.get("format") == PLAIN_FORMAT:
+        recognised = (description.get("origin") or {}).get("arch_source") == "recognised"
+        if given["arch"] is None and not recognised:
             return False
         if given["input_size"] is None and actual["input_size"] != PLAIN_INPUT_SIZE:
             return False
     return True
+
+
+def dataset_resize(fields: Mapping[str, str]) -> dict[str, Any] | None:
+    """The resize a dataset upload's form asks for, as the row records it (``{"size": 32,
+    "method": "bilinear"}``; the method defaults to bilinear), or None for none. ValueError for
+    a value that is not one (the server names the field; see :mod:`app.services.datasets`)."""
+    raw = fields.get("resize", "").strip()
+    method = fields.get("resize_method", "").strip()
+    if not raw:
+        if method:
+            raise ValueError("resize_method needs resize")
+        return None
+    return {"size": int(raw), "method": method or "bilinear"}
 
 
 def dataset_upload_matches(
@@ -93,11 +115,20 @@ def dataset_upload_matches(
     """Whether uploading the bytes of the dataset ``recorded`` (a row, as the API shows it)
     again, named ``filename`` with the form ``fields``, would record the same dataset.
 
-    A dataset upload takes no form field (any is refused: no reuse); what it records besides the
-    bytes' own summary is the file name, which also picks the loader (by its suffix), so the
-    name must be the same. The server also compares the stored name (the storage key's).
+    What it records besides the bytes' own summary is the file name, which also picks the
+    loader (by its suffix), so the name must be the same, and the resize the form asks for
+    (:data:`DATASET_FORM_FIELDS`; none must mean none). Unknown or bad fields: no reuse. The
+    server also compares the stored name (the storage key's).
     """
-    return not fields and recorded.get("filename") == display_name(filename, DATASET_DEFAULT_NAME)
+    if set(fields) - DATASET_FORM_FIELDS:
+        return False
+    try:
+        resize = dataset_resize(fields)
+    except ValueError:
+        return False
+    return resize == recorded.get("resize") and recorded.get("filename") == display_name(
+        filename, DATASET_DEFAULT_NAME
+    )
 
 
 #: The rule of each upload collection, by its API path (``/v1/checkpoints``, ``/v1/datasets``).

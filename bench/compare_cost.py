@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     plan, _ = plan_candidates(source, config, centre_k=3)
 
     t0 = time.perf_counter()
-    held = validation_split(data.train.labels, config.val_fraction, 0)
+    held = validation_split(data.train.labels, config.val_fraction, 0, config.min_val_samples)
     fit = Dataset(data.train.subset(held.train), data.train.subset(held.val), data.class_names,
                   data.format)  # fmt: skip
     audit = AuditConfig(eps=(config.eps,), attacks="fast")

@@ -22,7 +22,7 @@ from cartl_core.config import (
     TraceConfig,
     TransferConfig,
 )
-from cartl_core.data import Dataset, Split, load_dataset
+from cartl_core.data import Dataset, Resize, Split, load_dataset
 from cartl_core.errors import (
     ArchitectureError,
     CancelledError,
@@ -56,6 +56,7 @@ __all__ = [
     "LwFConfig",
     "ModelSpec",
     "ProgressEvent",
+    "Resize",
     "ScheduleConfig",
     "Split",
     "TraceConfig",

@@ -44,6 +44,7 @@ from cartl_core.config import ENSEMBLES, AuditConfig, resolve_attacks
 from cartl_core.data import Split
 from cartl_core.errors import ConfigError
 from cartl_core.options import format_duration
+from cartl_core.stats import accuracy_interval, format_interval, interval_text, wilson_interval
 
 __all__ = [
     "ENSEMBLES",
@@ -137,6 +138,8 @@ class SanityCheck:
 class AuditReport:
     """``robust_accuracy``: per-sample worst case over every attack at the main eps (``eps``).
 
+    ``clean_interval``, ``robust_interval``: their 95% Wilson intervals over the ``samples``
+    (``interval`` says so; reports written before intervals get them on reading).
     ``notes``: how the audit had to adapt to the model (e.g. a loss chosen for a 2-class task);
     ``headline_notes``: why the robust accuracy means nothing for this model, where a model check
     failed (shown beside the number wherever it is shown); ``precision``: the arithmetic the
@@ -162,6 +165,17 @@ class AuditReport:
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
     headline_notes: list[str] = field(default_factory=list)
+    clean_interval: list[float] = field(default_factory=list)
+    robust_interval: list[float] = field(default_factory=list)
+    interval: str = ""
+
+    def __post_init__(self) -> None:
+        # Computed here, so a report built by hand or read from an older version has them too.
+        if not self.clean_interval:
+            self.clean_interval = accuracy_interval(self.clean_accuracy, self.samples)
+        if not self.robust_interval:
+            self.robust_interval = accuracy_interval(self.robust_accuracy, self.samples)
+        self.interval = self.interval or interval_text(self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable data, with its ``schema_version`` (:data:`SCHEMA_VERSION`)."""
@@ -184,7 +198,8 @@ class AuditReport:
         head = f"{'attack':<24}{'role':<10}{'eps':>9}{'steps':>7}{'samples':>9}{'accuracy':>10}"
         lines = [head + f"{'time s':>9}"]
         lines.append(f"{'clean':<24}{'':<10}{'-':>9}{'-':>7}{self.samples:>9}")
-        lines[-1] += f"{self.clean_accuracy:>10.4f}"
+        clean_ci = format_interval(self.clean_interval)
+        lines[-1] += f"{self.clean_accuracy:>10.4f}{'':>9}  ({clean_ci})"
         for a in self.attacks:
             steps = a.queries if a.queries is not None else a.steps
             lines.append(
@@ -194,8 +209,9 @@ class AuditReport:
         ensemble = f"{self.ensemble}: {', '.join(self.ensemble_attacks)}"
         lines.append(
             f"robust accuracy ({ensemble}; per-sample worst case; {self.precision}) "
-            f"{self.robust_accuracy:.4f}"
+            f"{self.robust_accuracy:.4f} ({format_interval(self.robust_interval)})"
         )
+        lines.append(f"  intervals: {self.interval}")
         lines.extend(f"  MEANINGLESS: {note}" for note in self.headline_notes)
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
@@ -644,13 +660,35 @@ class _GradientProbe:
 @dataclass(frozen=True)
 class EnsembleResult:
     """The headline alone: clean and ensemble robust accuracy, without the named attacks and
-    checks of a full :func:`audit` (for model selection and benchmarks)."""
+    checks of a full :func:`audit` (for model selection and benchmarks). ``robust`` and
+    ``clean``: the per-sample flags behind them, in the data's order (what a paired comparison
+    of two models on the same samples reads)."""
 
     clean_accuracy: float
     robust_accuracy: float
     attacks: list[AttackResult]
     robust: torch.Tensor
     estimate: AuditEstimate | None = None
+    clean: torch.Tensor | None = None
+
+    @property
+    def samples(self) -> int:
+        return int(self.robust.numel())
+
+    @property
+    def clean_interval(self) -> tuple[float, float]:
+        """95% Wilson interval of the clean accuracy."""
+        k = (
+            int(self.clean.sum())
+            if self.clean is not None
+            else round(self.clean_accuracy * self.samples)
+        )
+        return wilson_interval(k, self.samples)
+
+    @property
+    def robust_interval(self) -> tuple[float, float]:
+        """95% Wilson interval of the robust accuracy."""
+        return wilson_interval(int(self.robust.sum()), self.samples)
 
 
 def run_ensemble(
@@ -671,7 +709,7 @@ def run_ensemble(
         robust = a.ensemble(names, a.clean, cfg.eps[0], "ensemble")
     finally:
         model.train(was_training)
-    return EnsembleResult(_mean(a.clean), _mean(robust), a.results, robust, estimate)
+    return EnsembleResult(_mean(a.clean), _mean(robust), a.results, robust, estimate, a.clean)
 
 
 def _ensemble_plan(names: Sequence[str], eps: float, role: str) -> list[_Planned]:
@@ -834,8 +872,9 @@ def _subset(a: _Auditor) -> torch.Tensor:
 def _point(eps: float, mask: torch.Tensor, sel: torch.Tensor | None, attacks: str) -> Any:
     n = int(sel.sum()) if sel is not None else int(mask.numel())
     acc = float((mask & sel).sum()) / max(1, n) if sel is not None else _mean(mask)
+    k = int((mask & sel).sum()) if sel is not None else int(mask.sum())
     return {"eps": eps, "robust_accuracy": acc, "samples": n, "attacks": attacks,
-            "subset": sel is not None}  # fmt: skip
+            "subset": sel is not None, "interval": list(wilson_interval(k, n))}  # fmt: skip
 
 
 def ce_gap_verdict(pgd_accuracy: float, ensemble_accuracy: float) -> tuple[bool, float]:
@@ -1166,13 +1205,16 @@ def _per_class(
     out = []
     for c in sorted(int(v) for v in labels.unique()):
         sel = labels == c
+        n = int(sel.sum())
         out.append(
             {
                 "class": c,
                 "name": names[c] if names else str(c),
-                "samples": int(sel.sum()),
+                "samples": n,
                 "clean_accuracy": _mean(clean[sel]),
                 "robust_accuracy": _mean(robust[sel]),
+                "clean_interval": list(wilson_interval(int(clean[sel].sum()), n)),
+                "robust_interval": list(wilson_interval(int(robust[sel].sum()), n)),
             }
         )
     return out

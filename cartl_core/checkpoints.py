@@ -5,8 +5,11 @@ key ``cartl`` (JSON: architecture, classes, input shape, normalisation, block co
 scaling, how it was trained, its metrics), so :func:`load_model` rebuilds it from the file alone.
 
 Plain state dicts (``.pt``, ``.pth``, or safetensors without our header) load only through
-``torch.load(weights_only=True)``, with the architecture given. A pickle that would import or call
-code is refused before anything runs; there is no unsafe fallback.
+``torch.load(weights_only=True)``: a pickle that would import or call code is refused before
+anything runs; there is no unsafe fallback. Published robust models (RobustBench's zoo, MadryLab
+``robustness``, torchvision's ResNets) are recognised from their keys
+(:mod:`cartl_core.models.layouts`), with the input normalisation their files carry or their code
+applies; anything else needs its architecture named.
 """
 
 from __future__ import annotations
@@ -25,7 +28,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cartl_core.errors import CheckpointError, UnsafeCheckpointError
-from cartl_core.models import BlockModel, ModelSpec, build_model, create_model
+from cartl_core.models import (
+    BlockModel,
+    ModelSpec,
+    build_model,
+    create_model,
+    default_normalization,
+)
+from cartl_core.models.layouts import (
+    Layout,
+    Unwrapped,
+    layout_hint,
+    recognise,
+    unwrap,
+    zoo_entry,
+    zoo_normalization,
+)
 
 __all__ = [
     "FORMAT",
@@ -42,7 +60,9 @@ FORMAT = "cartl-checkpoint/1"
 # The ``format`` of a description made for plain weights (no ``cartl`` header in the file).
 PLAIN_FORMAT = "plain-state-dict"
 _PREFIXES = ("module.", "_orig_mod.")
-_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Where training scripts nest the weights ("last": RobustBench's Andriushchenko2020 and
+# Kireev2021 files, which keep the last and the best epoch's).
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "last")
 
 
 def save_checkpoint(
@@ -78,18 +98,28 @@ def describe_model(
     """The description of ``model`` that a checkpoint header carries, less training and metrics.
 
     ``format`` is :data:`FORMAT` for a CARTL checkpoint, :data:`PLAIN_FORMAT` for a description
-    made up for plain weights; ``class_names`` default to the class indices.
+    made up for plain weights. ``class_names`` default to the class indices in a checkpoint; a
+    description of plain weights, which name no classes, says how many there are instead
+    (``classes``: "1000 classes, numbered 0-999") rather than list the numbers. ``origin``:
+    what :func:`load_model` recognised in published weights, where the model came from them.
     """
     spec = model.spec
-    return {
+    n = spec.num_classes
+    description: dict[str, Any] = {
         "format": format,
         "model": spec.to_dict(),
         "num_blocks": model.num_blocks,
         "input_shape": [spec.in_channels, spec.input_size, spec.input_size],
-        "class_names": list(class_names)
-        if class_names
-        else [str(i) for i in range(spec.num_classes)],
     }
+    if class_names:
+        description["class_names"] = list(class_names)
+    elif format == PLAIN_FORMAT:
+        description["classes"] = f"{n} classes, numbered 0-{n - 1} (the weights name none)"
+    else:
+        description["class_names"] = [str(i) for i in range(n)]
+    if model.origin is not None:
+        description["origin"] = model.origin
+    return description
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -130,9 +160,14 @@ def guess_in_channels(path: str | Path) -> int | None:
     """
     try:
         p = _existing(path)
-        sd = _safetensors(p) if _is_safetensors(p) else _state_dict(_torch_load(p), p.name)
+        unwrapped = unwrap(_read_plain(p))
     except (CheckpointError, OSError):
         return None
+    layout = recognise(unwrapped.state, unwrapped.wrapper)
+    return layout.in_channels if layout is not None else _input_channels(unwrapped.state)
+
+
+def _input_channels(sd: Mapping[str, torch.Tensor]) -> int | None:
     convs = [(name, value) for name, value in sd.items() if value.ndim == 4]
     # Safetensors keeps keys sorted by name, so "first" is not the input layer there: our own
     # models name it ``stem``, which is then preferred wherever it sits.
@@ -223,11 +258,13 @@ def _strip(key: str) -> str:
 
 
 def _translate(model: BlockModel, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept torchvision's own names for torchvision models."""
-    foreign: dict[str, str] = getattr(model, "foreign_keys", {})
-    if foreign and any(k in foreign for k in sd):
-        return {foreign.get(k, k): v for k, v in sd.items()}
-    return sd
+    """Accept the names of the code that defines the architecture (torchvision's, timm's,
+    RobustBench's, ...): ``model.foreign_keys``. Weights already in our names stay as they are."""
+    foreign = model.foreign_keys
+    own = model.state_dict()
+    if not foreign or all(k in own for k in sd):
+        return sd
+    return {foreign.get(k, k): v for k, v in sd.items()}
 
 
 def _load_into(model: BlockModel, sd: dict[str, torch.Tensor], name: str) -> None:
@@ -268,31 +305,99 @@ def load_model(
     *,
     arch: str | None = None,
     num_classes: int | None = None,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     input_size: int = 32,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> BlockModel:
-    """Rebuild a model from a CARTL checkpoint, or from plain weights with ``arch`` given.
+    """Rebuild a model from a CARTL checkpoint, or from plain weights.
 
-    For plain weights, ``num_classes`` defaults to the size of the checkpoint's last layer.
+    Plain weights in a layout :mod:`cartl_core.models.layouts` recognises (RobustBench's zoo,
+    MadryLab ``robustness``, torchvision's ResNets) need no ``arch``; anything else names its
+    architecture, and ``arch`` also picks one of the architectures that share a layout. The input
+    normalisation folded into the model is ``mean``/``std`` where given, else the one the file
+    carries (robustness' normalizer, RobustBench's ``normalize`` wrapper or ``mu``/``sigma``),
+    else the zoo entry's where ``arch`` names one (``robustbench:Wong2020Fast``: the entries whose
+    code normalises but whose files do not say so, :data:`~cartl_core.models.layouts.
+    ZOO_NORMALIZATION`), else the architecture's published one
+    (:func:`cartl_core.models.default_normalization`).
+    What was recognised is recorded in ``model.origin`` (and so in :func:`describe_model`).
+
+    ``num_classes`` defaults to the size of the checkpoint's last layer, ``in_channels`` to the
+    input convolution's.
     """
     p = _existing(path)
     description = read_description(p)
     if description is not None:
         model = build_model(ModelSpec.from_dict(description["model"]))
         _load_into(model, _safetensors(p), p.name)
+        model.origin = description.get("origin")
         model.eval()
         return model
-    sd = _safetensors(p) if _is_safetensors(p) else _state_dict(_torch_load(p), p.name)
+    unwrapped = unwrap(_read_plain(p))
+    sd = unwrapped.state
+    layout = recognise(sd, unwrapped.wrapper)
+    # An entry named is a choice of the user's too (it sets the normalisation).
+    arch_given = arch is not None
+    entry = zoo_entry(arch)
+    if entry is not None:
+        if layout is None:
+            raise CheckpointError(
+                f"{p.name} is not in a layout of RobustBench's zoo cartl recognises, so it "
+                f"cannot load as {arch}; give its architecture instead"
+            )
+        arch = None  # the entry's network is what its keys say
     if arch is None:
-        raise CheckpointError(
-            f"{p.name} holds plain weights without a description; give the architecture "
-            "(--arch / arch) and, if the last layer is not the class count, num_classes"
-        )
-    probe = create_model(
-        arch, 2, in_channels=in_channels, input_size=input_size, mean=mean, std=std
+        if layout is None:
+            hint = layout_hint(sd)
+            raise CheckpointError(
+                f"{p.name} holds plain weights in no layout cartl recognises"
+                + (f" ({hint})" if hint else "")
+                + "; give the architecture (--arch / arch; `cartl models` lists them) and, if "
+                "the last layer is not the class count, num_classes"
+            )
+        arch = layout.arch
+    if in_channels is None:
+        in_channels = layout.in_channels if layout is not None else _input_channels(sd) or 3
+    normalization_given = mean is not None or std is not None
+    mean = mean if mean is not None else unwrapped.mean
+    std = std if std is not None else unwrapped.std
+    entry_stats = None
+    if entry is not None and layout is not None and mean is None and std is None:
+        entry_stats = zoo_normalization(entry, layout.num_classes)
+        if entry_stats is not None:
+            mean, std = entry_stats
+    try:
+        model = _build_for(p.name, sd, arch, num_classes, in_channels, input_size, mean, std)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc) + _suggestion(layout, arch, sd)) from None
+    model.origin = _origin(
+        model, layout, unwrapped, arch_given=arch_given, normalization_given=normalization_given
     )
+    if entry is not None:
+        model.origin["zoo_entry"] = entry
+        if entry_stats is not None:
+            model.origin["normalization"]["source"] = (
+                f"RobustBench's {entry} entry, as the zoo's code runs it (the file does not say)"
+            )
+    model.eval()
+    return model
+
+
+def _build_for(
+    name: str,
+    sd: dict[str, torch.Tensor],
+    arch: str,
+    num_classes: int | None,
+    in_channels: int,
+    input_size: int,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> BlockModel:
+    """``arch`` built for plain weights ``sd`` and loaded with them."""
+    # Only names and shapes are needed to read the class count: no memory, no initialisation.
+    with torch.device("meta"):
+        probe = create_model(arch, 2, in_channels=in_channels, input_size=input_size)
     sd = _translate(probe, sd)
     fc_key = f"blocks.{probe.num_blocks - 1}.fc.weight"
     if num_classes is None:
@@ -301,15 +406,64 @@ def load_model(
             own = {k: v for k, v in probe.state_dict().items() if not k.startswith("normalize.")}
             parts = _mismatch(own, sd, shapes=False)
             raise CheckpointError(
-                f"{p.name} does not fit {arch}: " + "; ".join(parts) + "; check the architecture"
+                f"{name} does not fit {arch}: " + "; ".join(parts) + "; check the architecture"
             )
         num_classes = int(sd[fc_key].shape[0])
     model = create_model(
         arch, num_classes, in_channels=in_channels, input_size=input_size, mean=mean, std=std
     )
-    _load_into(model, sd, p.name)
-    model.eval()
+    _load_into(model, sd, name)
     return model
+
+
+def _suggestion(layout: Layout | None, arch: str, sd: Mapping[str, torch.Tensor]) -> str:
+    """What to try instead, where the weights are in a layout other than ``arch``'s."""
+    if layout is not None and layout.arch != arch:
+        return (
+            f". Its keys are {layout.description}'s: give the architecture {layout.arch} (or "
+            "leave it out to load them as recognised)"
+        )
+    hint = layout_hint(sd)
+    return f" ({hint})" if hint else ""
+
+
+def _origin(
+    model: BlockModel,
+    layout: Layout | None,
+    unwrapped: Unwrapped,
+    *,
+    arch_given: bool,
+    normalization_given: bool,
+) -> dict[str, Any]:
+    """What :func:`load_model` found in plain weights, for the model's description."""
+    spec = model.spec
+    mine = layout is not None and layout.arch == spec.arch
+    if normalization_given:
+        source = "given"
+    elif unwrapped.mean is not None:
+        source = f"the file: {unwrapped.normalization_keys}"
+    else:
+        source = default_normalization(spec.arch, spec.num_classes)[2]
+    return {
+        "layout": layout.name if layout is not None else None,
+        "recognised_as": layout.description if layout is not None else None,
+        "arch": spec.arch,
+        # "recognised": from the keys alone, so the same bytes always load as the same model.
+        "arch_source": "given" if arch_given else "recognised",
+        "wrapper": unwrapped.wrapper,
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std), "source": source},
+        "ignored": list(unwrapped.ignored),
+        # The side the published weights were trained at (inputs of another size are resampled
+        # or resized to it, or fine-tuned as they are).
+        "trained_input_size": layout.input_size if mine and layout is not None else None,
+    }
+
+
+def _read_plain(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of plain weights, prefixes such as ``module.`` taken off."""
+    return (
+        _safetensors(path) if _is_safetensors(path) else _state_dict(_torch_load(path), path.name)
+    )
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -14,9 +14,11 @@ from typing import Any, Literal, Self
 from cartl_core.errors import ConfigError
 
 __all__ = [
+    "ADVERSARIAL_METHODS",
     "ATTACK_NAMES",
     "BN_PRESETS",
     "COMPARE_BN_PRESETS",
+    "COMPARE_CENTRE_K_ONLY",
     "COMPARE_K_OFFSETS",
     "COMPARE_METHODS",
     "COMPARE_NORM_BETAS",
@@ -37,14 +39,14 @@ __all__ = [
 Norm = Literal["linf", "l2"]
 AttackLoss = Literal["ce", "cw"]
 FDMReduction = Literal["sum", "mean"]
-TransferMethod = Literal["standard", "neft", "cartl", "lwf"]
+TransferMethod = Literal["standard", "neft", "cartl", "lwf", "adversarial", "trades"]
 SpectralMode = Literal["exact", "at-most"]
 SpectralEstimate = Literal["matrix", "conv"]
 StatsSource = Literal["source", "target"]
 LwFTune = Literal["all", "last-k"]
 LRShape = Literal["step", "one-cycle"]
 
-TRANSFER_METHODS: tuple[str, ...] = ("standard", "neft", "cartl", "lwf")
+TRANSFER_METHODS: tuple[str, ...] = ("standard", "neft", "cartl", "lwf", "adversarial", "trades")
 
 
 class _Config:
@@ -303,7 +305,12 @@ DEFAULT_BN_PRESET: dict[str, str] = {
     "neft": "trainable",
     "cartl": "frozen",
     "lwf": "trainable",
+    # Adversarial and TRADES fine-tuning: the tuned blocks' BN learns the target's statistics.
+    "adversarial": "trainable",
+    "trades": "trainable",
 }
+#: The methods that train on adversarial examples, against ``TransferConfig.attack``.
+ADVERSARIAL_METHODS: tuple[str, ...] = ("adversarial", "trades")
 
 DEFAULT_NORM_BETA: dict[str, float] = {"neft": 0.6, "cartl": 0.4}
 
@@ -354,6 +361,17 @@ class TransferConfig(_Config):
     presets per method in ``DEFAULT_BN_PRESET``). ``residual_scale`` 0.5 makes each fine-tuned
     residual block output 0.5 * shortcut + 0.5 * residual (the release's NEFT); None picks 0.5
     for neft/cartl and 1.0 (plain sum) otherwise.
+
+    ``method="adversarial"`` is PGD adversarial fine-tuning (Madry et al.) of the last k blocks
+    from the source: each batch is replaced by its PGD examples under ``attack`` (None: PGD-7,
+    Linf 8/255, step eps/4, random start; the jobs pass the source's threat model, compare its
+    own), the model in eval mode while attacking, then one SGD step on CE of the adversarial
+    batch. k counts the last blocks as for every method: k = T tunes every block (the stem, which
+    belongs to no block, stays frozen). ``method="trades"`` is TRADES fine-tuning (Zhang et al.
+    2019): the examples maximise KL(f(x') || f(x)) from x + 0.001 * N(0, 1) under the same attack
+    settings, and the loss is CE(f(x), y) + ``trades_beta`` * KL(f(x') || f(x)) (beta 6, the
+    paper's CIFAR-10 setting). ``attack`` and ``trades_beta`` are ignored by the methods they do
+    not concern.
     """
 
     method: TransferMethod = "cartl"
@@ -368,8 +386,11 @@ class TransferConfig(_Config):
     lwf: LwFConfig = field(default_factory=LwFConfig)
     augmentation: str = "auto"
     trace: TraceConfig = field(default_factory=TraceConfig)
+    attack: AttackConfig | None = None
+    trades_beta: float = 6.0
 
     def __post_init__(self) -> None:
+        _non_negative("trades_beta", self.trades_beta)
         if self.method not in TRANSFER_METHODS:
             raise ConfigError(
                 f"unknown method {self.method!r}; choose one of {', '.join(TRANSFER_METHODS)}",
@@ -398,6 +419,13 @@ class TransferConfig(_Config):
     @property
     def uses_spectral_norm(self) -> bool:
         return self.method in ("neft", "cartl")
+
+    def resolved_attack(self) -> AttackConfig | None:
+        """The training attack: adversarial and TRADES fine-tuning's (the default if none is
+        given), None for the methods that train on clean data only."""
+        if self.method not in ADVERSARIAL_METHODS:
+            return None
+        return self.attack if self.attack is not None else AttackConfig()
 
     def resolved_norm_beta(self) -> float | None:
         if not self.uses_spectral_norm:
@@ -531,8 +559,15 @@ class AuditConfig(_Config):
 
 
 #: What ``compare`` tries when the caller does not say; the one place to change them. Methods in
-#: the order they are tried and listed.
-COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl")
+#: the order they are tried and listed. ``trades`` is in, ``adversarial`` is not, from
+#: ``bench/adversarial_finetune.py`` on the demo task (docs/compare.md has the numbers): TRADES
+#: fine-tuning kept 3x CARTL's robustness from either source within the clean-accuracy rule,
+#: while PGD adversarial fine-tuning lost 10 points of clean accuracy from the FDM source and
+#: matched TRADES from the AT source; each costs 7-10x standard fine-tuning's training.
+COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl", "trades")
+#: Methods the default k list tries at its centre k only: adversarial training costs 7-10x the
+#: others per candidate. A given k list (``ks``) applies to them as to every method.
+COMPARE_CENTRE_K_ONLY: tuple[str, ...] = ("adversarial", "trades")
 #: Default k values, as offsets from the centre k (the k the source was pre-trained for, from its
 #: checkpoint header, else ``TransferConfig().k``), most preferred first.
 COMPARE_K_OFFSETS: tuple[int, ...] = (0, -1, 1)
@@ -562,14 +597,31 @@ class CompareConfig(_Config):
     BN preset. Given lists apply to every method they fit (betas only to neft and cartl); their
     order is their priority. ``max_candidates`` keeps the first candidates in priority order
     (position of k in ``ks``, then of beta, then of the BN preset, then the method's in
-    ``methods``); the rest are not trained. ``max_clean_drop``: the chosen candidate's validation
-    clean accuracy is at most this far below the best candidate's. ``val_fraction`` of each
-    class's training images (at least one, and at least one left to train on) form the
-    validation split, drawn with the run's seed.
+    ``methods``); the rest are not trained.
+
+    The choice (see :func:`cartl_core.compare.choose_candidate`) is paired and noise-aware:
+    candidates in order of preference (least training work first), the first one kept unless
+    another is more robust on validation beyond noise (exact McNemar test, one-sided at
+    ``confidence``, Holm over the comparisons). ``max_clean_drop``: a candidate is left out when
+    its validation clean accuracy is below the best candidate's by more than this, beyond noise
+    (the same confidence).
+    The validation split: ``val_fraction`` of each class's training images, at least
+    ``min_val_samples`` in all where the data allow it (the larger of the two, but never more
+    than a third of the images: the chosen model trains on the rest; per class at least one image,
+    and at least one left to train on), drawn with the run's seed. 200 images bound one
+    accuracy's 95% interval at +-6.9 points.
 
     The schedule options (``epochs``, ``batch_size``, ``lr``, ``weight_decay``) override each
     method's default schedule (the release's; LwF's published one for lwf), so a candidate is
-    trained exactly as ``transfer`` with the same options would train it.
+    trained exactly as ``transfer`` with the same options would train it. Adversarial fine-tuning
+    candidates train against PGD-7 (step eps/4) in the comparison's own threat model.
+
+    ``max_cost_seconds``: a budget, in device-seconds, for the whole comparison's candidates,
+    each counted as compare measures it (its training plus its validation audit; the test audits
+    are the report's and fall outside it). Before anything trains, candidates are kept in
+    priority order while the sum of their estimated costs (training, and the validation audit at
+    its maximum) fits; one that does not fit is dropped, and a cheaper later one may still fit.
+    None: no budget.
     """
 
     eps: float = 8 / 255
@@ -581,6 +633,8 @@ class CompareConfig(_Config):
     max_candidates: int = 12
     max_clean_drop: float = 0.05
     val_fraction: float = 0.2
+    min_val_samples: int = 200
+    confidence: float = 0.95
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -588,6 +642,7 @@ class CompareConfig(_Config):
     lr_schedule: LRShape = "step"
     augmentation: str = "auto"
     lwf: LwFConfig = field(default_factory=LwFConfig)
+    max_cost_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _positive("eps", self.eps)
@@ -623,6 +678,16 @@ class CompareConfig(_Config):
                 f"val_fraction must lie strictly between 0 and 1; got {self.val_fraction}",
                 field="val_fraction",
             )
+        if self.min_val_samples < 0:
+            raise ConfigError(
+                f"min_val_samples must be >= 0; got {self.min_val_samples}",
+                field="min_val_samples",
+            )
+        if not 0.5 < self.confidence < 1:
+            raise ConfigError(
+                f"confidence must lie strictly between 0.5 and 1; got {self.confidence}",
+                field="confidence",
+            )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -631,6 +696,8 @@ class CompareConfig(_Config):
             _positive("lr", self.lr)
         if self.weight_decay is not None:
             _non_negative("weight_decay", self.weight_decay)
+        if self.max_cost_seconds is not None:
+            _positive("max_cost_seconds", self.max_cost_seconds)
 
     def schedule_for(self, method: str) -> ScheduleConfig:
         """The method's default schedule with this comparison's overrides."""

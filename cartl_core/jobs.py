@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 import torch
 
 from cartl_core._stop import stop_when
+from cartl_core.data import Resize
 from cartl_core.errors import CartlError, ConfigError
 from cartl_core.kinds import (
     AuditParams,
@@ -206,6 +207,9 @@ def _add_provenance(
         weights_path=outcome.weights,
         attack_settings=(outcome.audit or {}).get("config"),
     )
+    if call.get("dataset_resize") is not None:
+        # The stored file is the upload's bytes; what the job read was them resized so.
+        outcome.provenance["dataset"]["resize"] = call["dataset_resize"].to_dict()
     outcome.metrics["provenance"] = outcome.provenance
     if get_kind(call["kind"]).checkpoint == "source" and checkpoint is not None:
         outcome.source = source_summary(read_description(checkpoint))
@@ -253,10 +257,12 @@ def run_job(
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[Any, Any], None] | None = None,
     extra_dir: Path | None = None,
+    dataset_resize: Resize | None = None,
 ) -> JobOutcome:
     """Run one job end to end through its kind's ``run``; a kind that makes a model writes a
     self-describing checkpoint to ``out_path``. ``params``: the kind's dataclass, or values by
-    name as :func:`parse_params` takes them.
+    name as :func:`parse_params` takes them. ``dataset_resize``: how the dataset was uploaded to
+    be resized (the job's own ``resize`` replaces it).
 
     The ``cartl`` CLI and the service's worker both run jobs through here. ``on_progress`` gets
     the kind's progress events (``JobKind.progress``); ``extra_dir`` holds the files a kind keeps
@@ -267,6 +273,7 @@ def run_job(
     spec = get_kind(kind)
     context = RunContext(
         dataset_path=Path(dataset_path),
+        dataset_resize=dataset_resize,
         checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
         out_path=out_path,
         state_path=state_path,

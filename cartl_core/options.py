@@ -95,6 +95,9 @@ class OptionSpec:
     is_list: bool
     optional: bool
     choices: tuple[str, ...] | None
+    #: A ``bool | int`` parameter: off, on (its default target), or a number (a resize: false,
+    #: true for the model's input size, or a side). The CLI's flag alone means true.
+    or_flag: bool = False
 
     @property
     def flag(self) -> str:
@@ -103,7 +106,7 @@ class OptionSpec:
     def default_text(self) -> str | None:
         if self.option.default_text is not None:
             return self.option.default_text
-        if self.default is None or self.base is bool:
+        if self.default is None or self.base is bool or isinstance(self.default, bool):
             return None
         if self.is_list:
             return ",".join(self._show(v) for v in self.default)
@@ -130,7 +133,10 @@ def _specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
         meta = f.metadata.get("option")
         if not isinstance(meta, Option):
             raise TypeError(f"{cls.__name__}.{f.name} has no Option: declare it with option()")
-        base, is_list, optional, choices = _shape(hints[f.name])
+        or_flag = _is_flag_or_int(hints[f.name])
+        base, is_list, optional, choices = (
+            (int, False, False, None) if or_flag else _shape(hints[f.name])
+        )
         _check_bounds_declared(f"{cls.__name__}.{f.name}", meta, numeric=base in (int, float))
         specs.append(
             OptionSpec(
@@ -141,6 +147,7 @@ def _specs(cls: type[Any]) -> tuple[OptionSpec, ...]:
                 is_list=is_list,
                 optional=optional,
                 choices=meta.choices or choices,
+                or_flag=or_flag,
             )
         )
     return tuple(specs)
@@ -153,6 +160,13 @@ def _check_bounds_declared(where: str, meta: Option, *, numeric: bool) -> None:
         raise TypeError(f"{where} is not a number and cannot have bounds")
     if numeric and (len(lower) != 1 or len(upper) != 1):
         raise TypeError(f"{where} needs one lower bound (ge or gt) and one upper (le or lt)")
+
+
+def _is_flag_or_int(hint: Any) -> bool:
+    """A ``bool | int`` annotation (see :attr:`OptionSpec.or_flag`)."""
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and set(
+        typing.get_args(hint)
+    ) == {bool, int}
 
 
 def _shape(hint: Any) -> tuple[type, bool, bool, tuple[str, ...] | None]:
@@ -254,6 +268,7 @@ def _shown(value: float) -> str:
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_WORDS = tuple(w for w in _TRUE + _FALSE if not w.isdigit())
 
 
 def parse_text(spec: OptionSpec, text: str) -> Any:
@@ -271,6 +286,9 @@ def parse_text(spec: OptionSpec, text: str) -> Any:
 
 def _scalar(spec: OptionSpec, text: str) -> Any:
     text = text.strip()
+    # Words only: "1" or "0" there is a number (a side too small), not a yes or a no.
+    if spec.or_flag and text.lower() in _WORDS:
+        return text.lower() in _TRUE
     if spec.base is bool:
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
@@ -283,7 +301,8 @@ def _scalar(spec: OptionSpec, text: str) -> Any:
         try:
             number: float = int(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
+            also = ", true or false" if spec.or_flag else ""
+            raise ValueError(f"{text!r} is not an integer{also}") from None
     elif spec.base is float:
         number = fraction_value(text) if spec.option.fraction else _float(text)
         if not math.isfinite(number):
@@ -362,6 +381,17 @@ def add_options(
         kwargs: dict[str, Any] = {"help": text.replace("%", "%%")}
         if spec.base is bool and not spec.is_list:
             where.add_argument(spec.flag, action="store_true", **kwargs)
+            continue
+        if spec.or_flag:
+            where.add_argument(
+                spec.flag,
+                nargs="?",
+                const=True,
+                default=spec.default,
+                type=_arg_type(spec),
+                metavar=spec.option.metavar or "N",
+                **kwargs,
+            )
             continue
         if spec.choices is not None and not spec.is_list:
             kwargs["choices"] = spec.choices

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +38,9 @@ from app.services.jobs import candidates_prefix
 from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
 from app.storage import Storage, sha256_file, storage_problem
+
+if TYPE_CHECKING:
+    from cartl_core.data import Resize
 
 __all__ = ["execute", "turn_has_work"]
 
@@ -217,11 +220,12 @@ class _Run:
         out = self.storage.path(f"jobs/{job.id}/weights.safetensors")
         try:
             progress = self._progress_handlers[get_kind(job.kind).progress]
-            dataset, checkpoint = self._inputs(job)
+            dataset, checkpoint, resize = self._inputs(job)
             outcome = run_job(
                 job.kind,
                 job.params,  # checked once, there
                 dataset_path=dataset,
+                dataset_resize=resize,
                 checkpoint_path=checkpoint,
                 out_path=out,
                 state_path=state,
@@ -304,8 +308,10 @@ class _Run:
         state.with_name(state.name + ".tmp").unlink(missing_ok=True)
         self.storage.delete_prefix(candidates_prefix(self.job_id))
 
-    def _inputs(self, job: Job) -> tuple[Path, Path | None]:
+    def _inputs(self, job: Job) -> tuple[Path, Path | None, Resize | None]:
+        """The dataset's file and the resize its upload asked for; the checkpoint's file."""
         from cartl_core import ConfigError
+        from cartl_core.data import Resize
 
         with self.factory() as s:
             dataset = s.get(DatasetRow, job.dataset_id) if job.dataset_id else None
@@ -315,7 +321,8 @@ class _Run:
         if job.checkpoint_id and ckpt is None:
             raise ConfigError("the job's checkpoint was deleted", field="checkpoint_id")
         ckpt_path = self.storage.path(ckpt.storage_key) if ckpt is not None else None
-        return self.storage.path(dataset.storage_key), ckpt_path
+        resize = None if dataset.resize is None else Resize(**dataset.resize)
+        return self.storage.path(dataset.storage_key), ckpt_path, resize
 
     # ------------------------------------------------------------------ reporting
 

@@ -25,9 +25,10 @@ from app.cli.options import add_report_option, add_run_options, fraction
 from app.cli.progress import Bars, CompareBar, epoch_line, warning_line
 from cartl_core import __version__
 from cartl_core.config import ScheduleConfig
-from cartl_core.errors import CartlError
+from cartl_core.errors import ArchitectureError, CartlError
 from cartl_core.jobs import AuditParams, CompareParams, PretrainParams, TransferParams
 from cartl_core.options import add_options
+from cartl_core.stats import format_interval
 
 __all__ = ["add_commands", "add_version", "build_parser", "fraction", "main", "run"]
 
@@ -113,12 +114,20 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "inspect",
-        help="print a checkpoint's description",
+        help="print a checkpoint's description, or what a published model file was recognised as",
         description="Print the CARTL header of a .safetensors checkpoint as JSON: its "
         "architecture, classes, input size and normalisation, how it was trained (kind, method, "
-        "k, threat model, schedule) and its audited metrics.",
+        "k, threat model, schedule) and its audited metrics. For plain weights (a RobustBench, "
+        "MadryLab robustness, torchvision or timm file), load them as a transfer would and print "
+        "the description made for them: under origin, the layout recognised from the keys, "
+        "the input normalisation found and what was left out.",
     )
-    p.add_argument("checkpoint", type=Path, help="a .safetensors checkpoint written by cartl")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint: cartl's, or plain weights")
+    p.add_argument(
+        "--arch",
+        help="architecture of plain weights whose layout is not recognised, or to pick one of "
+        "several that share a layout (`cartl models` lists them)",
+    )
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser(
@@ -126,7 +135,9 @@ def add_commands(sub: Any) -> None:
         help="list architectures and their block counts",
         description="List the architectures --arch accepts: an example of each family with its "
         "block count T (k, the blocks fine-tuned, is at most T), then each family's name "
-        "pattern and description.",
+        "pattern and description. Published weights (RobustBench, MadryLab robustness, "
+        "torchvision ResNets) need no --arch: their layout is recognised from the keys "
+        "(cartl inspect FILE shows it).",
     )
     p.set_defaults(func=_cmd_models)
 
@@ -247,12 +258,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _compare_command(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
-        help="train transfer candidates and choose the most robust on validation data",
+        help="train transfer candidates and choose one on validation data, beyond noise",
         description="Fine-tune the source on the target with every candidate setting (methods x "
         "k x beta x BN preset, within --max-candidates), audit each with the fast ensemble on a "
-        "validation split held out from the target's training data, and choose the most robust "
-        "one whose validation clean accuracy is within --max-clean-drop of the best. Every "
-        "candidate is also audited on the test split (for the table only; never for choosing). "
+        "validation split held out from the target's training data (--val-fraction, at least "
+        "--min-val-samples), and choose on those same images: the candidate with the least "
+        "training work is kept unless another is more robust beyond noise (paired exact McNemar "
+        "test, one-sided at --confidence, Holm-corrected), leaving out candidates whose "
+        "validation clean accuracy is below the best by more than --max-clean-drop beyond noise. "
+        "Every accuracy comes with its 95% Wilson interval. Every candidate is also audited on "
+        "the test split (for the table only; never for choosing). "
         "Writes DIR/NAME.safetensors per candidate and DIR/chosen.safetensors; a rerun with "
         "the same options reuses the candidates already in DIR.",
     )
@@ -301,14 +316,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({**{k: m[k] for k in keys}, "audit": outcome.audit}, indent=2))
     else:
         print(candidate_table(m["candidates"], m["chosen"]["name"]))
+        print(_cost_note(m))
         print(f"chosen: {m['chosen']['reason']}")
+        print(_rule_note(m["selection"]))
         if outcome.audit is not None:
             print(f"\nfull audit of {m['chosen']['name']} on the test split:")
             print(AuditReport.from_dict(outcome.audit).table())
         else:
             print(
-                f"{m['chosen']['name']} on the test split: clean {m['clean_accuracy']:.4f}, "
-                f"robust {m['robust_accuracy']:.4f}"
+                f"{m['chosen']['name']} on the test split: clean {m['clean_accuracy']:.4f} "
+                f"({format_interval(m.get('clean_interval'))}), robust "
+                f"{m['robust_accuracy']:.4f} ({format_interval(m.get('robust_interval'))}); "
+                f"{m.get('interval', '')}"
             )
             for note in m.get("headline_notes", []):
                 print(f"  {note}")
@@ -318,27 +337,60 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"saved {args.out_dir / 'chosen.safetensors'} and the candidates beside it", file=sys.stderr
     )
     if args.plot is not None:
-        from app.report import plot_comparison
+        from app.report import plot_candidates
 
-        rows = [(c["name"].replace("-", "\n", 1), c["test_clean"], c["test_robust"])
-                for c in m["candidates"]]  # fmt: skip
-        sel = m["selection"]
-        threat = f"{sel['ensemble']}, {sel['norm']} eps {sel['eps']:g}"
-        plot_comparison(rows, args.plot, robust_label=f"robust ({threat})")
+        plot_candidates(m, args.plot)  # accuracies, then cost against robustness
     if args.report is not None:
         facts = {"dataset": args.data, "source": args.source, "weights": args.out_dir}
         _write_report(args.report, outcome, f"cartl compare: {args.out_dir}", facts)
     return 0
 
 
+def _rule_note(selection: dict[str, Any]) -> str:
+    """The rule the choice followed, its confidence and the validation size (a selection
+    written before the paired rule has only its rule)."""
+    n = selection.get("val_samples")
+    if selection.get("confidence") is None:
+        return f"rule: {selection.get('rule', '')} (validation: {n} images)"
+    return (
+        f"rule ({selection['confidence']:.0%} one-sided, {n} validation images, "
+        f"{selection.get('held_out_fraction', 0):.0%} of the training split; one accuracy's "
+        f"95% interval spans at most +-{100 * selection.get('val_half_width', 0):.1f} points): "
+        f"{selection['rule']}"
+    )
+
+
+def _cost_note(metrics: dict[str, Any]) -> str:
+    """What the table's cost column counts, where it was measured, and what a budget dropped."""
+    devices = sorted({str(c["device"]) for c in metrics["candidates"] if c.get("device")})
+    where = f" on {', '.join(devices)}" if devices else ""
+    note = f"cost s: device-seconds of each candidate's training and validation audit{where}"
+    for d in (metrics.get("estimate") or {}).get("over_budget") or []:
+        note += f"\nnot trained, over max_cost: {d['name']} ({d['reason']})"
+    return note
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from cartl_core import read_description
+    from cartl_core import load_model, read_description
+    from cartl_core.checkpoints import PLAIN_FORMAT, describe_model
 
     description = read_description(args.checkpoint)
     if description is None:
-        raise CartlError(f"{args.checkpoint} has no CARTL description (plain weights)")
+        model = load_model(args.checkpoint, arch=args.arch)
+        description = describe_model(model, format=PLAIN_FORMAT)
+        print(_origin_line(description.get("origin") or {}), file=sys.stderr)
     print(json.dumps(description, indent=2))
     return 0
+
+
+def _origin_line(origin: dict[str, Any]) -> str:
+    """What plain weights were recognised as, in one line."""
+    if origin.get("layout"):
+        what = f"recognised {origin['layout']}: {origin['recognised_as']}"
+    else:
+        what = f"loaded as {origin.get('arch')} (layout not recognised; the architecture given)"
+    norm = origin.get("normalization") or {}
+    return f"{what}; input normalisation from {norm.get('source')}"
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -347,13 +399,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from cartl_core.models import create_model, model_families
 
     families = model_families()
+    name_width = max((len(a) for f in families for a in f.examples), default=0) + 2
     for family in families:
         for arch in family.examples:
             # On the meta device: the blocks without their weights, neither allocated nor
             # initialised (a WRN-34-10 alone has 46M of them); counting needs only the modules.
-            with torch.device("meta"):
-                model = create_model(arch, 10, in_channels=3, input_size=32)
-            print(f"{arch:<24} T = {model.num_blocks}")
+            try:
+                with torch.device("meta"):
+                    model = create_model(arch, 10, in_channels=3, input_size=32)
+            except ArchitectureError as exc:  # an optional library (timm) that is not installed
+                print(f"{arch:<{name_width}}({exc})")
+                continue
+            print(f"{arch:<{name_width}}T = {model.num_blocks}")
     print()
     width = max((len(family.name) for family in families), default=0) + 2
     for family in families:

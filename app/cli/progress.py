@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 from cartl_core.options import format_duration
+from cartl_core.stats import format_interval
 
-__all__ = ["Bars", "CompareBar", "epoch_line", "warning_line"]
+__all__ = ["Bars", "CompareBar", "candidate_line", "epoch_line", "warning_line"]
 
 
 #: A bar's resolution: the audit reports fractions, not counts.
@@ -108,6 +109,19 @@ def warning_line(warning: dict[str, Any]) -> str:
     return f"{text} [{detail}]" if detail else text
 
 
+def candidate_line(row: dict[str, Any]) -> str:
+    """A finished candidate's validation numbers, each with its 95% Wilson interval."""
+
+    def acc(key: str) -> str:
+        interval = format_interval(row.get(f"{key}_interval"))
+        return f"{row[key]:.3f}" + (f" ({interval})" if interval else "")
+
+    n = row.get("val_samples")
+    return f"{row['name']}: validation clean {acc('val_clean')}, robust {acc('val_robust')}" + (
+        f" (95% Wilson intervals, n = {n})" if n else ""
+    )
+
+
 class CompareBar:
     """One tqdm bar over the candidates, its postfix saying what the current one is doing."""
 
@@ -127,6 +141,9 @@ class CompareBar:
                 total=event.candidates, unit="candidate", file=sys.stderr, desc="compare"
             )
         self.bar.n = event.candidate + (event.stage == "candidate-done")
+        if event.stage == "candidate-done" and event.result is not None:
+            self.bar.clear()
+            print(candidate_line(event.result.to_dict()), file=sys.stderr, flush=True)
         doing = event.stage
         if event.training is not None:
             doing = f"epoch {event.training.epoch + 1}/{event.training.epochs}"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.cli.options import add_upload_resize_options
 from cartl_core.errors import CartlError
 
 __all__ = ["DEFAULT_SERVER", "add_commands", "job_params"]
@@ -50,6 +51,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--dataset", required=True, help="dataset: a file or an id")
     p.add_argument("--arch", help="architecture, when uploading plain weights")
     p.add_argument("--num-classes", type=int, help="classes, when uploading plain weights")
+    add_upload_resize_options(p)
     p.add_argument(
         "-p",
         "--param",
@@ -235,19 +237,36 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     # The server checks them again; checking here first means a refused job uploads nothing.
     parse_params(args.kind, params)
     checkpoint_ref, dataset_ref = _file_or_id(args.checkpoint), _file_or_id(args.dataset)
+    dataset_form = _dataset_form(args, dataset_ref)
     client = _client(args)
     form = {
         "arch": args.arch,
         "num_classes": None if args.num_classes is None else str(args.num_classes),
     }
     checkpoint = _resolve(client, "checkpoints", checkpoint_ref, **form)
-    dataset = _resolve(client, "datasets", dataset_ref)
+    dataset = _resolve(client, "datasets", dataset_ref, **dataset_form)
     assert dataset is not None
     job = client.submit(args.kind, checkpoint, dataset, params, args.idempotency_key)
     print(job["id"])
     if args.watch:
         return _watch(client, job["id"])
     return 0
+
+
+def _dataset_form(args: argparse.Namespace, ref: Path | str | None) -> dict[str, str | None]:
+    """The dataset upload's resize fields; refused for a dataset already uploaded (an id),
+    whose resize was fixed then."""
+    size, method = args.dataset_resize, args.dataset_resize_method
+    if size is None and method is None:
+        return {}
+    if not isinstance(ref, Path):
+        raise CartlError(
+            "--dataset-resize applies to a dataset file being uploaded; for an uploaded dataset "
+            "give the job's own: -p resize=SIDE -p resize_method=METHOD"
+        )
+    if size is None:
+        raise CartlError("--dataset-resize-method needs --dataset-resize (a side in pixels)")
+    return {"resize": str(size), "resize_method": method}
 
 
 def _cmd_jobs_list(args: argparse.Namespace) -> int:
@@ -257,9 +276,12 @@ def _cmd_jobs_list(args: argparse.Namespace) -> int:
         robust = metrics.get("robust_accuracy")
         # A number that means nothing (a constant classifier) or was not audited is marked.
         mark = " !" if metrics.get("headline_notes") else ""
+        interval = metrics.get("robust_interval")
+        ci = f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
         print(
             f"{job['id']}  {job['kind']:<9} {job['status']:<10} "
-            f"{job['created_at'][:19]}  robust {'-' if robust is None else f'{robust:.4f}'}{mark}"
+            f"{job['created_at'][:19]}  robust {'-' if robust is None else f'{robust:.4f}'}"
+            f"{ci}{mark}"
         )
     return 0
 
@@ -304,11 +326,22 @@ def _watch(client: Any, job_id: str) -> int:
     if "robust_accuracy" in metrics:
         print(
             f"clean accuracy {metrics['clean_accuracy']:.4f}, "
-            f"robust accuracy {metrics['robust_accuracy']:.4f}{_how(metrics)}"
+            f"robust accuracy {metrics['robust_accuracy']:.4f}{_how(metrics)}" + _intervals(metrics)
         )
         for note in metrics.get("headline_notes", []):
             print(f"  {note}")
     return 0
+
+
+def _intervals(metrics: dict[str, Any]) -> str:
+    """Both accuracies' 95% Wilson intervals, where the job recorded them."""
+    clean, robust = metrics.get("clean_interval"), metrics.get("robust_interval")
+    if not clean or not robust:
+        return ""
+    return (
+        f"; {metrics.get('interval') or '95% Wilson intervals'}: clean "
+        f"{clean[0]:.4f}-{clean[1]:.4f}, robust {robust[0]:.4f}-{robust[1]:.4f}"
+    )
 
 
 def _how(metrics: dict[str, Any]) -> str:

@@ -70,6 +70,9 @@ class DatasetRow(Base):
     train_size: Mapped[int] = mapped_column(Integer)
     test_size: Mapped[int] = mapped_column(Integer)
     input_shape: Mapped[list[Any]]
+    #: ``{"size": 32, "method": "bilinear"}``: the upload asked for its images to be resized,
+    #: which every load of the file then does (``input_shape`` is after it); None: as they are.
+    resize: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(300))

@@ -8,10 +8,17 @@ Standard library and ``cartl_core`` only; matplotlib is imported when a PNG is d
 """
 
 from app.report.page import render_html, render_job_report
-from app.report.plots import plot_audit, plot_comparison, plot_reproduction, plot_training
+from app.report.plots import (
+    plot_audit,
+    plot_candidates,
+    plot_comparison,
+    plot_reproduction,
+    plot_training,
+)
 
 __all__ = [
     "plot_audit",
+    "plot_candidates",
     "plot_comparison",
     "plot_reproduction",
     "plot_training",

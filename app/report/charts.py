@@ -306,9 +306,12 @@ def scatter_chart(
     x_label: str,
     y_label: str,
     x_floor: float | None = None,
+    x_text: Callable[[float], str] | None = None,
 ) -> Chart:
     """Dots on percent axes zoomed to them, a colour and marker per group (the legend); marked
-    dots are ringed and named; ``x_floor`` draws a dashed vertical line (a threshold)."""
+    dots are ringed and named; ``x_floor`` draws a dashed vertical line (a threshold).
+    ``x_text``: x is not a fraction but a quantity (seconds, say) that these words name; its
+    axis then starts at 0 (so that twice as far reads as twice as much) with a margin."""
     groups = list(dict.fromkeys(d.group for d in dots))
     series = tuple(
         Series(
@@ -322,13 +325,17 @@ def scatter_chart(
         )
         for i, group in enumerate(groups)
     )
-    x_lo, x_hi = _zoomed([d.x for d in dots], x_floor)
+    if x_text is None:
+        x_lo, x_hi = _zoomed([d.x for d in dots], x_floor)
+    else:
+        x_lo, x_hi = _padded([d.x for d in dots])
+        x_lo = min(0.0, x_lo)
     y_lo, y_hi = _zoomed([d.y for d in dots], None)
     return Chart(
         "scatter",
         title,
         desc,
-        _axis(x_label, x_lo, x_hi, text=percent, count=6),
+        _axis(x_label, x_lo, x_hi, text=x_text or percent, count=6),
         _axis(y_label, y_lo, y_hi, text=percent),
         series,
         height=340,

@@ -240,6 +240,45 @@ def candidates_chart(compare: Record, split: str, label: str) -> Chart | None:
     )
 
 
+def cost_chart(compare: Record, split: str = "test", label: str = "test") -> Chart | None:
+    """Each candidate's measured cost (device-seconds of its training and validation audit)
+    against its robust accuracy on ``split``; None for results from before costs were measured."""
+    name = mapping(compare.get("chosen")).get("name")
+    dots = [
+        Dot(
+            str(r.get("name")),
+            str(r.get("method")),
+            x,
+            y,
+            marked=r.get("name") == name,
+            tip=f"{r.get('name')}: {_cost_text(x)}, robust {pct(y)}"
+            + (" (chosen)" if r.get("name") == name else ""),
+        )
+        for r in records(compare.get("candidates"))
+        if (x := num(r.get("cost_seconds"))) is not None
+        and x > 0
+        and (y := num(r.get(f"{split}_robust"))) is not None
+    ]
+    if not dots:
+        return None
+    devices = {str(r.get("device")) for r in records(compare.get("candidates")) if r.get("device")}
+    where = f" on {', '.join(sorted(devices))}" if devices else ""
+    return scatter_chart(
+        f"Cost against robust accuracy of every candidate ({label} split)",
+        f"One point per candidate: its device-seconds of training and validation audit{where} "
+        f"across, its robust accuracy ({label}) up; the chosen one, {name}, is ringed and "
+        "labelled.",
+        dots,
+        x_label=f"cost: device-seconds of training and validation audit{where}",
+        y_label=f"robust accuracy ({label})",
+        x_text=_cost_text,
+    )
+
+
+def _cost_text(value: float) -> str:
+    return f"{value:.3g} s"
+
+
 # --------------------------------------------------------------------------- training
 
 

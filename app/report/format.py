@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cartl_core.stats import accuracy_interval
+
 Record = Mapping[str, Any]
 
 
@@ -37,6 +39,28 @@ def mapping(value: Any) -> Record:
 def pct(value: Any) -> str:
     v = num(value)
     return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def interval_of(row: Record, key: str, samples: Any = None) -> list[float] | None:
+    """The 95% Wilson interval of ``row[key]``: stored beside it (``KEY_interval``, or
+    ``clean_interval`` for ``clean_accuracy``), else computed from ``samples`` (results from
+    before intervals), else None."""
+    stored = row.get(f"{key}_interval", row.get(f"{key.removesuffix('_accuracy')}_interval"))
+    if isinstance(stored, list | tuple) and len(stored) == 2:
+        low, high = num(stored[0]), num(stored[1])
+        if low is not None and high is not None:
+            return [low, high]
+    value, n = num(row.get(key)), num(samples)
+    if value is None or n is None or n < 1 or not 0 <= value <= 1:
+        return None
+    return accuracy_interval(value, int(n))
+
+
+def pct_ci(value: Any, interval: list[float] | None) -> str:
+    """``81.0% (77.2-84.4)``: a percentage and its interval in percent, or the percentage."""
+    if interval is None or num(value) is None:
+        return pct(value)
+    return f"{pct(value)} ({100 * interval[0]:.1f}\u2013{100 * interval[1]:.1f})"
 
 
 def eps_text(value: Any) -> str:

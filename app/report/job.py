@@ -11,7 +11,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.report import figures
-from app.report.format import Record, Threat, mapping, num, pct, plain, records, seconds
+from app.report.format import (
+    Record,
+    Threat,
+    interval_of,
+    mapping,
+    num,
+    pct,
+    pct_ci,
+    plain,
+    records,
+    seconds,
+)
 from app.report.markup import esc, figure, kv_table, table
 from app.report.svg import SvgCharts
 
@@ -23,15 +34,15 @@ def inherited(audit: Record, threat: Threat, source: Record, svg: SvgCharts) -> 
     src_threat = Threat(source.get("norm"), num(source.get("eps")))
     model = " ".join(str(v) for v in (source.get("arch"), source.get("method")) if v)
     rows = [
-        (esc(figures.INHERITED[0]), esc(model or "n/a"), pct(source.get("clean_accuracy")),
-         pct(source.get("robust_accuracy")), esc(src_threat.text()),
-         esc(plain(source.get("samples")))),
-        (esc(figures.INHERITED[1]), "", pct(audit.get("clean_accuracy")),
-         pct(audit.get("robust_accuracy")), esc(threat.text()), esc(plain(audit.get("samples")))),
+        (esc(figures.INHERITED[0]), esc(model or "n/a"), *_accuracies(source),
+         esc(src_threat.text()), esc(plain(source.get("samples")))),
+        (esc(figures.INHERITED[1]), "", *_accuracies(audit), esc(threat.text()),
+         esc(plain(audit.get("samples")))),
     ]  # fmt: skip
     robust = num(source.get("robust_accuracy")), num(audit.get("robust_accuracy"))
     caption = "Clean and robust accuracy of the source (solid) and of this model (hatched)."
-    head = ("model", "architecture, training", "clean", "robust", "threat model", "samples")
+    head = ("model", "architecture, training", "clean (95% interval)", "robust (95% interval)",
+            "threat model", "samples")  # fmt: skip
     return (
         "<p>How much of the source's robustness the fine-tuned model kept. The two were "
         "measured on different test sets (the source's and the target's), so compare the "
@@ -39,6 +50,15 @@ def inherited(audit: Record, threat: Threat, source: Record, svg: SvgCharts) -> 
         + figure(svg(figures.inherited_chart(audit, source)), caption)
         + table("Inherited robustness", head, rows)
         + _retained(src_threat, threat, robust)
+    )
+
+
+def _accuracies(record: Record) -> tuple[str, str]:
+    """Clean and robust accuracy, each with its interval (from the samples where not stored)."""
+    n = record.get("samples")
+    return (
+        esc(pct_ci(record.get("clean_accuracy"), interval_of(record, "clean_accuracy", n))),
+        esc(pct_ci(record.get("robust_accuracy"), interval_of(record, "robust_accuracy", n))),
     )
 
 
@@ -82,6 +102,7 @@ def candidates(compare: Record, svg: SvgCharts) -> str:
     ]
     if chosen.get("reason"):
         out.append(f'<p class="lead">Chosen: <strong>{esc(chosen["reason"])}</strong></p>')
+    out.append(_rule(selection))
     for split, label in (("val", "validation"), ("test", "test")):
         chart = figures.candidates_chart(compare, split, label)
         if chart is None:
@@ -91,21 +112,91 @@ def candidates(compare: Record, svg: SvgCharts) -> str:
             "chosen candidate is ringed."
         )
         if chart.guides:
-            caption += " Candidates left of the dashed line lose too much clean accuracy."
+            caption += (
+                " The dashed line: the best validation clean accuracy less max_clean_drop; only "
+                "a candidate whose drop exceeds it beyond noise was left out."
+            )
         out.append(figure(svg(chart), esc(caption)))
+    cost = figures.cost_chart(compare)
+    if cost is not None:
+        caption = (
+            "Cost against robustness: each candidate's measured device-seconds (its training and "
+            "its validation audit) against its robust accuracy on the test split; the chosen "
+            "candidate is ringed."
+        )
+        out.append(figure(svg(cost), esc(caption)))
     out.append(f'<div class="scroll">{_candidates_table(rows, name)}</div>')
+    estimate = mapping(compare.get("estimate"))
+    over = records(estimate.get("over_budget"))
+    over_names = {str(d.get("name")) for d in over}
     dropped = compare.get("dropped")
     if isinstance(dropped, list) and dropped:
-        names = esc(", ".join(map(str, dropped)))
-        out.append(f"<p>Not trained (beyond the candidate budget): {names}.</p>")
-    estimate = compare.get("estimate")
-    if isinstance(estimate, Mapping):
+        names = esc(", ".join(str(d) for d in dropped if str(d) not in over_names))
+        if names:
+            out.append(f"<p>Not trained (beyond the candidate budget): {names}.</p>")
+    if over:
+        reasons = "; ".join(f"{d.get('name')}: {d.get('reason')}" for d in over)
         out.append(
-            f"<p>Estimated before the start: training {seconds(estimate.get('train_seconds'))}, "
-            f"audits at most {seconds(estimate.get('audit_seconds_max'))} (every sample "
-            "surviving every attack step; real audits stop on a sample once it breaks).</p>"
+            f"<p>Dropped before training to fit max_cost "
+            f"{esc(seconds(estimate.get('budget_seconds')))}: {esc(reasons)}.</p>"
+        )
+    if estimate:
+        where = f" on {estimate['device']}" if estimate.get("device") else ""
+        out.append(
+            f"<p>Estimated before the start{esc(where)}: training "
+            f"{seconds(estimate.get('train_seconds'))}, audits at most "
+            f"{seconds(estimate.get('audit_seconds_max'))} (every sample surviving every attack "
+            "step; real audits stop on a sample once it breaks).</p>"
         )
     return "".join(out)
+
+
+def _rule(selection: Record) -> str:
+    """The rule the choice followed, its confidence, the validation size, and each paired
+    comparison with the preferred candidate (a selection from before the paired rule: its
+    rule alone)."""
+    rule = selection.get("rule")
+    if not rule:
+        return ""
+    confidence, n = num(selection.get("confidence")), selection.get("val_samples")
+    if confidence is None:
+        return f"<p>Rule: {esc(rule)} (validation: {esc(plain(n))} images).</p>"
+    width = num(selection.get("val_half_width"))
+    out = (
+        f"<p>Rule, at {confidence:.0%} confidence on {esc(plain(n))} validation images"
+        + (f" (one accuracy's 95% interval spans at most &plusmn;{100 * width:.1f} points)"
+           if width is not None else "")
+        + f": {esc(rule)}.</p>"
+    )  # fmt: skip
+    comparisons = records(selection.get("comparisons"))
+    if comparisons:
+        cells = [
+            (esc(c.get("name")), esc(plain(c.get("wins"))), esc(plain(c.get("losses"))),
+             _points(c.get("val_robust_difference"), signed=True), esc(plain(c.get("p_value"))),
+             _points(c.get("resolvable")) if c.get("resolvable") is not None
+             else "none: too few images where they disagree",
+             '<strong>yes</strong>' if c.get("better") else "no")
+            for c in comparisons
+        ]  # fmt: skip
+        head = ("candidate", "robust where the preferred is not", "the reverse",
+                "difference", "p (one-sided)", "smallest resolvable difference",
+                "better beyond noise")  # fmt: skip
+        preferred = plain(selection.get("preferred"))
+        out += table(
+            f"Each candidate against the preferred one, {preferred}, on the same validation "
+            "images (exact McNemar test, Holm-corrected)",
+            head,
+            cells,
+        )
+    return out
+
+
+def _points(value: Any, signed: bool = False) -> str:
+    """A difference of accuracies in points; n/a where none (no difference resolvable)."""
+    v = num(value)
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f} points" if signed else f"{100 * v:.1f} points"
 
 
 def _candidates_table(rows: list[Record], name: Any) -> str:
@@ -116,15 +207,22 @@ def _candidates_table(rows: list[Record], name: Any) -> str:
             esc(plain(r.get("k"))),
             esc(plain(r.get("norm_beta")) if r.get("norm_beta") is not None else "-"),
             esc(plain(r.get("bn"))),
-            *(pct(r.get(f"{split}_{kind}")) for split in ("val", "test")
-              for kind in ("clean", "robust")),
-            seconds(r.get("seconds")),
+            *(esc(pct_ci(r.get(key), interval_of(r, key, r.get(f"{split}_samples"))))
+              for split in ("val", "test") for key in (f"{split}_clean", f"{split}_robust")),
+            # Measured device-seconds of training and validation audit (older results: total).
+            seconds(r.get("cost_seconds", r.get("seconds"))),
         )
         for r in rows
     ]  # fmt: skip
-    head = ("candidate", "method", "k", "beta", "BN", "val clean", "val robust",
-            "test clean", "test robust", "time")  # fmt: skip
-    return table("Candidates, in the order they were trained", head, cells)
+    head = ("candidate", "method", "k", "beta", "BN", "val clean (95% interval)",
+            "val robust (95% interval)", "test clean (95% interval)",
+            "test robust (95% interval)", "cost")  # fmt: skip
+    return table(
+        "Candidates, in the order they were trained (cost: measured device-seconds of training "
+        "and validation audit)",
+        head,
+        cells,
+    )
 
 
 # --------------------------------------------------------------------------- training

@@ -18,7 +18,13 @@ from cartl_core.errors import ConfigError
 if TYPE_CHECKING:
     from cartl_core.reproduction import ReproductionRow
 
-__all__ = ["plot_audit", "plot_comparison", "plot_reproduction", "plot_training"]
+__all__ = [
+    "plot_audit",
+    "plot_candidates",
+    "plot_comparison",
+    "plot_reproduction",
+    "plot_training",
+]
 
 
 def _audit_title(audit: Mapping[str, Any]) -> str:
@@ -61,6 +67,24 @@ def plot_comparison(
     """Clean and robust accuracy side by side for each labelled model."""
     chart = figures.comparison_chart(rows, title=title, robust_label=robust_label)
     return png.save([chart], path)
+
+
+def plot_candidates(compare: Mapping[str, Any], path: str | Path) -> Path:
+    """A compare's candidates (its result's ``to_dict()``, or a job's metrics): clean and robust
+    test accuracy of each, then, where costs were measured, cost against robust accuracy."""
+    rows = [
+        (str(c["name"]).replace("-", "\n", 1), float(c["test_clean"]), float(c["test_robust"]))
+        for c in compare["candidates"]
+    ]
+    sel = compare.get("selection") or {}
+    threat = f"{sel.get('ensemble')}, {sel.get('norm')} eps {sel.get('eps', 0):g}"
+    charts = [
+        figures.comparison_chart(
+            rows, title="clean and robust accuracy", robust_label=f"robust ({threat})"
+        ),
+        figures.cost_chart(compare),
+    ]
+    return png.save([c for c in charts if c is not None], path)
 
 
 def plot_reproduction(

@@ -11,7 +11,18 @@ from collections.abc import Callable
 from typing import Any
 
 from app.report import figures
-from app.report.format import Record, Threat, eps_text, num, pct, plain, records, seconds
+from app.report.format import (
+    Record,
+    Threat,
+    eps_text,
+    interval_of,
+    num,
+    pct,
+    pct_ci,
+    plain,
+    records,
+    seconds,
+)
 from app.report.markup import esc, figure, table
 from app.report.svg import SvgCharts
 
@@ -39,10 +50,14 @@ def summary(audit: Record, threat: Threat) -> str:
         )
     samples, clean = audit.get("samples"), audit.get("clean_accuracy")
     robust = audit.get("robust_accuracy")
+    clean_ci = interval_of(audit, "clean_accuracy", samples)
+    robust_ci = interval_of(audit, "robust_accuracy", samples)
     sentence = (
         f'<p class="lead">On {esc(plain(samples))} test samples the model is right on '
         f"<strong>{pct(clean)}</strong> of clean inputs and on <strong>{pct(robust)}</strong> "
-        f"under attack ({esc(threat.text())}).</p>"
+        f"under attack ({esc(threat.text())}). Every accuracy below carries its 95% Wilson "
+        "interval in brackets: where the accuracy on many more images like these would lie, "
+        "given how many were measured.</p>"
     )
     # Beside the number, never below the fold: why it means nothing for this model.
     meaningless = "".join(
@@ -50,8 +65,8 @@ def summary(audit: Record, threat: Threat) -> str:
         for note in audit.get("headline_notes") or []
     )
     rows: list[tuple[str, str]] = [
-        ("Clean accuracy", pct(clean)),
-        ("Robust accuracy", pct(robust) + meaningless),
+        ("Clean accuracy", esc(pct_ci(clean, clean_ci))),
+        ("Robust accuracy", esc(pct_ci(robust, robust_ci)) + meaningless),
     ]
     w, r = num(audit.get("worst_case_accuracy")), num(robust)
     if w is not None and (r is None or abs(w - r) > 1e-9):
@@ -97,7 +112,9 @@ def attacks(audit: Record, threat: Threat, svg: SvgCharts) -> str:
         "count as broken)."
     )
     caption = "Clean accuracy and the accuracy after each attack." + esc(note)
-    return figure(svg(chart), caption) + _attacks_table(ran)
+    # An attack's accuracy is over all the audit's samples (intervals from their count).
+    n = audit.get("samples")
+    return figure(svg(chart), caption) + _attacks_table([{**a, "_n": n} for a in ran])
 
 
 _ATTACK_COLUMNS: tuple[tuple[str, str, Callable[[Record], str]], ...] = (
@@ -108,7 +125,11 @@ _ATTACK_COLUMNS: tuple[tuple[str, str, Callable[[Record], str]], ...] = (
     ("loss", "loss", lambda a: esc(plain(a.get("loss")))),
     ("samples", "run on", lambda a: esc(plain(a.get("samples")))),
     ("broke", "broke", lambda a: esc(plain(a.get("broke")))),
-    ("", "accuracy", lambda a: pct(a.get("accuracy"))),
+    (
+        "",
+        "accuracy",
+        lambda a: esc(pct_ci(a.get("accuracy"), interval_of(a, "accuracy", a.get("_n")))),
+    ),
     ("seconds", "time", lambda a: seconds(a.get("seconds"))),
 )
 
@@ -128,6 +149,7 @@ def _attacks_table(ran: list[Record]) -> str:
     columns = [c for c in _ATTACK_COLUMNS if not c[0] or any(c[0] in a for a in ran)]
     rows = [[esc(a.get("name", "?")), *(cell(a) for _, _, cell in columns)] for a in ran]
     head = ["attack", *(title for _, title, _ in columns)]
+    head[head.index("accuracy")] = "accuracy (95% interval)"
     return table("Every attack the audit ran, in order", head, rows)
 
 
@@ -148,7 +170,7 @@ def eps(audit: Record, svg: SvgCharts) -> str:
     rows = [
         (
             esc(eps_text(r.get("eps"))),
-            pct(r.get("robust_accuracy")),
+            esc(pct_ci(r.get("robust_accuracy"), _point_interval(r))),
             esc(plain(r.get("samples"))),
             esc(plain(r.get("attacks"))),
             "subset" if r.get("subset") else "all samples",
@@ -156,9 +178,15 @@ def eps(audit: Record, svg: SvgCharts) -> str:
         for r in figures.by_eps(audit)
     ]
     if rows:
-        head = ("eps", "robust accuracy", "samples", "attacks", "measured on")
+        head = ("eps", "robust accuracy (95% interval)", "samples", "attacks", "measured on")
         out += table("Robust accuracy at each eps", head, rows)
     return out
+
+
+def _point_interval(point: Record) -> list[float] | None:
+    """An eps point's interval: stored as ``interval``, or from its samples."""
+    stored = {"robust_accuracy_interval": point.get("interval")}
+    return interval_of({**point, **stored}, "robust_accuracy", point.get("samples"))
 
 
 def per_class(audit: Record, svg: SvgCharts) -> str:
@@ -177,12 +205,13 @@ def per_class(audit: Record, svg: SvgCharts) -> str:
             esc(c.get("class", "?")),
             esc(c.get("name", "")),
             esc(plain(c.get("samples"))),
-            pct(c.get("clean_accuracy")),
-            pct(c.get("robust_accuracy")),
+            *(esc(pct_ci(c.get(key), interval_of(c, key, c.get("samples"))))
+              for key in ("clean_accuracy", "robust_accuracy")),
         )
         for c in classes
-    ]
-    head = ("class", "name", "samples", "clean accuracy", "robust accuracy")
+    ]  # fmt: skip
+    head = ("class", "name", "samples", "clean accuracy (95% interval)",
+            "robust accuracy (95% interval)")  # fmt: skip
     return figure(svg(chart), esc(caption)) + table("Accuracy per class", head, rows)
 
 

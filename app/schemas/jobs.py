@@ -305,8 +305,19 @@ class JobMetricsOut(BaseModel):
     candidates: list[dict[str, Any]] | None = Field(
         default=None,
         description="A compare: one row per candidate (method, k, norm_beta, bn, validation "
-        "and test clean and robust accuracy, seconds, weights link), once done.",
+        "and test clean and robust accuracy, seconds, its measured cost: train_seconds, "
+        "audit_seconds (validation audit), cost_seconds (their sum, device-seconds) and device; "
+        "weights link), once done.",
     )
     estimate: dict[str, Any] | None = Field(
-        default=None, description="A compare: the cost estimate made before it started."
+        default=None,
+        description="A compare: the cost estimate made before it started (over_budget: the "
+        "candidates max_cost dropped, with the reason).",
+    )
+    selection: dict[str, Any] | None = Field(
+        default=None,
+        description="A compare: how the candidate was chosen: the `rule`, its `confidence`, the "
+        "validation size (`val_samples`), the `preferred` candidate, each paired comparison "
+        "with it (`comparisons`) and the `reason`, once done. Every accuracy row in "
+        "`candidates` carries its 95% Wilson interval (`val_clean_interval`, ...).",
     )

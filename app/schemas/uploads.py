@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import UtcDateTime
 
-__all__ = ["CheckpointOut", "DatasetOut", "UploadOut"]
+__all__ = ["CheckpointOut", "DatasetOut", "DatasetResize", "UploadOut"]
 
 Filename = Annotated[str, Field(description="The uploaded file's name.")]
 InputShape = Annotated[list[int], Field(description="Channels, height, width.")]
@@ -24,6 +24,40 @@ class UploadOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
+
+PLAIN_CHECKPOINT_EXAMPLE: dict[str, Any] = {
+    "id": "ckpt_019abc3f2e10a1b2c3d4e6",
+    "filename": "Salman2020Do_R50.pt",
+    "arch": "torchvision:resnet50",
+    "num_classes": 1000,
+    "num_blocks": 17,
+    "input_shape": [3, 32, 32],
+    "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+    "size": 102504213,
+    "created_at": "2026-11-25T10:02:00Z",
+    "description": {
+        "format": "plain-state-dict",
+        "model": {"arch": "torchvision:resnet50", "num_classes": 1000},
+        "num_blocks": 17,
+        "input_shape": [3, 32, 32],
+        "classes": "1000 classes, numbered 0-999 (the weights name none)",
+        "origin": {
+            "layout": "madrylab-robustness:resnet50",
+            "recognised_as": "torchvision resnet50",
+            "arch": "torchvision:resnet50",
+            "arch_source": "recognised",
+            "wrapper": "madrylab-robustness",
+            "normalization": {
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+                "source": "the file: normalizer.new_mean, normalizer.new_std (robustness' "
+                "InputNormalize)",
+            },
+            "ignored": ["attacker.* (320 tensors: the attack's reference to the same network)"],
+            "trained_input_size": 224,
+        },
+    },
+}
 
 CHECKPOINT_EXAMPLE: dict[str, Any] = {
     "id": "ckpt_019abc3f2e10a1b2c3d4e5",
@@ -45,7 +79,9 @@ CHECKPOINT_EXAMPLE: dict[str, Any] = {
 
 
 class CheckpointOut(UploadOut):
-    model_config = ConfigDict(json_schema_extra={"examples": [CHECKPOINT_EXAMPLE]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [CHECKPOINT_EXAMPLE, PLAIN_CHECKPOINT_EXAMPLE]}
+    )
 
     id: str
     filename: Filename
@@ -57,8 +93,13 @@ class CheckpointOut(UploadOut):
     size: Size
     created_at: UtcDateTime
     description: dict[str, Any] = Field(
-        description="The checkpoint's self-description (model spec, training, metrics); for "
-        "plain state dicts, what the upload's arch and num_classes gave."
+        description="The checkpoint's self-description (model spec, training, metrics). For "
+        "plain state dicts, the one made for them: the model spec the weights loaded as, the "
+        "class count (classes: the weights name none) and, under origin, what was recognised: "
+        "the layout read from the keys (e.g. robustbench:dm-wrn-70-16, "
+        "madrylab-robustness:resnet50; null if none, when arch was given), whether arch was "
+        "recognised or given, the input normalisation folded into the model and where it came "
+        "from, and the tensors left out (a MadryLab attacker's copy)."
     )
 
 
@@ -71,10 +112,16 @@ DATASET_EXAMPLE: dict[str, Any] = {
     "train_size": 5000,
     "test_size": 1000,
     "input_shape": [3, 32, 32],
+    "resize": {"size": 32, "method": "bilinear"},
     "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
     "size": 18433024,
     "created_at": "2026-11-25T10:01:00Z",
 }
+
+
+class DatasetResize(BaseModel):
+    size: int = Field(description="Every image's side after the resize, in pixels.")
+    method: str = Field(description="bilinear, bicubic, nearest or area.")
 
 
 class DatasetOut(UploadOut):
@@ -87,7 +134,12 @@ class DatasetOut(UploadOut):
     class_names: list[str]
     train_size: int
     test_size: int
-    input_shape: InputShape
+    input_shape: InputShape = Field(description="Channels, height, width (after any resize).")
+    resize: DatasetResize | None = Field(
+        default=None,
+        description="The resize the upload asked for, which every job that reads the dataset "
+        "applies (its own resize parameter replaces it); null: the images as they are.",
+    )
     sha256: str
     size: Size
     created_at: UtcDateTime

@@ -1,7 +1,10 @@
 """Checkpoints, one kind of uploaded file (:mod:`app.services.uploads`): :data:`CHECKPOINTS`.
 
-Self-describing CARTL files need no form field; plain state dicts name their architecture (and
-may give the class count, input channels and size). An upload of bytes the owner has uploaded
+Self-describing CARTL files need no form field, nor do published robust models whose layout the
+probe recognises from their keys (RobustBench, MadryLab robustness, torchvision ResNets: see
+:mod:`cartl_core.models.layouts`; the answer's ``description.origin`` says what was recognised).
+Other plain state dicts name their architecture (and may give the class count, input channels
+and size). An upload of bytes the owner has uploaded
 before, with fields that would record the same row (the rule the client applies too,
 :func:`app.shared.checkpoint_upload_matches`), is answered with that row instead of a new one.
 """

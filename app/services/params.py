@@ -114,12 +114,23 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Any:
     try:
         typed = _adapter(kind).validate_json(json.dumps(values), strict=True)
     except ValidationError as exc:
+        # Per parameter, not per list item: a list of bad values is one error, and so is a
+        # value that fits none of a union's types (resize: true, false or a side).
+        said: dict[str, list[str]] = {}
+        item: dict[str, object] = {}
+        for err in exc.errors(include_url=False):
+            name = f"params.{err['loc'][0]}"
+            # Only the first bad item of a list is named: the union's alternatives for it.
+            index = (
+                err["loc"][1] if len(err["loc"]) > 1 and isinstance(err["loc"][1], int) else None
+            )
+            if item.setdefault(name, index) != index:
+                continue
+            messages = said.setdefault(name, [])
+            if (message := _item_message(err)) not in messages:
+                messages.append(message)
         raise UnprocessableError(
-            # Per parameter, not per list item: a list of bad values is one error.
-            [
-                FieldError(f"params.{err['loc'][0]}", _item_message(err))
-                for err in exc.errors(include_url=False)
-            ]
+            [FieldError(name, _either(messages)) for name, messages in said.items()]
         ) from None
     try:
         typed.check()  # what relates the values to each other, now that each is well-typed
@@ -128,6 +139,13 @@ def resolve_params(kind: str, raw: Mapping[str, Any]) -> Any:
             [FieldError(request_field(e.field), str(e)) for e in (exc, *exc.more)]
         ) from None
     return typed
+
+
+def _either(messages: list[str]) -> str:
+    """``Input should be a valid boolean or a valid integer``."""
+    first, *rest = messages
+    prefix = "Input should be "
+    return " or ".join([first, *(m.removeprefix(prefix) for m in rest)])
 
 
 def _item_message(err: Any) -> str:

@@ -59,10 +59,20 @@ async def probe_checkpoint(
     return await _run(args, timeout_s)
 
 
-async def probe_dataset(path: Path, *, timeout_s: float, max_extract_bytes: int) -> dict[str, Any]:
-    return await _run(
-        ["dataset", str(path), "--max-extract-bytes", str(max_extract_bytes)], timeout_s
-    )
+async def probe_dataset(
+    path: Path,
+    *,
+    timeout_s: float,
+    max_extract_bytes: int,
+    resize: int | None = None,
+    resize_method: str | None = None,
+) -> dict[str, Any]:
+    """The dataset's summary, loaded as jobs will load it: resized to ``resize`` (with
+    ``resize_method``) where the upload asked; ``resize`` in it says how (None: not resized)."""
+    args = ["dataset", str(path), "--max-extract-bytes", str(max_extract_bytes)]
+    if resize is not None:
+        args += ["--resize", str(resize), "--resize-method", resize_method or "bilinear"]
+    return await _run(args, timeout_s)
 
 
 async def _run(args: list[str], timeout_s: float) -> dict[str, Any]:
@@ -122,24 +132,18 @@ def _checkpoint_summary(
     in_channels: int | None,
     input_size: int | None,
 ) -> dict[str, Any]:
-    from cartl_core.checkpoints import (
-        PLAIN_FORMAT,
-        describe_model,
-        guess_in_channels,
-        load_model,
-        read_description,
-    )
+    from cartl_core.checkpoints import PLAIN_FORMAT, describe_model, load_model, read_description
 
     description = read_description(path)
     if description is not None:
         model = load_model(path)
     else:
-        channels = in_channels or (guess_in_channels(path) if arch else None) or 3
+        # Published layouts need no arch; the input channels come from the weights.
         model = load_model(
             path,
             arch=arch,
             num_classes=num_classes,
-            in_channels=channels,
+            in_channels=in_channels,
             input_size=input_size or 32,
         )
         description = describe_model(model, format=PLAIN_FORMAT)
@@ -153,9 +157,11 @@ def _checkpoint_summary(
     }
 
 
-def _dataset_summary(path: Path, max_extract_bytes: int) -> dict[str, Any]:
+def _dataset_summary(
+    path: Path, max_extract_bytes: int, resize: int | None = None, method: str = "bilinear"
+) -> dict[str, Any]:
     from cartl_core import load_dataset
-    from cartl_core.data import ArchiveLimits, list_members
+    from cartl_core.data import ArchiveLimits, Resize, list_members
     from cartl_core.data.archive import archive_kind
 
     default = ArchiveLimits()
@@ -166,8 +172,10 @@ def _dataset_summary(path: Path, max_extract_bytes: int) -> dict[str, Any]:
     if path.name.lower().endswith(".npz") and archive_kind(path) == "zip":
         # An npz is a zip that numpy inflates without limits: check its members first.
         list_members(path, limits)
-    data = load_dataset(path, limits=limits)
+    how = None if resize is None else Resize(resize, method)  # type: ignore[arg-type]
+    data = load_dataset(path, limits=limits, resize=how)
     return {
+        "resize": None if how is None else how.to_dict(),
         "format": data.format,
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
@@ -200,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset")
     p.add_argument("path", type=Path)
     p.add_argument("--max-extract-bytes", type=int, required=True)
+    p.add_argument("--resize", type=int)
+    p.add_argument("--resize-method", default="bilinear")
     return parser
 
 
@@ -213,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.path, args.arch, args.num_classes, args.in_channels, args.input_size
             )
         else:
-            result = _dataset_summary(args.path, args.max_extract_bytes)
+            result = _dataset_summary(
+                args.path, args.max_extract_bytes, args.resize, args.resize_method
+            )
     except CartlError as exc:
         result = {"error": str(exc), "type": type(exc).__name__}
     except Exception as exc:  # a file no loader anticipated: still a bad upload, not a crash

@@ -65,6 +65,30 @@ function h(tag, attrs, ...children) {
 }
 
 function acc(v) { return typeof v === "number" ? v.toFixed(4) : "–"; }
+// The 95% Wilson interval of an accuracy over n samples: what results from before intervals
+// get (newer ones carry it, computed by cartl_core.stats the same way).
+function wilson(p, n) {
+  if (typeof p !== "number" || !(n > 0)) return null;
+  const z = 1.959963984540054, q = Math.round(p * n) / n;
+  const centre = q + (z * z) / (2 * n);
+  const spread = z * Math.sqrt((q * (1 - q)) / n + (z * z) / (4 * n * n));
+  const scale = 1 + (z * z) / n;
+  return [Math.max(0, (centre - spread) / scale), Math.min(1, (centre + spread) / scale)];
+}
+function intervalOf(v, interval, n) {
+  return Array.isArray(interval) && interval.length === 2 ? interval : wilson(v, n);
+}
+// An accuracy and its 95% interval: "0.8100 (0.772–0.844)"; the accuracy alone without one.
+function accCi(v, interval, n) {
+  const iv = intervalOf(v, interval, n);
+  if (typeof v !== "number" || !iv) return acc(v);
+  return `${acc(v)} (${iv[0].toFixed(3)}–${iv[1].toFixed(3)})`;
+}
+// "; 95% interval 0.772–0.844", to follow a number that already has a bracket after it.
+function ciSuffix(v, interval, n) {
+  const iv = intervalOf(v, interval, n);
+  return typeof v === "number" && iv ? `; 95% interval ${iv[0].toFixed(3)}–${iv[1].toFixed(3)}` : "";
+}
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 function seconds(s) {
   if (typeof s !== "number") return "";
@@ -241,7 +265,7 @@ function jobRow(job, selected) {
     h("td", {}, statusCell(job.status)),
     h("td", {}, progressCell(job)),
     h("td", {}, when(job.created_at)),
-    h("td", { class: "num" }, acc(m.clean_accuracy)),
+    h("td", { class: "num" }, accCi(m.clean_accuracy, m.clean_interval, m.samples)),
     h("td", { class: "num" }, robustCell(m)));
 }
 
@@ -255,8 +279,9 @@ function headlineNotes(m) {
 
 function robustCell(m) {
   const notes = m.headline_notes || [];
-  if (!notes.length) return acc(m.robust_accuracy);
-  return h("span", { title: notes.join("; "), class: "warning" }, `${acc(m.robust_accuracy)} ⚠`);
+  const text = accCi(m.robust_accuracy, m.robust_interval, m.samples);
+  if (!notes.length) return text;
+  return h("span", { title: notes.join("; "), class: "warning" }, `${text} ⚠`);
 }
 
 // ------------------------------------------------------------------ one job
@@ -314,12 +339,13 @@ function jobFacts(job) {
   ];
   if (job.checkpoint_id) facts.push(["Checkpoint", job.checkpoint_id]);
   if (job.dataset_id) facts.push(["Dataset", job.dataset_id]);
-  if (m.clean_accuracy !== undefined) facts.push(["Clean accuracy", acc(m.clean_accuracy)]);
+  if (m.clean_accuracy !== undefined) facts.push(["Clean accuracy", accCi(m.clean_accuracy, m.clean_interval, m.samples)]);
   if (m.robust_accuracy !== undefined) {
     const precision = m.precision ? `, ${m.precision}` : "";
     const how = m.ensemble ? ` (${m.ensemble}: ${(m.ensemble_attacks || []).join(", ")}, per-sample worst case${precision})` : "";
-    facts.push(["Robust accuracy", h("span", {}, `${acc(m.robust_accuracy)}${how}`, headlineNotes(m))]);
+    facts.push(["Robust accuracy", h("span", {}, `${acc(m.robust_accuracy)}${how}${ciSuffix(m.robust_accuracy, m.robust_interval, m.samples)}`, headlineNotes(m))]);
   }
+  if (m.samples) facts.push(["Intervals", m.interval || `95% Wilson interval, n = ${m.samples}`]);
   if (job.error) facts.push(["Error", h("span", { class: "error" }, job.error)]);
   if (job.cancel_requested && LIVE.has(job.status)) facts.push(["Cancel", "requested; it stops at its next batch"]);
   return h("dl", { class: "facts panel", id: "job-facts" }, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
@@ -446,8 +472,8 @@ function renderAudit(where, audit) {
       groups: perClass.map((c) => ({ name: c.name, values: [c.clean_accuracy, c.robust_accuracy] })) })) : null;
   where.replaceChildren(
     h("h3", {}, "Audit"),
-    h("p", {}, `Clean ${acc(audit.clean_accuracy)} · robust ${acc(audit.robust_accuracy)} at ${audit.norm} eps ${Number(audit.eps).toFixed(4)} ` +
-      `(${audit.ensemble}: ${(audit.ensemble_attacks || []).join(", ")}; per-sample worst case over ${audit.samples} samples; ${audit.precision || "fp32"})`),
+    h("p", {}, `Clean ${accCi(audit.clean_accuracy, audit.clean_interval, audit.samples)} · robust ${accCi(audit.robust_accuracy, audit.robust_interval, audit.samples)} at ${audit.norm} eps ${Number(audit.eps).toFixed(4)} ` +
+      `(${audit.ensemble}: ${(audit.ensemble_attacks || []).join(", ")}; per-sample worst case over ${audit.samples} samples; ${audit.precision || "fp32"}; in brackets: 95% Wilson intervals)`),
     headlineNotes(audit),
     (audit.notes || []).length ? h("ul", { class: "audit-notes" }, audit.notes.map((n) => h("li", {}, n))) : null,
     h("table", { id: "audit-attacks" }, h("caption", {}, "Attacks (ensemble members show the accuracy left after each, in sequence)"),
@@ -460,7 +486,8 @@ function renderAudit(where, audit) {
     perClass.length ? h("details", {}, h("summary", {}, "Per-class numbers"),
       h("table", {}, h("thead", {}, h("tr", {}, ...["Class", "Samples", "Clean", "Robust"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, perClass.map((c) => h("tr", {}, h("td", {}, c.name), h("td", { class: "num" }, String(c.samples)),
-          h("td", { class: "num" }, acc(c.clean_accuracy)), h("td", { class: "num" }, acc(c.robust_accuracy))))))) : null);
+          h("td", { class: "num" }, accCi(c.clean_accuracy, c.clean_interval, c.samples)),
+          h("td", { class: "num" }, accCi(c.robust_accuracy, c.robust_interval, c.samples))))))) : null);
 }
 
 function renderCandidates(where, job, metrics) {
@@ -474,14 +501,36 @@ function renderCandidates(where, job, metrics) {
   where.replaceChildren(
     h("h3", {}, "Candidates"),
     h("figure", {}, h("figcaption", {}, `Validation clean against robust accuracy (chosen: ${metrics.chosen || "–"})`), chart),
+    selectionNote(metrics.selection || (job.metrics || {}).selection || {}, metrics.chosen),
     h("table", { id: "candidates-table" },
-      h("thead", {}, h("tr", {}, ...["Candidate", "Chosen", "Val. clean", "Val. robust", "Test clean", "Test robust", "Weights"].map((t) => h("th", { scope: "col" }, t)))),
+      h("caption", {}, "Cost: measured device-seconds of each candidate's training and validation audit" + costDevices(rows)),
+      h("thead", {}, h("tr", {}, ...["Candidate", "Chosen", "Val. clean", "Val. robust", "Test clean", "Test robust", "Cost", "Weights"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, rows.map((r) => h("tr", {},
         h("td", {}, r.name), h("td", {}, r.name === metrics.chosen ? "chosen" : ""),
-        h("td", { class: "num" }, acc(r.val_clean)), h("td", { class: "num" }, acc(r.val_robust)),
-        h("td", { class: "num" }, acc(r.test_clean)), h("td", { class: "num" }, acc(r.test_robust)),
+        ...["val_clean", "val_robust", "test_clean", "test_robust"].map((key) =>
+          h("td", { class: "num" }, accCi(r[key], r[`${key}_interval`], r[`${key.split("_")[0]}_samples`]))),
+        h("td", { class: "num" }, costText(r)),
         h("td", {}, h("button", { type: "button", class: "link", onclick: () => download(`/v1/jobs/${job.id}/weights?candidate=${encodeURIComponent(r.name)}`, `${r.name}.safetensors`, message) }, "download")))))),
     message);
+}
+
+// How the choice was made: its reason, the rule, its confidence and the validation size.
+function selectionNote(sel, chosen) {
+  if (!sel.rule) return null;
+  const level = typeof sel.confidence === "number" ? `${Math.round(sel.confidence * 100)}% confidence, ` : "";
+  const reason = sel.reason ? h("p", { id: "selection-reason" }, h("strong", {}, "Chosen: "), sel.reason) : h("p", {}, `Chosen: ${chosen || "–"}`);
+  return h("div", { id: "selection" }, reason,
+    h("p", {}, `Rule (${level}${sel.val_samples} validation images; in brackets below: 95% Wilson intervals): ${sel.rule}`));
+}
+
+// A candidate's measured cost; rows from before costs were measured show their total time.
+function costText(r) {
+  const s = typeof r.cost_seconds === "number" && r.cost_seconds > 0 ? r.cost_seconds : r.seconds;
+  return typeof s === "number" ? `${s.toFixed(1)} s` : "–";
+}
+function costDevices(rows) {
+  const devices = [...new Set(rows.map((r) => r.device).filter(Boolean))];
+  return devices.length ? ` (on ${devices.join(", ")})` : "";
 }
 
 function renderProvenance(where, job) {
@@ -678,7 +727,7 @@ async function compareView(arg) {
           const m = r.job.metrics || {};
           return h("tr", {}, h("td", {}, h("a", { href: `#/job/${r.name}` }, r.name)), h("td", {}, r.job.kind),
             h("td", {}, (r.job.params || {}).method || "–"), h("td", {}, statusCell(r.job.status)),
-            h("td", { class: "num" }, acc(m.clean_accuracy)), h("td", { class: "num" }, robustCell(m)),
+            h("td", { class: "num" }, accCi(m.clean_accuracy, m.clean_interval, m.samples)), h("td", { class: "num" }, robustCell(m)),
             h("td", {}, m.ensemble ? `${m.ensemble} (${(m.ensemble_attacks || []).join(", ")})` : "–"));
         }))),
       h("figure", { id: "compare-chart" }, h("figcaption", {}, "Clean and robust accuracy"),

@@ -3,10 +3,75 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
+import torch.nn.functional as F
 
-from cartl_core.errors import DataError
+from cartl_core.errors import ConfigError, DataError
+
+#: How images are resized: bilinear and bicubic (antialiased when they shrink, as an image
+#: library does), nearest (pixels copied, for masks and pixel art) or area (each output pixel the
+#: mean of the input pixels it covers: the sharpest way to shrink).
+ResizeMethod = Literal["bilinear", "bicubic", "nearest", "area"]
+RESIZE_METHODS: tuple[ResizeMethod, ...] = get_args(ResizeMethod)
+#: The smallest image side a dataset may have, after any resize.
+MIN_SIDE = 8
+#: The largest side a resize may give: twice the largest input of the published ImageNet models
+#: (512 px); a uint8 RGB image of this side is 3 MB, so 1,000 of them are already 3 GB.
+MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Make every image ``size`` x ``size`` with ``method`` (see :data:`ResizeMethod`)."""
+
+    size: int
+    method: ResizeMethod = "bilinear"
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIDE <= size <= MAX_SIDE:
+            raise ConfigError(
+                f"resize must be an image side from {MIN_SIDE} to {MAX_SIDE} pixels; got {size!r}",
+                field="resize",
+            )
+        if self.method not in RESIZE_METHODS:
+            raise ConfigError(
+                f"resize_method must be one of {', '.join(RESIZE_METHODS)}; got {self.method!r}",
+                field="resize_method",
+            )
+
+    @classmethod
+    def of(cls, value: int | Resize | None) -> Resize | None:
+        """``value`` as a Resize: a side alone is resized bilinearly."""
+        return value if value is None or isinstance(value, Resize) else cls(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "method": self.method}
+
+    def describe(self) -> str:
+        """``32x32 (bilinear)``, for messages and reports."""
+        return f"{self.size}x{self.size} ({self.method})"
+
+
+def resample(x: torch.Tensor, size: int, method: str) -> torch.Tensor:
+    """A float batch (N, C, H, W) resized to ``size`` x ``size``; differentiable, so a model can
+    do it to its inputs and attacks still see the pixels they were given.
+
+    Bilinear and bicubic are antialiased only when they shrink (enlarging has nothing to
+    alias, and PyTorch's antialiased kernels would then cost more for the same result); nearest
+    is PyTorch's ``nearest-exact``, the pixel centres an image library picks.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if method == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest-exact")
+    if method == "area":
+        return F.interpolate(x, size=(size, size), mode="area")
+    shrinks = size < max(h, w)
+    return F.interpolate(x, size=(size, size), mode=method, align_corners=False, antialias=shrinks)
 
 
 @dataclass(frozen=True)

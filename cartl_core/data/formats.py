@@ -18,10 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cartl_core._stop import check_stop
-from cartl_core.data._types import Dataset, Split
+from cartl_core.data._types import MIN_SIDE, RESIZE_METHODS, Dataset, Resize, Split, resample
 from cartl_core.data.archive import ArchiveLimits, archive_kind, iter_files, list_members
 from cartl_core.errors import DataError
 
@@ -32,30 +31,37 @@ FORMATS = (
     "(train/<class>/, test/<class>/), the CIFAR-10/100 python tarballs, SVHN "
     "train_32x32.mat + test_32x32.mat"
 )
+#: Each resize method as the image library names it: its BILINEAR and BICUBIC are antialiased
+#: when they shrink, as :func:`cartl_core.data._types.resample` is; BOX is the area average.
+_PIL_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "area": "BOX"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
-MIN_SIDE = 8
 
 
 def load_dataset(
-    path: str | Path, *, limits: ArchiveLimits | None = None, resize: int | None = None
+    path: str | Path, *, limits: ArchiveLimits | None = None, resize: int | Resize | None = None
 ) -> Dataset:
-    """Load a dataset from any supported format; ``resize`` makes every image resize x resize."""
+    """Load a dataset from any supported format.
+
+    ``resize`` makes every image ``size`` x ``size``: a :class:`Resize` names the method, a side
+    alone is resized bilinearly (antialiased when it shrinks). Images of several sizes (an
+    image folder) need it; a :class:`ConfigError` names ``resize`` or ``resize_method`` where
+    the value is wrong.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"dataset not found: {p}")
-    if resize is not None and resize < MIN_SIDE:
-        raise DataError(f"resize must be at least {MIN_SIDE}; got {resize}")
-    data = _dispatch(p, limits or ArchiveLimits(), resize)
-    if resize is not None and data.format != "imagefolder":
+    how = Resize.of(resize)
+    data = _dispatch(p, limits or ArchiveLimits(), how)
+    if how is not None and data.format != "imagefolder":
         data = Dataset(
-            _resized(data.train, resize), _resized(data.test, resize), data.class_names, data.format
+            _resized(data.train, how), _resized(data.test, how), data.class_names, data.format
         )
     _check_side(data)
     return data
 
 
-def _dispatch(p: Path, limits: ArchiveLimits, resize: int | None) -> Dataset:
+def _dispatch(p: Path, limits: ArchiveLimits, resize: Resize | None) -> Dataset:
     if p.is_dir():
         return _from_directory(p, resize)
     name = p.name.lower()
@@ -94,17 +100,17 @@ def _check_side(data: Dataset) -> None:
         )
 
 
-def _resized(split: Split, size: int) -> Split:
-    x = F.interpolate(
-        split.float_images(),
-        size=(size, size),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    ).clamp_(0, 1)
-    if split.images.dtype == torch.uint8:
-        return Split(x.mul_(255).round_().to(torch.uint8), split.labels)
-    return Split(x, split.labels)
+def _resized(split: Split, how: Resize, chunk: int = 1024) -> Split:
+    """Resized in chunks: a float copy of a whole large split would be 4x its uint8 size."""
+    parts = []
+    for start in range(0, len(split), chunk):
+        check_stop("resizing the dataset")
+        images = split.subset(torch.arange(start, min(start + chunk, len(split))))
+        x = resample(images.float_images(), how.size, how.method).clamp_(0, 1)
+        if split.images.dtype == torch.uint8:
+            x = x.mul_(255).round_().to(torch.uint8)
+        parts.append(x)
+    return Split(torch.cat(parts), split.labels)
 
 
 # --- npz ---------------------------------------------------------------------------------------
@@ -357,7 +363,7 @@ def _imagefolder_root(names: Iterable[str]) -> str | None:
     return None
 
 
-def _from_directory(p: Path, resize: int | None) -> Dataset:
+def _from_directory(p: Path, resize: Resize | None) -> Dataset:
     files = [f for f in p.rglob("*") if f.is_file() and not f.is_symlink()]
     rel = {f.relative_to(p).as_posix(): f for f in files}
     if svhn := _find_svhn(rel):
@@ -367,7 +373,7 @@ def _from_directory(p: Path, resize: int | None) -> Dataset:
     return _imagefolder(((n, f.read_bytes()) for n, f in rel.items()), resize, p.name)
 
 
-def _imagefolder(files: Iterable[tuple[str, bytes]], resize: int | None, source: str) -> Dataset:
+def _imagefolder(files: Iterable[tuple[str, bytes]], resize: Resize | None, source: str) -> Dataset:
     from PIL import Image
 
     images: dict[str, list[tuple[str, Image.Image]]] = {"train": [], "test": []}
@@ -396,7 +402,8 @@ def _imagefolder(files: Iterable[tuple[str, bytes]], resize: int | None, source:
         a, b = sorted(sizes)[:2]
         raise DataError(
             f"{source}: images differ in size ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
-            "pass resize to scale them all to one size"
+            "resize them all to one size (resize, e.g. 32, and resize_method: "
+            f"{', '.join(RESIZE_METHODS)})"
         )
     index = {c: i for i, c in enumerate(classes)}
 
@@ -406,7 +413,10 @@ def _imagefolder(files: Iterable[tuple[str, bytes]], resize: int | None, source:
             check_stop("decoding the dataset")
             img = img.convert(mode)
             if resize is not None:
-                img = img.resize((resize, resize), Image.Resampling.BILINEAR)
+                img = img.resize(
+                    (resize.size, resize.size),
+                    getattr(Image.Resampling, _PIL_FILTERS[resize.method]),
+                )
             arr = np.asarray(img, dtype=np.uint8)
             arrays.append(arr[..., None] if arr.ndim == 2 else arr)
         if not arrays:

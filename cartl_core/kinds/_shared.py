@@ -20,9 +20,12 @@ from cartl_core.config import (
     ScheduleConfig,
     TraceConfig,
 )
+from cartl_core.data._types import MAX_SIDE, MIN_SIDE, Resize, ResizeMethod
+from cartl_core.errors import ConfigError
 from cartl_core.kinds.base import JobOutcome, RunContext
 from cartl_core.kinds.configs import build_config
 from cartl_core.options import format_number, option
+from cartl_core.stats import accuracy_interval, interval_text
 
 _S, _AU, _TR = ScheduleConfig(), AuditConfig(), TraceConfig()
 Augment = Literal["auto", "paper", "crop", "crop-flip", "none"]
@@ -114,9 +117,29 @@ AUDIT_HELP: dict[str, dict[str, Any]] = {
     },
 }
 RESIZE_HELP = (
-    "resize the images to the {what}'s input size (bilinear, antialiased) [off: images of "
-    "another size are an error]"
+    "resize the images first: to SIDE x SIDE pixels, or (true, the flag alone) to the {what}'s "
+    "input size. Off, a {what} of another input size resamples them inside itself (at the cost "
+    "of a pass at its size), so training and attacks work on the images as they are"
 )
+
+
+def resize_options(what: str) -> dict[str, dict[str, Any]]:
+    """The Options of ``resize`` and ``resize_method``, which every kind that reads a dataset
+    takes (``what`` names its model: the source, the model, the initial model)."""
+    return {
+        "resize": {
+            "help": RESIZE_HELP.format(what=what),
+            "default_text": "off",
+            "metavar": "SIDE",
+            "ge": MIN_SIDE,
+            "le": MAX_SIDE,
+        },
+        "resize_method": {
+            "help": "how images are resized (the data by resize, or inside the model): "
+            "bilinear or bicubic (antialiased when shrinking), nearest, area (the mean of the "
+            "pixels covered)",
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -273,7 +296,8 @@ class FromSource:
         ge=1,
         le=100_000,  # ImageNet-21k has 21,841
     )
-    resize: bool = option(False, RESIZE_HELP.format(what="source"))
+    resize: bool | int = option(False, **resize_options("source")["resize"])
+    resize_method: ResizeMethod = option("bilinear", **resize_options("source")["resize_method"])
 
 
 def train_accuracy(history: Sequence[Mapping[str, Any]]) -> float | None:
@@ -320,6 +344,12 @@ def audit_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         "eps": report.get("eps"),
         "norm": report.get("norm"),
         "samples": report["samples"],
+        # 95% Wilson intervals over the samples (computed here for a report older than them).
+        "clean_interval": report.get("clean_interval")
+        or accuracy_interval(report["clean_accuracy"], report["samples"]),
+        "robust_interval": report.get("robust_interval")
+        or accuracy_interval(report["robust_accuracy"], report["samples"]),
+        "interval": report.get("interval") or interval_text(report["samples"]),
         "precision": report.get("precision", "fp32"),
         "audited": True,
         "attacks": [{k: a.get(k) for k in _ATTACK_SUMMARY} for a in report["attacks"]],
@@ -334,15 +364,59 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def resize_to(params: Any, checkpoint_path: Path | None) -> int | None:
-    """The side to resize the images to: the checkpoint's input size, where the job asks for a
-    resize and the checkpoint records one (plain weights are built at the data's size)."""
+def resize_to(
+    params: Any, checkpoint_path: Path | None, uploaded: Resize | None = None
+) -> Resize | None:
+    """How the job resizes its images: to the side ``resize`` names; to the checkpoint's input
+    size where it is true and the checkpoint records one (plain weights are built at the data's
+    size); else as the dataset was uploaded (``uploaded``), or not at all."""
     from cartl_core.checkpoints import read_description
 
-    if not getattr(params, "resize", False) or checkpoint_path is None:
-        return None
-    description = read_description(checkpoint_path)
-    return None if description is None else int(description["model"]["input_size"])
+    resize = getattr(params, "resize", False)
+    method: ResizeMethod = getattr(params, "resize_method", "bilinear")
+    if resize is False:
+        return uploaded
+    if resize is not True:
+        return Resize(int(resize), method)
+    description = None if checkpoint_path is None else read_description(checkpoint_path)
+    if description is None:
+        return uploaded
+    return Resize(int(description["model"]["input_size"]), method)
+
+
+def load_for_data(checkpoint: Path, data: Any, method: str, **kwargs: Any) -> Any:
+    """:func:`cartl_core.load_model` for the job's images (``kwargs``: its other arguments),
+    taking them as they are (:func:`fit_input_size`).
+
+    A CARTL checkpoint keeps the size its header records. Plain weights are built at the size
+    their published layout was trained at (``origin.trained_input_size``: 224 for an ImageNet
+    model, which then upsamples 32-px images inside itself, as robust-transfer studies upsample
+    CIFAR), else at the data's.
+    """
+    from cartl_core import load_model, read_description
+
+    c, h, _ = data.input_shape
+    model = load_model(checkpoint, in_channels=c, input_size=h, **kwargs)
+    trained = (model.origin or {}).get("trained_input_size")
+    if trained and trained != model.spec.input_size and read_description(checkpoint) is None:
+        model = load_model(checkpoint, in_channels=c, input_size=int(trained), **kwargs)
+    fit_input_size(model, data, method)
+    return model
+
+
+def fit_input_size(model: Any, data: Any, method: str) -> None:
+    """Have ``model`` take the data's images as they are: a model built for another size
+    resamples them inside itself (:meth:`cartl_core.models.BlockModel.set_input_size`), so
+    training and attacks work on the data's pixels. Non-square images are refused: the model
+    would be described, and later fed, at one size."""
+    _, h, w = data.input_shape
+    if h != w:
+        raise ConfigError(
+            f"the images are {h}x{w}; resize them to a square (resize, e.g. {min(h, w)})",
+            field="resize",
+        )
+    if model.spec.input_size != h:
+        model.set_input_size(h, method)
 
 
 def finish_training(

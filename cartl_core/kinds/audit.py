@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from cartl_core.config import AuditConfig, Precision
+from cartl_core.data import ResizeMethod
 from cartl_core.errors import ConfigError
 from cartl_core.kinds._shared import (
     AUDIT_HELP,
@@ -15,11 +16,12 @@ from cartl_core.kinds._shared import (
     MAX_BATCH,
     MAX_SAMPLES,
     MAX_SEED,
-    RESIZE_HELP,
     Norm,
     Threat,
     audit_summary,
     jsonable,
+    load_for_data,
+    resize_options,
     resize_to,
     threat_model,
 )
@@ -78,7 +80,8 @@ class AuditParams:
     )
     seed: int = option(0, "random seed", ge=0, le=MAX_SEED)
     arch: str | None = option(None, "architecture, for plain weights")
-    resize: bool = option(False, RESIZE_HELP.format(what="model"))
+    resize: bool | int = option(False, **resize_options("model")["resize"])
+    resize_method: ResizeMethod = option("bilinear", **resize_options("model")["resize_method"])
 
     def config(self, threat: Threat | None = None) -> AuditConfig:
         """``threat``: the checkpoint's own threat model, used where ``eps``/``norm`` are unset."""
@@ -93,14 +96,16 @@ class AuditParams:
 
 
 def _run(params: AuditParams, ctx: RunContext) -> JobOutcome:
-    from cartl_core import audit, load_dataset, load_model
+    from cartl_core import audit, load_dataset
     from cartl_core._runtime import prepare_model, resolve_device
     from cartl_core.checkpoints import read_description, trained_threat
 
     checkpoint = ctx.needs_checkpoint("audit")
-    data = load_dataset(ctx.dataset_path, resize=resize_to(params, checkpoint))
+    data = load_dataset(ctx.dataset_path, resize=resize_to(params, checkpoint, ctx.dataset_resize))
     c, h, w = data.input_shape
-    model = load_model(checkpoint, arch=params.arch, in_channels=c, input_size=h)
+    # A model of another input size resamples the images inside itself: the attacks perturb
+    # the images as they are.
+    model = load_for_data(checkpoint, data, params.resize_method, arch=params.arch)
     model.check_input(c)
     model.check_input_size(h, w)
     prepare_model(model, resolve_device(ctx.device))

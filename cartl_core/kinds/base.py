@@ -27,6 +27,7 @@ from cartl_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from cartl_core.audit import AuditEvent
+    from cartl_core.data import Resize
 
 __all__ = [
     "CheckpointFacts",
@@ -116,6 +117,8 @@ class RunContext:
     """Where a job reads and writes, on what device, and whom it tells how it goes."""
 
     dataset_path: Path
+    #: How the dataset was uploaded to be resized (the job's own ``resize`` replaces it).
+    dataset_resize: Resize | None = None
     checkpoint_path: Path | None = None
     #: Where a kind that makes a model writes it.
     out_path: Path | None = None

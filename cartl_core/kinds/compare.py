@@ -11,6 +11,7 @@ import torch
 from cartl_core.config import (
     BN_PRESETS,
     COMPARE_BN_PRESETS,
+    COMPARE_CENTRE_K_ONLY,
     COMPARE_K_OFFSETS,
     COMPARE_NORM_BETAS,
     AuditConfig,
@@ -33,6 +34,7 @@ from cartl_core.kinds._shared import (
     Schedule,
     audit_summary,
     jsonable,
+    load_for_data,
     resize_to,
     threat_record,
     train_accuracy,
@@ -41,6 +43,7 @@ from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, regis
 from cartl_core.kinds.configs import build_config
 from cartl_core.kinds.fit import image_size_errors, k_in_range, residual_scale_error
 from cartl_core.options import option
+from cartl_core.stats import interval_text
 
 __all__ = ["COMPARE", "CompareParams"]
 
@@ -56,7 +59,9 @@ class CompareParams(FromSource, Schedule):
     ``k``, ``norm_beta`` and ``bn`` are lists; left out, k lies around the k the source was
     pre-trained for and each method gets its own beta and BN preset. The schedule options
     override each method's default schedule. The chosen model then gets a full audit at ``eps``
-    with ``audit_attacks`` (``no_audit`` skips it).
+    with ``audit_attacks`` (``no_audit`` skips it). ``max_cost``: device-seconds for all the
+    candidates' training and validation audits; candidates whose estimate does not fit are
+    dropped before anything trains (``CompareConfig.max_cost_seconds``).
     """
 
     eps: float | None = option(
@@ -77,7 +82,8 @@ class CompareParams(FromSource, Schedule):
         None,
         "k values, comma-separated",
         default_text="the k the source was pre-trained for (from its header, else "
-        f"{_T.k}) {', '.join(f'{o:+d}' for o in COMPARE_K_OFFSETS)}, within the model's blocks",
+        f"{_T.k}) {', '.join(f'{o:+d}' for o in COMPARE_K_OFFSETS)}, within the model's blocks "
+        f"({' and '.join(COMPARE_CENTRE_K_ONLY)}: the first only)",
         group=CANDIDATES,
         ge=1,
         le=MAX_BLOCKS,
@@ -114,7 +120,8 @@ class CompareParams(FromSource, Schedule):
     )
     max_clean_drop: float = option(
         _C.max_clean_drop,
-        "the chosen one's validation clean accuracy is at most this below the best candidate's",
+        "leave out candidates whose validation clean accuracy is below the best candidate's by "
+        "more than this, beyond noise (at the choice's confidence)",
         group=CANDIDATES,
         ge=0,
         le=1.0,
@@ -125,6 +132,35 @@ class CompareParams(FromSource, Schedule):
         group=CANDIDATES,
         gt=0,
         lt=1.0,
+    )
+    min_val_samples: int = option(
+        _C.min_val_samples,
+        "hold out at least this many training images for validation where val_fraction gives "
+        "fewer (never more than a third of them): 200 bound one accuracy's 95% interval at "
+        "+-6.9 points",
+        group=CANDIDATES,
+        ge=0,
+        le=1_000_000,
+    )
+    confidence: float = option(
+        _C.confidence,
+        "the choice keeps the preferred (least training work) candidate unless another is more "
+        "robust on validation at this one-sided confidence (paired exact test, Holm-corrected)",
+        group=CANDIDATES,
+        gt=0.5,
+        lt=1.0,
+    )
+    max_cost: float | None = option(
+        None,
+        "budget in device-seconds for every candidate's training and validation audit, "
+        "together: candidates whose estimated cost does not fit (in priority order) are dropped "
+        "before training, and the estimate names them",
+        default_text="no budget",
+        group=CANDIDATES,
+        gt=0,
+        # Thirty days of one device: longer runs are split into several comparisons.
+        le=30 * 24 * 3600,
+        to="max_cost_seconds",
     )
     audit_attacks: str = option(
         _AU.attacks,
@@ -163,21 +199,22 @@ class CompareParams(FromSource, Schedule):
 def _run(params: CompareParams, ctx: RunContext) -> JobOutcome:
     """Candidates to ``ctx.extra_dir`` (default: beside the output), the chosen one (with its
     full audit) to ``ctx.out_path``."""
-    from cartl_core import audit, load_dataset, load_model, read_description, save_checkpoint
+    from cartl_core import audit, load_dataset, read_description, save_checkpoint
     from cartl_core._runtime import prepare_model, resolve_device
     from cartl_core.compare import compare, pretrained_k
     from cartl_core.provenance import sha256_file
 
     out_path = ctx.needs_out("compare")
     checkpoint_path = ctx.needs_checkpoint("compare", "source checkpoint")
-    data = load_dataset(ctx.dataset_path, resize=resize_to(params, checkpoint_path))
-    c, h, _ = data.input_shape
-    source = load_model(
+    data = load_dataset(
+        ctx.dataset_path, resize=resize_to(params, checkpoint_path, ctx.dataset_resize)
+    )
+    source = load_for_data(
         checkpoint_path,
+        data,
+        params.resize_method,
         arch=params.arch,
         num_classes=params.source_classes,
-        in_channels=c,
-        input_size=h,
     )
     result = compare(
         source,
@@ -204,6 +241,10 @@ def _run(params: CompareParams, ctx: RunContext) -> JobOutcome:
             "ensemble_attacks": list(resolve_attacks(ensemble)[1]),
             "eps": table["selection"]["eps"],
             "norm": table["selection"]["norm"],
+            "samples": chosen.test_samples,
+            "clean_interval": table["chosen"]["test_clean_interval"],
+            "robust_interval": table["chosen"]["test_robust_interval"],
+            "interval": interval_text(chosen.test_samples),
             "audited": False,
             "headline_notes": [NOT_AUDITED.format(ensemble=ensemble)],
             "warnings": [],

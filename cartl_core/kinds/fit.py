@@ -16,13 +16,25 @@ from cartl_core.errors import CartlError, ConfigError
 from cartl_core.kinds.base import CheckpointFacts, Inputs, JobKind
 from cartl_core.models import model_info
 
-__all__ = ["fit", "image_size_errors", "k_in_range", "residual_scale_error"]
+__all__ = [
+    "RESIZE_WITHOUT_MODEL",
+    "fit",
+    "image_size_errors",
+    "k_in_range",
+    "residual_scale_error",
+]
+
+RESIZE_WITHOUT_MODEL = (
+    "resize true means the model's input size, and a new model has none; give a side in "
+    "pixels (e.g. 32)"
+)
 
 
 def fit(kind: JobKind, params: Any, inputs: Inputs) -> Any:
     """``params`` with what the checkpoint knows filled in (the architecture of plain weights, a
     source's class count, a source's pre-trained k where k was left out); raises ConfigError."""
     errors: list[ConfigError] = []
+    inputs = _plain_at_data_size(params, inputs)
     checkpoint, dataset = inputs.checkpoint, inputs.dataset
     if checkpoint is not None:
         params = _fill_from_checkpoint(kind, params, inputs, errors)
@@ -50,6 +62,18 @@ def fit(kind: JobKind, params: Any, inputs: Inputs) -> Any:
         first, *rest = errors
         raise ConfigError(str(first), field=first.field, more=tuple(rest))
     return params
+
+
+def _plain_at_data_size(params: Any, inputs: Inputs) -> Inputs:
+    """Plain weights are built at the size of the images the job reads (what their upload
+    recorded is a default, the data unknown then): the checks see that size."""
+    checkpoint, dataset = inputs.checkpoint, inputs.dataset
+    if checkpoint is None or checkpoint.described:
+        return inputs
+    resize = getattr(params, "resize", False)
+    size = dataset.input_shape[1] if resize is False or resize is True else int(resize)
+    shape = (checkpoint.input_shape[0], size, size)
+    return replace(inputs, checkpoint=replace(checkpoint, input_shape=shape))
 
 
 def _fill_from_checkpoint(
@@ -107,23 +131,31 @@ def k_in_range(k: int | Sequence[int] | None, blocks: int) -> list[ConfigError]:
     ]
 
 
-def image_size_errors(resize: bool, inputs: Inputs) -> list[ConfigError]:
-    """A CARTL checkpoint keeps the size it was trained at: images of another size would run but
-    be described at the wrong one. (Plain weights are rebuilt at the data's size.)"""
+def image_size_errors(resize: bool | int, inputs: Inputs) -> list[ConfigError]:
+    """What the job's images cannot be fitted to: ``resize`` true (the model's input size)
+    without a checkpoint to take it from, or non-square images left as they are.
+
+    Images of another size than a checkpoint's are no error: the job resizes them where
+    ``resize`` says, and otherwise the model resamples them inside itself (plain weights are
+    built at the data's size).
+    """
     checkpoint, dataset = inputs.checkpoint, inputs.dataset
-    if resize or checkpoint is None or not checkpoint.described:
-        return []
-    size = checkpoint.input_shape[1]
+    if resize is True and checkpoint is None:
+        return [ConfigError(RESIZE_WITHOUT_MODEL, field="resize")]
+    # resize true resizes to the size a CARTL checkpoint records; plain weights record none.
+    resized = resize is not False and (
+        resize is not True or bool(checkpoint and checkpoint.described)
+    )
     height, width = dataset.input_shape[1], dataset.input_shape[2]
-    if (height, width) == (size, size):
-        return []
-    return [
-        ConfigError(
-            f"dataset {dataset.id} has {height}x{width} images but checkpoint {checkpoint.id} "
-            f"takes {size}x{size}; set resize to true to resize them (bilinear, antialiased)",
-            field="resize",
-        )
-    ]
+    if not resized and height != width:
+        return [
+            ConfigError(
+                f"dataset {dataset.id} has {height}x{width} images; models take square ones: "
+                f"set resize to a side (e.g. {min(height, width)})",
+                field="resize",
+            )
+        ]
+    return []
 
 
 def residual_scale_error(checkpoint: CheckpointFacts, field: str, fix: str) -> list[ConfigError]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from cartl_core.config import AttackConfig, FDMConfig
+from cartl_core.data import ResizeMethod
 from cartl_core.errors import CartlError, ConfigError
 from cartl_core.kinds._shared import (
     MAX_BLOCKS,
@@ -18,11 +19,14 @@ from cartl_core.kinds._shared import (
     Trace,
     check_configs,
     finish_training,
+    load_for_data,
+    resize_options,
+    resize_to,
     training_kwargs,
 )
 from cartl_core.kinds.base import Inputs, JobKind, JobOutcome, RunContext, register
 from cartl_core.kinds.configs import build_config
-from cartl_core.kinds.fit import k_in_range
+from cartl_core.kinds.fit import RESIZE_WITHOUT_MODEL, image_size_errors, k_in_range
 from cartl_core.models import list_models, model_info
 from cartl_core.options import option
 
@@ -65,6 +69,10 @@ class PretrainParams(Schedule, Trace, FinalAudit):
     steps: int = option(
         _A.steps, "training attack steps", ge=0, le=MAX_TRAINING_STEPS, to="attack.steps"
     )
+    resize: bool | int = option(False, **resize_options("initial model")["resize"])
+    resize_method: ResizeMethod = option(
+        "bilinear", **resize_options("initial model")["resize_method"]
+    )
 
     @property
     def threat(self) -> Threat:
@@ -80,28 +88,34 @@ class PretrainParams(Schedule, Trace, FinalAudit):
 
 
 def _run(params: PretrainParams, ctx: RunContext) -> JobOutcome:
-    from cartl_core import load_dataset, load_model, pretrain
+    from cartl_core import load_dataset, pretrain
 
     out = ctx.needs_out("pretrain")
-    data = load_dataset(ctx.dataset_path)
-    c, h, _ = data.input_shape
+    if params.resize is True and ctx.checkpoint_path is None:
+        raise ConfigError(RESIZE_WITHOUT_MODEL, field="resize")
+    data = load_dataset(
+        ctx.dataset_path, resize=resize_to(params, ctx.checkpoint_path, ctx.dataset_resize)
+    )
     init = None
     if ctx.checkpoint_path is not None:
-        init = load_model(ctx.checkpoint_path, arch=params.arch, in_channels=c, input_size=h)
+        init = load_for_data(ctx.checkpoint_path, data, params.resize_method, arch=params.arch)
     result = pretrain(data, params.arch, params.config(), init=init, **training_kwargs(params, ctx))
     return finish_training(result, data, replace(ctx, out_path=out), params, params.threat)
 
 
 def _fit(params: PretrainParams, inputs: Inputs) -> tuple[PretrainParams, list[ConfigError]]:
     """The architecture is the initial weights' where there are some; k within its blocks."""
+    errors = image_size_errors(params.resize, inputs)
     if inputs.checkpoint is not None:
-        return params, k_in_range(params.k, inputs.checkpoint.num_blocks)
+        return params, k_in_range(params.k, inputs.checkpoint.num_blocks) + errors
     c, size = inputs.dataset.input_shape[0], inputs.dataset.input_shape[1]
+    if params.resize is not False and params.resize is not True:
+        size = params.resize  # the model is built for the resized images
     try:
         blocks = model_info(params.arch, max(inputs.dataset.num_classes, 2), c, size).num_blocks
     except CartlError as exc:
-        return params, [ConfigError(str(exc), field="arch")]
-    return params, k_in_range(params.k, blocks)
+        return params, [ConfigError(str(exc), field="arch"), *errors]
+    return params, k_in_range(params.k, blocks) + errors
 
 
 PRETRAIN = register(

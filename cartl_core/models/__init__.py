@@ -16,8 +16,15 @@ from typing import Any, TypeVar
 
 from cartl_core.errors import ArchitectureError
 from cartl_core.models._base import BlockModel, Head, ModelSpec, Normalize
-from cartl_core.models.resnet import resnet18_cifar
+from cartl_core.models.resnet import CIFAR_RESNETS, resnet_cifar
+from cartl_core.models.robustbench import (
+    dm_preact_resnet,
+    dm_wide_resnet,
+    preact_resnet,
+    trades_wide_resnet,
+)
 from cartl_core.models.small_cnn import small_cnn
+from cartl_core.models.timm_adapter import SUPPORTED_TIMM, timm_defaults, timm_model
 from cartl_core.models.tv import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -35,6 +42,7 @@ __all__ = [
     "Normalize",
     "build_model",
     "create_model",
+    "default_normalization",
     "list_models",
     "model_families",
     "model_info",
@@ -137,9 +145,18 @@ register_model(
     description="a small CNN for any channel count and inputs from 8x8 up",
     examples=["small-cnn"],
 )(small_cnn)
-register_model("resnet18-cifar", description="CIFAR ResNet-18", examples=["resnet18-cifar"])(
-    resnet18_cifar
+
+
+@register_model(
+    "resnetD-cifar",
+    description="CIFAR ResNet (3x3 stem, no max-pool) of depth D in "
+    f"{', '.join(map(str, CIFAR_RESNETS))}; loads pytorch-cifar's names (RobustBench's and "
+    "MadryLab robustness' CIFAR ResNets)",
+    examples=["resnet18-cifar", "resnet50-cifar"],
+    pattern=r"resnet(?P<depth>\d+)-cifar",
 )
+def _resnet_cifar(spec: ModelSpec, depth: str) -> BlockModel:
+    return resnet_cifar(spec, int(depth))
 
 
 @register_model(
@@ -161,11 +178,99 @@ register_model(
 )(torchvision_model)
 
 
+@register_model(
+    "robustbench:wrn-D-W",
+    description="RobustBench's TRADES WideResNet (ReLU; conv1, block1.layer.N, bn1, fc)",
+    examples=["robustbench:wrn-28-10"],
+    pattern=r"robustbench:wrn-(?P<depth>\d+)-(?P<width>\d+)",
+)
+def _trades_wrn(spec: ModelSpec, depth: str, width: str) -> BlockModel:
+    return trades_wide_resnet(spec, int(depth), int(width))
+
+
+@register_model(
+    "robustbench:dm-wrn-D-W[-relu]",
+    description="DeepMind's WideResNet in RobustBench (Swish; init_conv, layer.G.block.N, "
+    "batchnorm, logits); -relu for ReLU",
+    examples=["robustbench:dm-wrn-70-16"],
+    pattern=r"robustbench:dm-wrn-(?P<depth>\d+)-(?P<width>\d+)(?P<relu>-relu)?",
+)
+def _dm_wrn(spec: ModelSpec, depth: str, width: str, relu: str | None) -> BlockModel:
+    return dm_wide_resnet(spec, int(depth), int(width), "relu" if relu else "swish")
+
+
+@register_model(
+    "robustbench:dm-preact-resnet-D[-relu]",
+    description="DeepMind's pre-activation ResNet-18/34 in RobustBench (Swish; conv_2d, "
+    "layer_S.N, batchnorm, logits); -relu for ReLU",
+    examples=["robustbench:dm-preact-resnet-18"],
+    pattern=r"robustbench:dm-preact-resnet-(?P<depth>\d+)(?P<relu>-relu)?",
+)
+def _dm_preact(spec: ModelSpec, depth: str, relu: str | None) -> BlockModel:
+    return dm_preact_resnet(spec, int(depth), "relu" if relu else "swish")
+
+
+@register_model(
+    "robustbench:preact-resnet-D[-bn]",
+    description="RobustBench's pre-activation ResNet-18/34 (conv1, layerS.N, linear): "
+    "PreActBlock without a final BatchNorm (Wong2020Fast); -bn: PreActBlockV2 with one "
+    "(Rice2020Overfitting)",
+    examples=["robustbench:preact-resnet-18", "robustbench:preact-resnet-18-bn"],
+    pattern=r"robustbench:preact-resnet-(?P<depth>\d+)(?P<bn>-bn)?",
+)
+def _preact(spec: ModelSpec, depth: str, bn: str | None) -> BlockModel:
+    return preact_resnet(spec, int(depth), final_bn=bool(bn))
+
+
+register_model(
+    "timm:NAME",
+    description="a timm model (optional: pip install 'cartl[timm]'; weights never downloaded)",
+    examples=["timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224"],
+    pattern=r"timm:(?P<name>.+)",
+    supported=SUPPORTED_TIMM,
+)(timm_model)
+
+#: RobustBench's CIFAR statistics (``dm_wide_resnet.CIFAR10_MEAN`` ...), which every zoo entry
+#: of DeepMind's layouts normalises with, by class count.
+CIFAR_STATS: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def default_normalization(
+    arch: str, num_classes: int
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, why) an architecture's inputs are normalised with when nothing says otherwise:
+    what its published weights expect. ImageNet's for torchvision; timm's pretrained
+    configuration; RobustBench's CIFAR-10 (CIFAR-100 at 100 classes) statistics for DeepMind's
+    layouts; none for the rest."""
+    if arch.startswith("torchvision:"):
+        return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's statistics, as torchvision's weights use"
+    if arch.startswith("timm:"):
+        found = timm_defaults(arch.removeprefix("timm:"))
+        if found is not None:
+            return found[0], found[1], "timm's pretrained configuration for this model"
+        return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's statistics (timm has none for this name)"
+    if arch.startswith("robustbench:dm-"):
+        cifar100 = num_classes == 100
+        mean, std = CIFAR_STATS[100 if cifar100 else 10]
+        return (
+            mean,
+            std,
+            f"RobustBench's CIFAR-{100 if cifar100 else 10} statistics, which every zoo entry of "
+            "DeepMind's layouts uses",
+        )
+    return (0.0,), (1.0,), "none: inputs are taken in [0, 1] as they are"
+
+
 def build_model(spec: ModelSpec) -> BlockModel:
-    """Build an (untrained) model from its spec, including any residual scaling it records."""
+    """Build an (untrained) model from its spec, including any residual scaling it records and
+    the resampling of inputs of another size than its stem's."""
     for family in _FAMILIES.values():
         if (kwargs := family.match(spec.arch)) is not None:
-            model = family.build(spec, **kwargs)
+            # Builders build for the size the stem takes (a ViT's patch grid depends on it).
+            model = family.build(spec.at_stem(), **kwargs)
             break
     else:
         raise ArchitectureError(
@@ -173,6 +278,8 @@ def build_model(spec: ModelSpec) -> BlockModel:
         )
     if spec.residual_scaled_blocks:
         model.set_residual_scale(spec.residual_scale, spec.residual_scaled_blocks)
+    if spec.stem_size is not None:
+        model.set_input_size(spec.input_size, spec.resample)
     return model
 
 
@@ -186,7 +293,7 @@ def create_model(
     std: Sequence[float] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> BlockModel:
-    """A fresh model. Normalisation defaults: ImageNet's for torchvision models, none otherwise.
+    """A fresh model. Normalisation defaults: :func:`default_normalization`.
 
     ``options`` are architecture variants recorded in the model's spec (so a checkpoint rebuilds
     the variant it was trained as); left out, new models get ``DEFAULT_OPTIONS`` for their arch.
@@ -195,14 +302,14 @@ def create_model(
         raise ArchitectureError(f"num_classes must be >= 2; got {num_classes}")
     if input_size < 8:
         raise ArchitectureError(f"inputs must be at least 8x8; got {input_size}x{input_size}")
-    tv = arch.startswith("torchvision:")
+    default_mean, default_std, _ = default_normalization(arch, num_classes)
     spec = ModelSpec(
         arch=arch,
         num_classes=num_classes,
         in_channels=in_channels,
         input_size=input_size,
-        mean=tuple(mean) if mean is not None else (IMAGENET_MEAN if tv else (0.0,)),
-        std=tuple(std) if std is not None else (IMAGENET_STD if tv else (1.0,)),
+        mean=tuple(mean) if mean is not None else default_mean,
+        std=tuple(std) if std is not None else default_std,
         options=dict(options if options is not None else DEFAULT_OPTIONS.get(arch, {})),
     )
     return build_model(spec)

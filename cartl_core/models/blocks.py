@@ -1,4 +1,4 @@
-"""Residual building blocks shared by the CIFAR ResNet and the WideResNet.
+"""Residual building blocks shared by the CIFAR ResNets and the WideResNet.
 
 Each block has a ``residual_scale`` attribute: the output is ``scale * (shortcut + residual)``,
 1.0 for the plain sum and 0.5 for NEFT's averaged residual. Parameter names do not change with the
@@ -31,6 +31,37 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        out = out + self.shortcut(x)
+        if self.residual_scale != 1.0:
+            out = out * self.residual_scale
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """Post-activation bottleneck block of the CIFAR ResNet-50/101/152 (1x1, 3x3, 1x1; x4)."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.residual_scale = 1.0
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
         out = out + self.shortcut(x)
         if self.residual_scale != 1.0:
             out = out * self.residual_scale

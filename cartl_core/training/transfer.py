@@ -10,6 +10,16 @@
   penultimate features recorded once from the source, on one fixed augmented pass over the
   training images; the first epochs train only the head, the rest the whole model with BN in train
   mode, as in the release (``LwFConfig.tune="last-k"`` keeps to the last k blocks instead).
+- ``adversarial``: PGD adversarial fine-tuning (Madry et al.) of the last k blocks, the strong and
+  costly option CARTL is weighed against. Each batch: PGD examples (``config.attack``; PGD-7 with
+  step eps/4 by default) made with the model in eval mode and no parameter gradients, in bf16 on
+  CUDA, as FDM pre-training makes them; then the BN preset's modes back and one SGD step on the
+  CE of the adversarial batch. The frozen part runs without autograd (it has nothing to train),
+  so only the tuned blocks keep activations for the backward pass.
+- ``trades``: TRADES fine-tuning (Zhang et al. 2019) of the last k blocks: examples that maximise
+  KL(f(x') || f(x)) from x + 0.001 * N(0, 1) (same attack settings, model in eval mode), then
+  CE(f(x), y) + beta * KL(f(x') || f(x)), batch-mean, with clean and adversarial batches through
+  the model separately in train mode as the authors' code runs them.
 """
 
 from __future__ import annotations
@@ -21,9 +31,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cartl_core._runtime import autocast, prepare_model, resolve_device
+from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device
 from cartl_core._stop import check_stop
-from cartl_core.config import AuditConfig, BNPolicy, LwFConfig, TransferConfig
+from cartl_core.attacks import pgd, threat_model
+from cartl_core.config import AttackConfig, AuditConfig, BNPolicy, LwFConfig, TransferConfig
 from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split, augmented_copy
 from cartl_core.errors import ConfigError
 from cartl_core.models import BlockModel
@@ -81,6 +92,112 @@ def _clean_step(model: BlockModel, optimizer: torch.optim.Optimizer) -> Any:
         optimizer.step()
         n = y.shape[0]
         return {"loss": loss.detach() * n, "accuracy": (logits.detach().argmax(1) == y).sum()}
+
+    return step
+
+
+def adversarial_step(
+    model: BlockModel,
+    optimizer: torch.optim.Optimizer,
+    k: int,
+    policy: BNPolicy,
+    attack: AttackConfig,
+) -> Any:
+    """One PGD adversarial-training step of the last ``k`` blocks (also timed by compare's cost
+    estimate, so the estimate and the run take the same step)."""
+    a = attack
+    # No preset trains a frozen block's BN affine parameters, but a custom policy could; the
+    # frozen part then needs its graph too.
+    frozen_trains = any(p.requires_grad for m in model.frozen_modules(k) for p in m.parameters())
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_adv = pgd(
+            model, x, y, a.eps, a.step_size, a.steps, a.norm, a.random_start, a.restarts, a.loss,
+            precision="bf16",
+        )  # fmt: skip
+        # The attack hands the model back in train mode everywhere; frozen blocks (and BN that
+        # keeps source statistics) must be in eval mode again before the update.
+        bn_policy.set_modes(model, k, policy)
+        with autocast(x.device):
+            with torch.set_grad_enabled(frozen_trains):
+                h = model.frozen_part(x_adv, k)
+            logits = model.tuned_part(h, k)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        return {
+            "loss": loss.detach() * n,
+            "adv_accuracy": (logits.detach().argmax(1) == y).sum(),
+        }
+
+    return step
+
+
+def _trades_examples(
+    model: BlockModel, x: torch.Tensor, attack: AttackConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRADES' examples: PGD on KL(f(x') || f(x)) from x + 0.001 * N(0, 1) (the authors' start,
+    for either norm), model in eval mode and without parameter gradients; and x's clean
+    probabilities in that mode, which the attack needs."""
+    ball = threat_model(attack.norm, attack.eps)
+    with frozen_for_attack(model):
+        with torch.no_grad(), autocast(x.device):
+            p_clean = F.softmax(model(x).float(), dim=1)
+        x_adv = ball.project(x + 0.001 * torch.randn_like(x), x)
+        for _ in range(attack.steps):
+            check_stop("TRADES' attack")
+            x_adv = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                with autocast(x.device):
+                    logits = model(x_adv)
+                kl = F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = ball.project(ball.step(x_adv.detach(), grad, attack.step_size), x)
+    return x_adv.detach(), p_clean
+
+
+def trades_step(
+    model: BlockModel,
+    optimizer: torch.optim.Optimizer,
+    k: int,
+    policy: BNPolicy,
+    attack: AttackConfig,
+    beta: float,
+) -> Any:
+    """One TRADES step of the last ``k`` blocks (also timed by compare's cost estimate)."""
+    frozen_trains = any(p.requires_grad for m in model.frozen_modules(k) for p in m.parameters())
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(frozen_trains):
+            h = model.frozen_part(x, k)
+        out: torch.Tensor = model.tuned_part(h, k)
+        return out
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_adv, _ = _trades_examples(model, x, attack)
+        bn_policy.set_modes(model, k, policy)  # the attack left every module in train mode
+        with autocast(x.device):
+            logits = forward(x)
+            logits_adv = forward(x_adv)
+        ce = F.cross_entropy(logits.float(), y)
+        kl = F.kl_div(
+            F.log_softmax(logits_adv.float(), dim=1),
+            F.softmax(logits.float(), dim=1),
+            reduction="batchmean",
+        )
+        loss = ce + beta * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        return {
+            "loss": loss.detach() * n,
+            "trades_kl": kl.detach() * n,
+            "accuracy": (logits.detach().argmax(1) == y).sum(),
+            "adv_accuracy": (logits_adv.detach().argmax(1) == y).sum(),
+        }
 
     return step
 
@@ -167,6 +284,7 @@ def transfer(
             config.spectral_estimate,
         )
     policy = config.resolved_bn()
+    attack = config.resolved_attack()
     bn_policy.set_trainable(model, k, policy)
     if config.method == "lwf" and config.lwf.tune == "all":
         # Everything trains after the head-only epochs, so the optimiser holds every parameter
@@ -180,6 +298,10 @@ def transfer(
         step = _lwf_step(
             model, optimizer, recorded, data.train.labels.to(dev), config.lwf.lwf_lambda
         )
+    elif attack is not None and config.method == "trades":
+        step = trades_step(model, optimizer, k, policy, attack, config.trades_beta)
+    elif attack is not None:
+        step = adversarial_step(model, optimizer, k, policy, attack)
     else:
         step = _clean_step(model, optimizer)
     loader = DeviceLoader(
@@ -198,7 +320,11 @@ def transfer(
         data.test,
         config.trace.resolved(default_audit.eps[0], default_audit.norm),
         train_samples=len(data.train),
-        passes_per_sample=1,  # clean fine-tuning: one forward-backward per sample
+        # Clean fine-tuning: one forward-backward per sample; adversarial: the attack's too
+        # (TRADES: one more, its clean batch).
+        passes_per_sample=1
+        if attack is None
+        else attack.steps * attack.restarts + 1 + int(config.method == "trades"),
         device=dev,
     )
 
@@ -220,6 +346,13 @@ def transfer(
         "schedule": s.to_dict(),
         "augmentation_used": augmentation_used,
     }
+    if attack is None:
+        # Only a header that trained against an attack names one (a later audit defaults to it).
+        training.pop("attack", None)
+    else:
+        training["attack"] = attack.to_dict()
+    if config.method != "trades":
+        training.pop("trades_beta", None)
     if trace is not None:
         training["trace"] = trace.describe()
     loop = TrainLoop(

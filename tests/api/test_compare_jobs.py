@@ -54,6 +54,10 @@ def test_a_compare_job_is_queued_with_every_param(
         ({"eps": 0.1, "max_clean_drop": 2}, "params.max_clean_drop", "at most 1; got 2"),
         ({"eps": 0.1, "val_fraction": 0}, "params.val_fraction", "above 0; got 0"),
         ({"eps": 0.1, "max_candidates": 0}, "params.max_candidates", "at least 1"),
+        # The budget is device-seconds above 0, at most 30 days of one device.
+        ({"eps": 0.1, "max_cost": 0}, "params.max_cost", "above 0; got 0"),
+        ({"eps": 0.1, "max_cost": -5}, "params.max_cost", "above 0"),
+        ({"eps": 0.1, "max_cost": 1e9}, "params.max_cost", "at most 2592000"),
     ],
 )
 def test_bad_compare_params_are_422_on_their_field(
@@ -67,6 +71,33 @@ def test_bad_compare_params_are_422_on_their_field(
     body = fields(problem(post_job(client, alice, "compare", *inputs, **params), 422))
     assert field in body, body
     assert message in body[field], body
+
+
+def test_adversarial_and_trades_fine_tuning_are_methods_and_max_cost_a_budget(
+    client: TestClient, alice: Auth, inputs: tuple[str, str]
+) -> None:
+    r = post_job(client, alice, "compare", *inputs, eps="8/255",
+                 methods=["standard", "adversarial"], max_cost=600)  # fmt: skip
+    assert r.status_code == 202, r.text
+    params = r.json()["params"]
+    assert (params["methods"], params["max_cost"]) == (["standard", "adversarial"], 600)
+    r = post_job(client, alice, "transfer", *inputs, method="adversarial", k=2,
+                 train_eps="4/255", train_steps=3)  # fmt: skip
+    assert r.status_code == 202, r.text
+    params = r.json()["params"]
+    assert (params["method"], params["train_steps"]) == ("adversarial", 3)
+    assert params["train_eps"] == pytest.approx(4 / 255)
+    # Its training attack is checked as the pre-training's is: Linf radii lie in [0, 1].
+    r = post_job(client, alice, "transfer", *inputs, method="adversarial", train_eps=8)
+    errors = fields(problem(r, 422))
+    assert "exceeds the [0, 1] pixel range" in errors["params.train_eps"]
+    r = post_job(client, alice, "transfer", *inputs, method="adversarial", train_steps=0)
+    assert "at least 1" in fields(problem(r, 422))["params.train_steps"]
+    r = post_job(client, alice, "transfer", *inputs, method="trades", trades_beta=3)
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["trades_beta"] == 3
+    r = post_job(client, alice, "transfer", *inputs, method="trades", trades_beta=-1)
+    assert "at least 0" in fields(problem(r, 422))["params.trades_beta"]
 
 
 def test_a_compare_needs_a_source(
@@ -150,6 +181,8 @@ def test_weights_are_the_chosen_model_or_any_named_candidate(
     assert metrics["chosen"] == "cartl-k2-b0.4-frozen"
     assert [c["name"] for c in metrics["candidates"]] == list(NAMES)
     assert metrics["estimate"]["candidates"] == 2
+    # How it was chosen travels with the table: the rule, its confidence, the validation size.
+    assert metrics["selection"]["val_samples"] == 6
     # Another owner sees no such job, candidates or not.
     r = client.get(f"/v1/jobs/{job_id}/weights", params={"candidate": NAMES[0]}, headers=bob)
     assert "no job" in problem(r, 404)["detail"]

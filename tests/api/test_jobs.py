@@ -68,6 +68,7 @@ def add_dataset(
     channels: int = 1,
     classes: int = 4,
     size: int = 8,
+    width: int | None = None,
 ) -> str:
     dataset_id = new_id("ds")
     with db() as session, session.begin():
@@ -81,7 +82,7 @@ def add_dataset(
                 class_names=[str(i) for i in range(classes)],
                 train_size=32,
                 test_size=16,
-                input_shape=[channels, size, size],
+                input_shape=[channels, size, size if width is None else width],
                 sha256="0" * 64,
                 size=1,
                 storage_key=f"datasets/{dataset_id}/d.npz",
@@ -310,21 +311,41 @@ def test_checkpoint_and_dataset_must_fit_each_other(
     assert post_job(client, alice, "transfer", few, many).status_code == 202
 
 
-def test_images_of_another_size_need_resize(
+def test_images_of_another_size_are_resampled_or_resized(
     client: TestClient, alice: Auth, db: sessionmaker[Session]
 ) -> None:
     checkpoint, big = add_checkpoint(db), add_dataset(db, size=12)
-    for kind in ("transfer", "audit"):
-        message = fields(problem(post_job(client, alice, kind, checkpoint, big), 422))
-        assert set(message) == {"params.resize"}
-        assert "12x12 images" in message["params.resize"]
-        assert "takes 8x8" in message["params.resize"]
-        r = post_job(client, alice, kind, checkpoint, big, resize=True)
+    for kind in ("transfer", "audit", "compare"):
+        extra: dict[str, Any] = {"eps": 0.1} if kind == "compare" else {}
+        # Left as they are: the 8-px model resamples the 12-px images inside itself.
+        r = post_job(client, alice, kind, checkpoint, big, **extra)
         assert r.status_code == 202, r.text
-        assert r.json()["params"]["resize"] is True
-    # Plain weights are rebuilt at the data's size: nothing to resize.
-    plain = add_checkpoint(db, plain=True)
-    assert post_job(client, alice, "audit", plain, big).status_code == 202
+        assert r.json()["params"]["resize"] is False
+        # Resized first: to the model's input size (true), or to a side, with a method.
+        for resize in (True, 16):
+            r = post_job(client, alice, kind, checkpoint, big, resize=resize,
+                         resize_method="area", **extra)  # fmt: skip
+            assert r.status_code == 202, r.text
+            assert (r.json()["params"]["resize"], r.json()["params"]["resize_method"]) == (
+                resize,
+                "area",
+            )
+        bad: Any
+        for bad, said in ((4, "at least 8"), ("32", "valid integer")):
+            r = post_job(client, alice, kind, checkpoint, big, resize=bad, **extra)
+            assert said in fields(problem(r, 422))["params.resize"]
+        r = post_job(client, alice, kind, checkpoint, big, resize_method="lanczos", **extra)
+        assert set(fields(problem(r, 422))) == {"params.resize_method"}
+    # Non-square images need a resize: a model is described, and fed, at one side.
+    wide = add_dataset(db, size=8, width=12)
+    refused = fields(problem(post_job(client, alice, "audit", checkpoint, wide), 422))
+    assert "8x12 images" in refused["params.resize"]
+    assert post_job(client, alice, "audit", checkpoint, wide, resize=8).status_code == 202
+    # True means the model's input size: a new model has none.
+    r = post_job(client, alice, "pretrain", None, big, arch="small-cnn", resize=True)
+    assert "give a side" in fields(problem(r, 422))["params.resize"]
+    r = post_job(client, alice, "pretrain", None, big, arch="small-cnn", resize=16)
+    assert r.status_code == 202, r.text
 
 
 def test_uploaded_inputs_make_a_job(client: TestClient, alice: Auth, tmp_path: Path) -> None:
@@ -429,6 +450,7 @@ def test_progress_and_metrics_are_shown(
         "chosen": None,
         "candidates": None,
         "estimate": None,
+        "selection": None,
     }
 
 

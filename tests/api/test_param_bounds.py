@@ -33,6 +33,8 @@ PROBES = [
     ("audit", "square_queries", "1e12", "at most 1000000"),
     ("audit", "limit", "-1", "at least 1; got -1"),
     ("compare", "max_candidates", "1e9", "at most 1000"),
+    ("compare", "max_cost", "1e12", "at most 2592000"),
+    ("transfer", "train_steps", "1e9", "at most 1000"),
     # The same refusals for the rest: a list's items, a fraction written as text, huge integers.
     ("audit", "eps", '[0.1, "2000/1"]', "at most 1000; got 2000.0 (item 1)"),
     ("compare", "k", "[2, 1000000000]", "at most 100"),

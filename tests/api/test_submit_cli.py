@@ -125,3 +125,26 @@ def test_a_second_submit_reuses_the_uploads_and_says_so(tmp_path: Path) -> None:
         for what in ("checkpoints", "datasets"):
             listed = httpx.get(f"{srv.url}/v1/{what}", headers=srv.headers()).json()
             assert len(listed["items"]) == 1, what
+
+
+def test_submit_uploads_the_dataset_with_the_resize_it_names(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "m.safetensors")
+    data = write_npz(tmp_path / "d.npz", classes=3, n_train=64, n_test=32)
+    # Said before anything is sent: a resize of a dataset already uploaded, or a method alone.
+    for extra, said in (
+        (["--dataset", "ds_0123", "--dataset-resize", "16"], "-p resize=SIDE"),
+        (["--dataset", str(data), "--dataset-resize-method", "area"], "needs --dataset-resize"),
+    ):
+        done = _submit(None, "audit", "--checkpoint", str(src), *extra)
+        assert done.returncode == 2
+        assert said in done.stderr
+    (tmp_path / "srv").mkdir()
+    with live_api(tmp_path / "srv") as srv:
+        args = ("audit", "--checkpoint", str(src), "--dataset", str(data), "-p", "limit=8",
+                "--dataset-resize", "16", "--dataset-resize-method", "nearest")  # fmt: skip
+        runs = [_submit(srv, *args) for _ in range(2)]
+        assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+        assert runs[1].stderr.count("was uploaded before") == 2, runs[1].stderr
+        (dataset,) = httpx.get(f"{srv.url}/v1/datasets", headers=srv.headers()).json()["items"]
+        assert dataset["resize"] == {"size": 16, "method": "nearest"}
+        assert dataset["input_shape"] == [1, 16, 16]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.api import files
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import fields, problem, row_count, stored_files, upload
+from tests.core.data_builders import png
 
 Auth = dict[str, str]
 
@@ -342,3 +343,80 @@ def test_list_get_delete_datasets(
     assert client.get(f"/v1/datasets/{made['id']}", headers=alice).json() == made
     assert client.delete(f"/v1/datasets/{made['id']}", headers=alice).status_code == 204
     assert_nothing_left(db, storage_dir, "datasets")
+
+
+# --- datasets: resize --------------------------------------------------------------------------
+
+
+def test_upload_with_resize_records_the_size_and_method(
+    client: TestClient, alice: Auth, db: sessionmaker[Session], storage_dir: Path
+) -> None:
+    content = files.npz()
+    r = upload(client, "/v1/datasets", alice, "d.npz", content, resize="16")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["resize"] == {"size": 16, "method": "bilinear"}
+    assert body["input_shape"] == [1, 16, 16]  # after the resize
+    # The bytes are kept as they came; jobs resize them as the row says.
+    (kept,) = stored_files(storage_dir)
+    assert kept.read_bytes() == content
+    assert client.get(f"/v1/datasets/{body['id']}", headers=alice).json() == body
+    # The same upload is the same row (200); another resize is another dataset (201).
+    again = upload(client, "/v1/datasets", alice, "d.npz", content, resize="16")
+    assert (again.status_code, again.json()["id"]) == (200, body["id"])
+    other = upload(
+        client, "/v1/datasets", alice, "d.npz", content, resize="12", resize_method="nearest"
+    )
+    assert other.status_code == 201, other.text
+    assert (other.json()["resize"], other.json()["input_shape"]) == (
+        {"size": 12, "method": "nearest"},
+        [1, 12, 12],
+    )
+    plain = upload(client, "/v1/datasets", alice, "d.npz", content)
+    assert plain.status_code == 201
+    assert plain.json()["resize"] is None
+    assert row_count(db, "datasets") == 3
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "message"),
+    [
+        ({"resize": "big"}, "resize", "must be an integer"),
+        ({"resize": "4"}, "resize", "must be >= 8"),
+        ({"resize": "5000"}, "resize", "must be <= 1024"),
+        ({"resize": "16", "resize_method": "lanczos"}, "resize_method", "must be one of"),
+        ({"resize_method": "area"}, "resize_method", "give resize too"),
+    ],
+)
+def test_a_bad_resize_is_a_422_naming_the_field(
+    client: TestClient,
+    alice: Auth,
+    db: sessionmaker[Session],
+    storage_dir: Path,
+    form: dict[str, str],
+    field: str,
+    message: str,
+) -> None:
+    r = upload(client, "/v1/datasets", alice, "d.npz", files.npz(), **form)
+    said = fields(problem(r, 422))
+    assert set(said) == {field}
+    assert message in said[field]
+    assert_nothing_left(db, storage_dir, "datasets")
+
+
+def test_a_folder_of_mixed_sizes_uploads_with_resize(
+    client: TestClient, alice: Auth, db: sessionmaker[Session], storage_dir: Path, tmp_path: Path
+) -> None:
+    content = files.imagefolder_zip(tmp_path, {"train/cat/big.png": png((12, 10))})
+    r = upload(client, "/v1/datasets", alice, "pets.zip", content)
+    assert "resize" in fields(problem(r, 422))["file"]
+    assert_nothing_left(db, storage_dir, "datasets")
+    r = upload(client, "/v1/datasets", alice, "pets.zip", content, resize="8", resize_method="area")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["format"], body["input_shape"], body["train_size"]) == (
+        "imagefolder",
+        [3, 8, 8],
+        7,
+    )
+    assert body["resize"] == {"size": 8, "method": "area"}

@@ -97,8 +97,9 @@ def test_describe_model_is_the_header_less_training(tmp_path: Path) -> None:
     assert header == {**base, "training": {"x": 1}, "metrics": {}}
 
     plain = describe_model(model, format=PLAIN_FORMAT)
-    assert list(plain) == ["format", "model", "num_blocks", "input_shape", "class_names"]
+    assert list(plain) == ["format", "model", "num_blocks", "input_shape", "classes"]
     assert plain["format"] == "plain-state-dict"
     assert plain["input_shape"] == [1, 8, 8]
-    assert plain["class_names"] == ["0", "1", "2"]
+    # Plain weights name no classes: their count, not a list of numbers (1,000 for ImageNet).
+    assert plain["classes"] == "3 classes, numbered 0-2 (the weights name none)"
     assert plain["num_blocks"] == model.num_blocks

@@ -302,7 +302,7 @@ def test_cli_defaults_come_from_config() -> None:
     assert (AuditConfig().steps, AuditConfig().eps) == (20, (8 / 255,))
 
 
-def test_a_target_of_another_image_size_needs_resize(
+def test_a_target_of_another_image_size_is_resampled_inside_the_model_or_resized(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cartl_core import create_model, save_checkpoint
@@ -316,21 +316,30 @@ def test_a_target_of_another_image_size_needs_resize(
     audit = ["audit", "--checkpoint", str(source), "--data", str(big), "--attacks", "fast",
              "--apgd-steps", "2", "--steps", "2", "--check-samples", "8", "--limit", "8",
              "--json", "--quiet", "--device", "cpu"]  # fmt: skip
-    for args in (transfer, audit):
-        capsys.readouterr()
-        assert main(args) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1, err
-        assert re.search(r"12x12 .* takes 8x8 .* --resize", err), err
-        assert not target.exists()
+    # As they are: the model takes 12x12 images and resamples them to its stem's 8x8 (its
+    # audit on them: tests/core/test_resample.py).
+    assert main(transfer) == 0
+    d = read_description(target)
+    assert d is not None
+    assert d["input_shape"] == [1, 12, 12]
+    assert (d["model"]["stem_size"], d["model"]["resample"]) == (8, "bilinear")
 
+    # Resized first: the flag alone to the model's size, or to a side with a method.
     assert main([*transfer, "--resize"]) == 0
     d = read_description(target)
     assert d is not None
-    assert d["input_shape"] == [1, 8, 8]
+    assert (d["input_shape"], d["model"]["stem_size"]) == ([1, 8, 8], None)
+    assert main([*transfer, "--resize", "16", "--resize-method", "bicubic"]) == 0
+    d = read_description(target)
+    assert d is not None
+    assert (d["input_shape"], d["model"]["stem_size"]) == ([1, 16, 16], 8)
     capsys.readouterr()
-    assert main([*audit, "--resize"]) == 0
+    assert main([*audit, "--resize", "8", "--resize-method", "area"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 8
+
+    with pytest.raises(SystemExit):
+        main([*audit, "--resize", "4"])
+    assert "--resize: must be at least 8; got 4" in capsys.readouterr().err
 
 
 def test_demo_defaults_come_from_the_digits_settings() -> None:
@@ -537,6 +546,6 @@ def test_models_builds_no_weights(
 
     monkeypatch.setattr(models, "create_model", create_model)
     assert main(["models"]) == 0
-    assert "wrn-34-10                T = 17" in capsys.readouterr().out
+    assert re.search(r"^wrn-34-10 +T = 17$", capsys.readouterr().out, re.M)
     assert devices
     assert all(d == {"meta"} for d in devices)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from cartl_core import ConfigError, create_model, read_description
+from cartl_core import ConfigError, create_model, load_model, read_description, save_checkpoint
 from cartl_core.compare import (
     CompareEvent,
     choose_candidate,
@@ -30,24 +30,7 @@ def _cnn(**options: Any) -> Any:
     return create_model("small-cnn", 4, in_channels=1, input_size=8, options=options or None)
 
 
-# --- the choice ----------------------------------------------------------------------------
-
-
-def test_the_most_robust_within_the_clean_drop_is_chosen() -> None:
-    clean = [0.95, 0.80, 0.92, 0.90]
-    robust = [0.20, 0.60, 0.30, 0.25]
-    # 0.80 is 15 points below the best: its robustness does not count at a 5-point drop.
-    assert choose_candidate(clean, robust, 0.05) == 2
-    assert choose_candidate(clean, robust, 0.20) == 1
-    # No drop allowed: only the cleanest candidates are eligible.
-    assert choose_candidate(clean, robust, 0.0) == 0
-    # A candidate exactly at the floor is eligible.
-    assert choose_candidate([0.9, 0.85], [0.1, 0.5], 0.05) == 1
-
-
-def test_ties_go_to_higher_clean_then_the_earlier_candidate() -> None:
-    assert choose_candidate([0.90, 0.93, 0.93], [0.4, 0.4, 0.4], 0.05) == 1
-    assert choose_candidate([0.9, 0.9], [0.3, 0.3], 0.05) == 0
+# --- the choice: tests/core/test_compare_choice.py -----------------------------------------
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -60,12 +43,17 @@ def test_names_are_readable_and_the_defaults_cover_every_method() -> None:
         "lwf-k3-trainable",
         "neft-k3-b0.6-trainable",
         "cartl-k3-b0.4-frozen",
+        "trades-k3-trainable",
         # The spectral-norm methods also try keeping the source's BN statistics.
         "neft-k3-b0.6-source-stats",
         "cartl-k3-b0.4-source-stats",
     ]
-    assert [c.method for c in plan[:4]] == list(COMPARE_METHODS)
+    assert [c.method for c in plan[:5]] == list(COMPARE_METHODS)
     assert dropped == []
+    # TRADES (7-10x the others' training) is tried at the default k list's centre only.
+    default_ks = plan_candidates(_cnn(fc_width=16), CompareConfig(max_candidates=99), centre_k=3)[0]
+    assert [c.k for c in default_ks if c.method == "trades"] == [3]
+    assert {c.k for c in default_ks if c.method == "standard"} == {3, 2, 4}
 
 
 def test_default_ks_lie_around_the_pretraining_k_and_skip_weightless_blocks() -> None:
@@ -90,11 +78,12 @@ def test_the_budget_keeps_candidates_in_priority_order() -> None:
         "lwf-k2-trainable",
         "neft-k2-b0.4-trainable",
         "cartl-k2-b0.4-frozen",
-        "neft-k2-b0.4-source-stats",
+        "trades-k2-trainable",
     ]
-    assert dropped[0].name == "cartl-k2-b0.4-source-stats"
-    # Per k: standard, lwf, and neft and cartl at 2 betas x 2 BN presets each.
-    assert len(plan) + len(dropped) == 2 * (1 + 1 + 4 + 4)
+    assert dropped[0].name == "neft-k2-b0.4-source-stats"
+    # Per k (a given k list applies to every method): standard, lwf, trades, and neft and cartl
+    # at 2 betas x 2 BN presets each.
+    assert len(plan) + len(dropped) == 2 * (1 + 1 + 1 + 4 + 4)
     assert len({c.name for c in plan + dropped}) == len(plan) + len(dropped)
 
 
@@ -160,7 +149,7 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
     monkeypatch.setattr(compare_module, "transfer", spy)
     config = CompareConfig(
         eps=0.05, methods=("standard", "cartl"), ks=(2,), epochs=1, batch_size=32,
-        augmentation="none", max_candidates=2,
+        augmentation="none", max_candidates=2, min_val_samples=0,
     )  # fmt: skip
     events: list[CompareEvent] = []
     result = compare(
@@ -178,20 +167,44 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
         assert torch.equal(fit.test.labels, data.train.labels[held.val])
     assert result.selection["val_samples"] == len(held.val)
     assert result.selection["train_samples"] == len(data.train) - len(held.val)
-    best = choose_candidate(
-        [c.val_clean for c in result.candidates],
-        [c.val_robust for c in result.candidates],
+    # Chosen by the paired rule on every candidate's flags on the same validation images.
+    flags = [c.flags() for c in result.candidates]
+    choice = choose_candidate(
+        [clean for clean, _ in flags],
+        [robust for _, robust in flags],
         config.max_clean_drop,
+        # The same training work (epochs, batches, no training attack): the grid's order.
+        costs=[1.0] * len(result.candidates),
     )
-    assert result.chosen is result.candidates[best]
+    assert result.chosen is result.candidates[choice.index]
     assert result.model is result.chosen.model
+    selection = result.selection
+    # The rule, its confidence and the validation size are stated, in the sentence too.
+    assert selection["confidence"] == 0.95
+    assert "McNemar" in selection["rule"]
+    assert f"{len(held.val)} validation images" in selection["reason"]
+    assert "95%" in selection["reason"]
+    assert selection["preferred"] == result.candidates[choice.preferred].name
+    assert [c["name"] for c in selection["comparisons"]] == [
+        result.candidates[c["index"]].name for c in choice.comparisons
+    ]
     for c in result.candidates:
         assert 0 <= c.val_robust <= c.val_clean <= 1
         assert 0 <= c.test_robust <= c.test_clean <= 1
+        assert (c.val_samples, c.test_samples) == (len(held.val), len(data.test))
+        clean, robust = c.flags()
+        assert sum(clean) == round(c.val_clean * len(held.val))
+        assert sum(robust) == round(c.val_robust * len(held.val))
+        assert all(cl or not r for cl, r in zip(clean, robust, strict=True))  # robust => clean
+        row = c.to_dict()
+        for key in ("val_clean", "val_robust", "test_clean", "test_robust"):
+            low, high = row[f"{key}_interval"]
+            assert low <= row[key] <= high
         assert c.path == tmp_path / f"{c.name}.safetensors"
         description = read_description(c.path)
         assert description is not None
         assert description["metrics"]["val_robust"] == c.val_robust
+        assert description["metrics"]["val_robust_flags"] == c.val_robust_flags
         assert description["training"]["method"] == c.method
         assert "val_accuracy" in c.history[-1]
     assert not list(tmp_path.glob("*.state"))
@@ -214,7 +227,25 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
     assert [c.to_dict()["val_robust"] for c in again.candidates] == [
         c.val_robust for c in result.candidates
     ]
+    assert [c.val_robust_flags for c in again.candidates] == [
+        c.val_robust_flags for c in result.candidates
+    ]
     assert again.chosen.name == result.chosen.name
+    assert again.selection["reason"] == result.selection["reason"]
+
+    # A file written before flags were recorded: its weights are reused, its validation audit
+    # runs again and gives the same flags.
+    first = result.candidates[0]
+    assert first.path is not None
+    old = read_description(first.path)
+    assert old is not None
+    metrics = {k: v for k, v in old["metrics"].items() if not k.endswith("_flags")}
+    save_checkpoint(load_model(first.path), first.path, class_names=data.class_names,
+                    training=old["training"], metrics=metrics)  # fmt: skip
+    redone = compare(source, data, config, device="cpu", seed=3, out_dir=tmp_path)
+    assert seen == []
+    assert redone.candidates[0].val_robust_flags == first.val_robust_flags
+    assert redone.chosen.name == result.chosen.name
 
     # Numbers measured by other attacks are not reused: other settings, or the same settings
     # after a change to the attacks' code, train and audit again.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from cartl_core import DataError, load_dataset
+from cartl_core import ConfigError, DataError, load_dataset
+from cartl_core.data import RESIZE_METHODS, Resize
 
 from .data_builders import (
     cifar_tarball,
@@ -135,9 +137,43 @@ def test_imagefolder_directory_and_grey(tmp_path: Path) -> None:
 def test_imagefolder_mixed_sizes_need_resize(tmp_path: Path) -> None:
     files = imagefolder_files() | {"train/cat/big.png": png((12, 10))}
     path = write_zip(tmp_path / "mixed.zip", files)
-    with pytest.raises(DataError, match=r"differ in size.*resize"):
+    with pytest.raises(DataError, match=r"differ in size.*resize.*bilinear, bicubic"):
         load_dataset(path)
     assert load_dataset(path, resize=16).input_shape == (3, 16, 16)
+    for method in RESIZE_METHODS:
+        data = load_dataset(path, resize=Resize(12, method))
+        assert data.input_shape == (3, 12, 12)
+        assert data.train.images.dtype == torch.uint8
+
+
+def test_resize_methods_do_what_they_say(tmp_path: Path) -> None:
+    path = _npz(tmp_path / "d.npz")
+    x = load_dataset(path).train.images
+    # Nearest doubles each pixel; area halves by averaging each 2x2 block.
+    near = load_dataset(path, resize=Resize(20, "nearest")).train.images
+    assert torch.equal(near, x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    big = np.random.default_rng(2).integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+    twice = _npz(tmp_path / "twice.npz", x_train=big, x_test=big[:6])
+    area = load_dataset(twice, resize=Resize(10, "area")).train.images
+    blocks = torch.from_numpy(big).permute(0, 3, 1, 2).float()
+    blocks = blocks.reshape(12, 3, 10, 2, 10, 2).mean(dim=(3, 5))
+    assert (area.float() - blocks).abs().max() <= 0.5 + 1e-4  # rounded to 8 bits
+    # Bilinear and bicubic stay in the 8-bit range; bicubic overshoots a little, and is clamped.
+    for method in ("bilinear", "bicubic"):
+        resized = load_dataset(path, resize=Resize(16, method)).test.images
+        assert resized.shape == (6, 3, 16, 16)
+        assert resized.dtype == torch.uint8
+
+
+@pytest.mark.parametrize(
+    ("size", "method", "field"),
+    [(4, "bilinear", "resize"), (2048, "bilinear", "resize"), (True, "bilinear", "resize"),
+     (16, "lanczos", "resize_method")],
+)  # fmt: skip
+def test_a_bad_resize_names_its_field(size: Any, method: Any, field: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Resize(size, method)
+    assert exc.value.field == field
 
 
 def test_undecodable_image_named(tmp_path: Path) -> None:

@@ -102,13 +102,17 @@ def test_the_cli_offers_a_registered_kind(
 
 
 #: What each built-in kind's parameters hold besides its configs: read by its run function (the
-#: seed, the architecture and class count of plain weights, a resize, an audit's limit), or
-#: computed into a config (``no_fgsm``), or deciding whether the final audit runs.
+#: seed, the architecture, class count and stated threat model of plain weights, a resize, an
+#: audit's limit), or computed into a config (``no_fgsm``), or deciding whether the final audit
+#: runs.
 NOT_CONFIG = {
-    "pretrain": {"seed", "arch", "no_audit"},
-    "transfer": {"seed", "arch", "source_classes", "resize", "no_audit"},
-    "audit": {"seed", "arch", "resize", "limit", "no_fgsm"},
-    "compare": {"seed", "arch", "source_classes", "resize", "no_audit"},
+    "pretrain": {"seed", "arch", "resize", "resize_method", "no_audit"},
+    "transfer": {
+        *("seed", "arch", "source_classes", "source_eps", "source_norm"),
+        *("resize", "resize_method", "no_audit"),
+    },
+    "audit": {"seed", "arch", "resize", "resize_method", "limit", "no_fgsm"},
+    "compare": {"seed", "arch", "source_classes", "resize", "resize_method", "no_audit"},
 }
 
 

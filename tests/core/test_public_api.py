@@ -27,6 +27,7 @@ EXPECTED = {
     "LwFConfig",
     "ModelSpec",
     "ProgressEvent",
+    "Resize",
     "ScheduleConfig",
     "Split",
     "TraceConfig",

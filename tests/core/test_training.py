@@ -138,7 +138,7 @@ def _snapshot(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("method", ["standard", "neft", "cartl", "lwf"])
+@pytest.mark.parametrize("method", ["standard", "neft", "cartl", "lwf", "adversarial", "trades"])
 def test_frozen_blocks_bit_identical(
     source: BlockModel, tiny_data: Dataset, method: TransferMethod
 ) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from app.report import figures, plot_audit, plot_comparison, plot_training, png
+from app.report import (
+    figures,
+    plot_audit,
+    plot_candidates,
+    plot_comparison,
+    plot_training,
+    png,
+)
 from app.report.charts import Chart, nice_ticks
 from app.report.format import threat_of
 from app.report.svg import render
@@ -42,6 +49,48 @@ def test_nice_ticks_without_integer_keep_fractions() -> None:
     assert nice_ticks(1, 4, 6, integer=True) == [1, 2, 3, 4]
 
 
+#: A compare's result as a job stores it, with each candidate's measured cost.
+COMPARE_WITH_COSTS: dict[str, Any] = {
+    "chosen": {"name": "cartl-k3"},
+    "selection": {"ensemble": "fast", "norm": "linf", "eps": 0.2},
+    "candidates": [
+        {"name": "standard-k3", "method": "standard", "test_clean": 0.98, "test_robust": 0.11,
+         "cost_seconds": 12.5, "device": "cpu, 2 threads"},
+        {"name": "cartl-k3", "method": "cartl", "test_clean": 0.95, "test_robust": 0.27,
+         "cost_seconds": 14.0, "device": "cpu, 2 threads"},
+        {"name": "adversarial-k3", "method": "adversarial", "test_clean": 0.93,
+         "test_robust": 0.35, "cost_seconds": 96.0, "device": "cpu, 2 threads"},
+    ],
+}  # fmt: skip
+
+
+def test_the_cost_chart_puts_each_candidates_cost_against_its_robustness(
+    tmp_path: Path,
+) -> None:
+    chart = figures.cost_chart(COMPARE_WITH_COSTS)
+    assert chart is not None
+    assert chart.kind == "scatter"
+    points = {p.tip.split(":")[0]: p for s in chart.series for p in s.points}
+    assert (points["adversarial-k3"].x, points["adversarial-k3"].y) == (96.0, 0.35)
+    assert [p.label for p in points.values() if p.marked] == ["cartl-k3"]
+    # Seconds, not percent, across; from 0 so that "several times the cost" reads as such.
+    assert chart.x.lo == 0.0
+    assert chart.x.hi >= 96.0
+    assert all(t.label.endswith(" s") for t in chart.x.ticks)
+    assert "cpu, 2 threads" in chart.x.label
+    svg = render(chart, "cost")
+    assert "adversarial-k3: 96 s, robust 35.0%" in svg
+    assert "cartl-k3</text>" in svg  # the chosen one is named beside its ring
+    out = plot_candidates(COMPARE_WITH_COSTS, tmp_path / "candidates.png")
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    # Results from before costs were measured have no such chart.
+    old = {**COMPARE_WITH_COSTS, "candidates": [
+        {k: v for k, v in c.items() if k != "cost_seconds"}
+        for c in COMPARE_WITH_COSTS["candidates"]
+    ]}  # fmt: skip
+    assert figures.cost_chart(old) is None
+
+
 def _charts() -> list[Chart]:
     charts = [
         figures.attacks_chart(FULL_AUDIT, threat_of(FULL_AUDIT)),
@@ -62,6 +111,7 @@ def _charts() -> list[Chart]:
             "val",
             "validation",
         ),
+        figures.cost_chart(COMPARE_WITH_COSTS),
     ]
     assert None not in charts
     return [c for c in charts if c is not None]

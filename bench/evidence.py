@@ -8,8 +8,8 @@ classes 0-4 -> target classes 5-9) and per seed:
    each cached under ``--cache``;
 2. one transfer per method, each with the schedule ``compare`` gives that method for the same
    ``--epochs`` (so a row is what a compare candidate would be): standard fine-tuning, LwF and
-   NEFT from the AT source, CARTL from the FDM source, adversarial fine-tuning (PGD-7 on the
-   target) from the AT source;
+   NEFT from the AT source, CARTL from the FDM source, adversarial and TRADES fine-tuning (PGD-7
+   on the target, step eps/4, at the task's eps, as compare trains them) from the AT source;
 3. each result audited on the target's test split with the product's ensemble (``--attacks``,
    per-sample worst case), with its 95% Wilson interval; its cost is the transfer's wall time on
    the device, also as a ratio to standard fine-tuning's in the same seed.
@@ -47,6 +47,7 @@ from real_data import TASKS, Task, make_task
 from cartl_core import AuditConfig, load_model, save_checkpoint
 from cartl_core.audit import run_ensemble
 from cartl_core.config import (
+    ADVERSARIAL_METHODS,
     TRANSFER_METHODS,
     AttackConfig,
     CompareConfig,
@@ -79,6 +80,7 @@ ROWS = (
     Row("neft", "AT"),
     Row("cartl", "FDM"),
     Row("adversarial", "AT"),
+    Row("trades", "AT"),
 )
 
 
@@ -124,27 +126,41 @@ def _run_seed(
     compare = CompareConfig(epochs=args.epochs, eps=task.eps)
     out = []
     for row in rows:
-        cfg = TransferConfig(
-            method=row.method,  # type: ignore[arg-type]
-            k=args.k,
-            schedule=compare.schedule_for(row.method),
-            augmentation="none",
-            trace=NO_TRACE,
-        )
-        t0 = time.monotonic()
-        model = transfer(sources[row.source][0], target, cfg, device=args.device, seed=seed).model
-        seconds = time.monotonic() - t0
-        rep = run_ensemble(model, test, check)
-        n = rep.samples
-        out.append({
-            "task": args.task, "seed": seed, "method": row.method, "source": row.source,
-            "clean": rep.clean_accuracy, "robust": rep.robust_accuracy, "samples": n,
-            "clean_correct": round(rep.clean_accuracy * n),
-            "robust_correct": round(rep.robust_accuracy * n),
-            "seconds": seconds, "source_seconds": sources[row.source][1],
-        })  # fmt: skip
-        line = (f"  seed {seed} {row.name}: clean {rep.clean_accuracy:.3f} robust "
-                f"{rep.robust_accuracy:.3f} (n {n}), {seconds:.0f} s")  # fmt: skip
+        # A finished row is kept, so an interrupted run picks up where it stopped.
+        key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{row.method}-{row.source}"
+               f"-k{args.k}-se{args.source_epochs}-e{args.epochs}-{args.attacks}"
+               f"-n{args.test_samples}-{args.device}")  # fmt: skip
+        done = args.cache / f"row-{key}.json"
+        if done.exists():
+            out.append(json.loads(done.read_text()))
+        else:
+            cfg = TransferConfig(
+                method=row.method,  # type: ignore[arg-type]
+                k=args.k,
+                schedule=compare.schedule_for(row.method),
+                augmentation="none",
+                trace=NO_TRACE,
+                # In the task's threat model, as compare trains its candidates.
+                attack=AttackConfig(eps=task.eps) if row.method in ADVERSARIAL_METHODS else None,
+            )
+            t0 = time.monotonic()
+            source = sources[row.source][0]
+            model = transfer(source, target, cfg, device=args.device, seed=seed).model
+            seconds = time.monotonic() - t0
+            rep = run_ensemble(model, test, check)
+            n = rep.samples
+            out.append({
+                "task": args.task, "seed": seed, "method": row.method, "source": row.source,
+                "clean": rep.clean_accuracy, "robust": rep.robust_accuracy, "samples": n,
+                "clean_correct": round(rep.clean_accuracy * n),
+                "robust_correct": round(rep.robust_accuracy * n),
+                "seconds": seconds, "source_seconds": sources[row.source][1],
+            })  # fmt: skip
+            args.cache.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(out[-1]))
+        r = out[-1]
+        line = (f"  seed {seed} {row.name}: clean {r['clean']:.3f} robust "
+                f"{r['robust']:.3f} (n {r['samples']}), {r['seconds']:.0f} s")  # fmt: skip
         print(line, file=sys.stderr, flush=True)
     standard = next((o["seconds"] for o in out if o["method"] == "standard"), None)
     for o in out:

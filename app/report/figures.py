@@ -8,7 +8,7 @@ report's sections put these charts on the page beside their tables; the PNGs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.report.charts import Chart, Dot, Line, bar_chart, line_chart, scatter_chart
@@ -213,20 +213,9 @@ def candidates_chart(compare: Record, split: str, label: str) -> Chart | None:
     """Clean against robust accuracy of every candidate on ``split`` (``val`` draws the floor)."""
     name = mapping(compare.get("chosen")).get("name")
     floor = clean_floor(compare) if split == "val" else None
-    dots = [
-        Dot(
-            str(r.get("name")),
-            str(r.get("method")),
-            x,
-            y,
-            marked=r.get("name") == name,
-            tip=f"{r.get('name')}: clean {pct(x)}, robust {pct(y)}"
-            + (" (chosen)" if r.get("name") == name else ""),
-        )
-        for r in records(compare.get("candidates"))
-        if (x := num(r.get(f"{split}_clean"))) is not None
-        and (y := num(r.get(f"{split}_robust"))) is not None
-    ]
+    dots = _candidate_dots(
+        compare, f"{split}_clean", f"{split}_robust", lambda x: f"clean {pct(x)}"
+    )
     if not dots:
         return None
     return scatter_chart(
@@ -244,21 +233,8 @@ def cost_chart(compare: Record, split: str = "test", label: str = "test") -> Cha
     """Each candidate's measured cost (device-seconds of its training and validation audit)
     against its robust accuracy on ``split``; None for results from before costs were measured."""
     name = mapping(compare.get("chosen")).get("name")
-    dots = [
-        Dot(
-            str(r.get("name")),
-            str(r.get("method")),
-            x,
-            y,
-            marked=r.get("name") == name,
-            tip=f"{r.get('name')}: {_cost_text(x)}, robust {pct(y)}"
-            + (" (chosen)" if r.get("name") == name else ""),
-        )
-        for r in records(compare.get("candidates"))
-        if (x := num(r.get("cost_seconds"))) is not None
-        and x > 0
-        and (y := num(r.get(f"{split}_robust"))) is not None
-    ]
+    dots = [d for d in _candidate_dots(compare, "cost_seconds", f"{split}_robust", _cost_text)
+            if d.x > 0]  # fmt: skip
     if not dots:
         return None
     devices = {str(r.get("device")) for r in records(compare.get("candidates")) if r.get("device")}
@@ -277,6 +253,23 @@ def cost_chart(compare: Record, split: str = "test", label: str = "test") -> Cha
 
 def _cost_text(value: float) -> str:
     return f"{value:.3g} s"
+
+
+def _candidate_dots(
+    compare: Record, x_key: str, y_key: str, x_text: Callable[[float], str]
+) -> list[Dot]:
+    """One dot per candidate that has both numbers, the chosen one marked; its tip reads
+    "NAME: X_TEXT, robust Y"."""
+    name = mapping(compare.get("chosen")).get("name")
+    dots = []
+    for r in records(compare.get("candidates")):
+        x, y = num(r.get(x_key)), num(r.get(y_key))
+        if x is None or y is None:
+            continue
+        chosen = r.get("name") == name
+        tip = f"{r.get('name')}: {x_text(x)}, robust {pct(y)}" + (" (chosen)" if chosen else "")
+        dots.append(Dot(str(r.get("name")), str(r.get("method")), x, y, marked=chosen, tip=tip))
+    return dots
 
 
 # --------------------------------------------------------------------------- training

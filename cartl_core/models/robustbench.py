@@ -125,15 +125,13 @@ def trades_wide_resnet(spec: ModelSpec, depth: int, width: int) -> BlockModel:
     groups = _groups(lambda cin, cout, s: TradesBlock(cin, cout, s), channels, n)
     final = FinalNorm(channels[3], nn.ReLU)
     head = Head(nn.Linear(channels[3], spec.num_classes))
-    model = BlockModel(spec, stem, [b for g in groups for b in g] + [final], head)
     original = named_tree(
         conv1=stem,
         **{f"block{i + 1}": named_tree(layer=nn.Sequential(*g)) for i, g in enumerate(groups)},
         bn1=final.bn,
         fc=head.fc,
     )
-    model.foreign_keys = foreign_key_map(original, model)
-    return model
+    return _keyed_model(spec, stem, [*_flat(groups), final], head, original)
 
 
 # --- robustbench.model_zoo.architectures.dm_wide_resnet --------------------------------------
@@ -170,15 +168,13 @@ def dm_wide_resnet(spec: ModelSpec, depth: int, width: int, activation: str) -> 
     groups = _groups(lambda cin, cout, s: DMBlock(cin, cout, s, act), channels, n)
     final = FinalNorm(channels[3], act)
     head = Head(nn.Linear(channels[3], spec.num_classes))
-    model = BlockModel(spec, stem, [b for g in groups for b in g] + [final], head)
     original = named_tree(
         init_conv=stem,
         layer=nn.Sequential(*(named_tree(block=nn.Sequential(*g)) for g in groups)),
         batchnorm=final.bn,
         logits=head.fc,
     )
-    model.foreign_keys = foreign_key_map(original, model)
-    return model
+    return _keyed_model(spec, stem, [*_flat(groups), final], head, original)
 
 
 class DMPreActBlock(nn.Module):
@@ -214,15 +210,13 @@ def dm_preact_resnet(spec: ModelSpec, depth: int, activation: str) -> BlockModel
     layers = _resnet_stages(lambda cin, cout, s: DMPreActBlock(cin, cout, s, act), stages)
     final = FinalNorm(512, act)
     head = Head(nn.Linear(512, spec.num_classes))
-    model = BlockModel(spec, stem, [b for layer in layers for b in layer] + [final], head)
     original = named_tree(
         conv_2d=stem,
         **{f"layer_{i}": nn.Sequential(*layer) for i, layer in enumerate(layers)},
         batchnorm=final.bn,
         logits=head.fc,
     )
-    model.foreign_keys = foreign_key_map(original, model)
-    return model
+    return _keyed_model(spec, stem, [*_flat(layers), final], head, original)
 
 
 # --- robustbench.model_zoo.architectures.resnet (PreActResNet) -------------------------------
@@ -259,7 +253,7 @@ def preact_resnet(spec: ModelSpec, depth: int, final_bn: bool) -> BlockModel:
     stem = nn.Conv2d(spec.in_channels, 64, 3, 1, 1, bias=False)
     # In the zoo the two go together: PreActBlockV2 (or out_shortcut) with bn_before_fc.
     layers = _resnet_stages(lambda cin, cout, s: PreActBlock(cin, cout, s, final_bn), stages)
-    blocks = [b for layer in layers for b in layer]
+    blocks = _flat(layers)
     children: dict[str, nn.Module] = {
         f"layer{i + 1}": nn.Sequential(*layer) for i, layer in enumerate(layers)
     }
@@ -271,12 +265,25 @@ def preact_resnet(spec: ModelSpec, depth: int, final_bn: bool) -> BlockModel:
     else:
         # No final BatchNorm: the head pools the last residual block's output itself.
         head = Head(nn.Linear(512, spec.num_classes), pre=_Pool())
-    model = BlockModel(spec, stem, blocks, head)
-    model.foreign_keys = foreign_key_map(named_tree(conv1=stem, **children, linear=head.fc), model)
-    return model
+    original = named_tree(conv1=stem, **children, linear=head.fc)
+    return _keyed_model(spec, stem, blocks, head, original)
 
 
 # --- shared ----------------------------------------------------------------------------------
+
+
+def _keyed_model(
+    spec: ModelSpec, stem: nn.Module, blocks: list[nn.Module], head: Head, original: nn.Module
+) -> BlockModel:
+    """The product's model of these modules, loading the zoo's state-dict keys: ``original``
+    holds the same modules under the zoo's names."""
+    model = BlockModel(spec, stem, blocks, head)
+    model.foreign_keys = foreign_key_map(original, model)
+    return model
+
+
+def _flat(stages: list[list[nn.Module]]) -> list[nn.Module]:
+    return [block for stage in stages for block in stage]
 
 
 def _wrn_blocks_per_group(depth: int, width: int) -> int:

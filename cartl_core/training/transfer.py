@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,32 @@ def _record_penultimate(model: BlockModel, split: Split, batch_size: int) -> tor
     return torch.cat(feats)
 
 
+def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _tuned_forward(model: BlockModel, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward pass of a model whose last ``k`` blocks train: the frozen part builds no graph
+    unless a custom BN policy trains a frozen block's affine parameters (no preset does)."""
+    frozen_trains = any(p.requires_grad for m in model.frozen_modules(k) for p in m.parameters())
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(frozen_trains):
+            h = model.frozen_part(x, k)
+        out: torch.Tensor = model.tuned_part(h, k)
+        return out
+
+    return forward
+
+
 def _clean_step(model: BlockModel, optimizer: torch.optim.Optimizer) -> Any:
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(x.device):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss)
         n = y.shape[0]
         return {"loss": loss.detach() * n, "accuracy": (logits.detach().argmax(1) == y).sum()}
 
@@ -106,9 +125,7 @@ def adversarial_step(
     """One PGD adversarial-training step of the last ``k`` blocks (also timed by compare's cost
     estimate, so the estimate and the run take the same step)."""
     a = attack
-    # No preset trains a frozen block's BN affine parameters, but a custom policy could; the
-    # frozen part then needs its graph too.
-    frozen_trains = any(p.requires_grad for m in model.frozen_modules(k) for p in m.parameters())
+    forward = _tuned_forward(model, k)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv = pgd(
@@ -119,13 +136,9 @@ def adversarial_step(
         # keeps source statistics) must be in eval mode again before the update.
         bn_policy.set_modes(model, k, policy)
         with autocast(x.device):
-            with torch.set_grad_enabled(frozen_trains):
-                h = model.frozen_part(x_adv, k)
-            logits = model.tuned_part(h, k)
+            logits = forward(x_adv)
         loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss)
         n = y.shape[0]
         return {
             "loss": loss.detach() * n,
@@ -167,13 +180,7 @@ def trades_step(
     beta: float,
 ) -> Any:
     """One TRADES step of the last ``k`` blocks (also timed by compare's cost estimate)."""
-    frozen_trains = any(p.requires_grad for m in model.frozen_modules(k) for p in m.parameters())
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(frozen_trains):
-            h = model.frozen_part(x, k)
-        out: torch.Tensor = model.tuned_part(h, k)
-        return out
+    forward = _tuned_forward(model, k)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x_adv, _ = _trades_examples(model, x, attack)
@@ -188,9 +195,7 @@ def trades_step(
             reduction="batchmean",
         )
         loss = ce + beta * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss)
         n = y.shape[0]
         return {
             "loss": loss.detach() * n,
@@ -219,9 +224,7 @@ def _lwf_step(
         ce = F.cross_entropy(logits.float(), y)
         dist = (feats.float() - recorded[index]).abs().sum(dim=1)
         loss = ce + lam * dist.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _update(optimizer, loss)
         n = y.shape[0]
         return {
             "loss": loss.detach() * n,

@@ -23,6 +23,7 @@ from cartl_core.checkpoints import trained_threat
 from cartl_core.config import TraceConfig, TransferMethod
 from cartl_core.data import Dataset
 from cartl_core.models import BlockModel
+from cartl_core.training.fdm import TrainResult
 
 from .conftest import make_dataset
 from .test_training import _pretrain
@@ -57,23 +58,32 @@ def _accuracies(model: BlockModel, data: Dataset) -> tuple[float, float]:
     return float(clean), float(robust)
 
 
-def test_it_trains_on_pgd_examples_inside_the_eps_ball(source: BlockModel) -> None:
-    data = make_dataset()
-    trained_on: list[torch.Tensor] = []
+def _training_inputs(
+    source: BlockModel, data: Dataset, method: TransferMethod
+) -> tuple[list[torch.Tensor], TrainResult]:
+    """Every batch one epoch of ``method`` feeds the model outside its attacks and evaluations,
+    in order, and the result."""
+    seen: list[torch.Tensor] = []
 
     def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
-        # The update's forward: no input gradient (the attack's steps have one) and not an
-        # evaluation (those run in inference mode).
+        # Not an attack step (those have an input gradient) and not an evaluation (those run in
+        # inference mode).
         if not x.requires_grad and not torch.is_inference_mode_enabled():
-            trained_on.append(x.detach().clone())
+            seen.append(x.detach().clone())
 
     # The hook travels with the copy transfer() makes of the source.
     handle = source.normalize.register_forward_pre_hook(record)
     try:
-        transfer(source, data, _cfg("adversarial", epochs=1), device="cpu")
+        result = transfer(source, data, _cfg(method, epochs=1), device="cpu")
     finally:
         handle.remove()
+    return seen, result
+
+
+def test_it_trains_on_pgd_examples_inside_the_eps_ball(source: BlockModel) -> None:
+    data = make_dataset()
+    trained_on, _ = _training_inputs(source, data, "adversarial")
     seen = torch.cat(trained_on).flatten(1)
     assert len(seen) == len(data.train)  # every training image, once per epoch
     assert float(seen.min()) >= 0
@@ -89,18 +99,7 @@ def test_trades_trains_on_clean_batches_and_on_examples_inside_the_ball(
     source: BlockModel,
 ) -> None:
     data = make_dataset()
-    trained_on: list[torch.Tensor] = []
-
-    def record(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0]
-        if not x.requires_grad and not torch.is_inference_mode_enabled():
-            trained_on.append(x.detach().clone())
-
-    handle = source.normalize.register_forward_pre_hook(record)
-    try:
-        result = transfer(source, data, _cfg("trades", epochs=1), device="cpu")
-    finally:
-        handle.remove()
+    trained_on, result = _training_inputs(source, data, "trades")
     # Per batch: the attack's clean pass (its KL target), then the update's clean batch and the
     # examples.
     clean, adversarial = torch.cat(trained_on[1::3]), torch.cat(trained_on[2::3])

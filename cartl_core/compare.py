@@ -65,6 +65,7 @@ from cartl_core.options import format_duration
 from cartl_core.provenance import sha256_file
 from cartl_core.stats import (
     CONFIDENCE,
+    accuracy_cell,
     accuracy_interval,
     discordant,
     holm,
@@ -450,12 +451,7 @@ _ACCURACIES = ("val_clean", "val_robust", "test_clean", "test_robust")
 
 
 def _accuracy_cell(row: Mapping[str, Any], key: str) -> str:
-    """``0.912 (.87-.94)``: an accuracy and its interval, short enough for a table."""
-    interval = row.get(f"{key}_interval")
-    if not interval:
-        return f"{row[key]:.3f}"
-    low, high = (f"{v:.2f}".removeprefix("0") for v in interval)
-    return f"{row[key]:.3f} ({low}-{high})"
+    return accuracy_cell(row[key], row.get(f"{key}_interval"))
 
 
 # --------------------------------------------------------------------------- planning

@@ -43,6 +43,7 @@ from cartl_core.config import (
 from cartl_core.data import Dataset
 from cartl_core.data.digits import digits_task
 from cartl_core.models import BlockModel
+from cartl_core.stats import accuracy_cell, accuracy_interval
 from cartl_core.training import pretrain, transfer
 from cartl_core.training.loop import ProgressFn
 
@@ -96,6 +97,16 @@ class ReproductionRow:
     pgd_accuracy: float | None = None
     ensemble: str = "fast"
     candidate: str | None = None
+    #: Test images audited (0: not recorded); the intervals are 95% Wilson intervals over them.
+    samples: int = 0
+
+    @property
+    def clean_interval(self) -> list[float] | None:
+        return accuracy_interval(self.clean_accuracy, self.samples) if self.samples else None
+
+    @property
+    def robust_interval(self) -> list[float] | None:
+        return accuracy_interval(self.robust_accuracy, self.samples) if self.samples else None
 
     @property
     def label(self) -> str:
@@ -105,7 +116,11 @@ class ReproductionRow:
         return f"{self.transfer}: {self.candidate}" if self.candidate else self.transfer
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            **asdict(self),
+            "clean_interval": self.clean_interval,
+            "robust_interval": self.robust_interval,
+        }
 
 
 @dataclass
@@ -195,6 +210,7 @@ def digits_reproduction(
             _pgd(report),
             s.attacks,
             candidate,
+            report.samples,
         )
         rows.append(row)
         if on_row is not None:
@@ -280,14 +296,21 @@ def format_table(rows: list[ReproductionRow]) -> str:
     ensemble = rows[0].ensemble if rows else ""
     width = max([12, *(len(r.label) + 2 for r in rows)])
     lines = [
-        f"{'source':<8}{'transfer':<{width}}{'evaluated on':<14}{'clean':>8}"
-        f"{'robust':>9}{'PGD-20':>9}{'time s':>8}",
+        f"{'source':<8}{'transfer':<{width}}{'evaluated on':<14}{'clean':>17}"
+        f"{'robust':>18}{'PGD-20':>9}{'time s':>8}",
     ]
     for r in rows:
         pgd = f"{r.pgd_accuracy:>9.3f}" if r.pgd_accuracy is not None else f"{'-':>9}"
+        clean = accuracy_cell(r.clean_accuracy, r.clean_interval)
+        robust = accuracy_cell(r.robust_accuracy, r.robust_interval)
         lines.append(
             f"{r.source:<8}{r.label:<{width}}{r.evaluated_on:<14}"
-            f"{r.clean_accuracy:>8.3f}{r.robust_accuracy:>9.3f}{pgd}{r.seconds:>8.1f}"
+            f"{clean:>17}{robust:>18}{pgd}{r.seconds:>8.1f}"
         )
-    lines.append(f"robust: the {ensemble} ensemble, per-sample worst case; PGD-20: CE, step eps/4")
+    counts = sorted({(r.evaluated_on, r.samples) for r in rows if r.samples})
+    ns = ", ".join(f"{where} n = {n}" for where, n in counts)
+    lines.append(
+        f"robust: the {ensemble} ensemble, per-sample worst case; PGD-20: CE, step eps/4"
+        + (f"; in brackets: 95% Wilson intervals ({ns})" if ns else "")
+    )
     return "\n".join(lines)

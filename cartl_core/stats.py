@@ -91,6 +91,14 @@ def format_interval(interval: Sequence[float] | None, digits: int = 3) -> str:
     return f"{interval[0]:.{digits}f}-{interval[1]:.{digits}f}"
 
 
+def accuracy_cell(accuracy: float, interval: Sequence[float] | None) -> str:
+    """``0.912 (.87-.94)``: an accuracy and its interval, short enough for a table."""
+    if not interval:
+        return f"{accuracy:.3f}"
+    low, high = (f"{v:.2f}".removeprefix("0") for v in interval)
+    return f"{accuracy:.3f} ({low}-{high})"
+
+
 def interval_text(n: int | None = None) -> str:
     """What an interval is, as the outputs say it: ``95% Wilson interval, n = 200``."""
     base = f"{CONFIDENCE:.0%} Wilson interval"

@@ -20,12 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.report.format import pct
+from app.report.format import pct, pct_ci
 
 __all__ = [
     "Axis",
     "Chart",
     "Dot",
+    "Interval",
     "Line",
     "Point",
     "Series",
@@ -100,6 +101,9 @@ class Point:
     hollow: bool = False
     #: Ringed and named (the chosen candidate).
     marked: bool = False
+    #: The 95% interval of the value along x (a bar's length) and along y, drawn as whiskers.
+    x_err: tuple[float, float] | None = None
+    y_err: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -250,14 +254,22 @@ def line_chart(
 # --------------------------------------------------------------------------- bars
 
 
+Interval = tuple[float, float]
+
+
 def bar_chart(
     title: str,
     desc: str,
     categories: Sequence[str],
     series: Sequence[tuple[str, Sequence[float | None]]],
+    *,
+    intervals: Sequence[Sequence[Interval | None]] | None = None,
 ) -> Chart:
     """Horizontal bars on a 0..100% axis: a row per category (a label may have several lines),
-    a bar per series; the second series hatched. A None value is a bar that was not run."""
+    a bar per series; the second series hatched. A None value is a bar that was not run.
+    ``intervals``, a list per series like its values: each bar's 95% interval, drawn as a
+    whisker across its end (None: none known)."""
+    spans = intervals or [[None] * len(values) for _, values in series]
     n = len(series)
     bar = BAR if len(categories) <= 24 else 6
     lines = max((c.count("\n") + 1 for c in categories), default=1)
@@ -269,13 +281,19 @@ def bar_chart(
         Series(
             name,
             tuple(
-                Point(v, float(i), f"{' '.join(cat.split())}, {name}: {pct(v)}", label=pct(v))
-                for i, (cat, v) in enumerate(zip(categories, values, strict=True))
+                Point(
+                    v,
+                    float(i),
+                    f"{' '.join(cat.split())}, {name}: {pct_ci(v, list(ci) if ci else None)}",
+                    label=pct(v),
+                    x_err=ci,
+                )
+                for i, (cat, v, ci) in enumerate(zip(categories, values, cis, strict=True))
                 if v is not None
             ),
             Style.nth(s, hatch=s == 1),
         )
-        for s, (name, values) in enumerate(series)
+        for s, ((name, values), cis) in enumerate(zip(series, spans, strict=True))
     )
     values = _axis("", 0.0, 1.0, text=percent, count=4)
     ticks = tuple(Tick(float(i), c) for i, c in enumerate(categories))
@@ -296,6 +314,9 @@ class Dot:
     y: float
     marked: bool = False
     tip: str = ""
+    #: 95% intervals of x and y (whiskers); None where not known.
+    x_err: Interval | None = None
+    y_err: Interval | None = None
 
 
 def scatter_chart(
@@ -317,7 +338,15 @@ def scatter_chart(
         Series(
             group,
             tuple(
-                Point(d.x, d.y, d.tip, label=d.label if d.marked else "", marked=d.marked)
+                Point(
+                    d.x,
+                    d.y,
+                    d.tip,
+                    label=d.label if d.marked else "",
+                    marked=d.marked,
+                    x_err=d.x_err,
+                    y_err=d.y_err,
+                )
                 for d in dots
                 if d.group == group
             ),
@@ -325,12 +354,15 @@ def scatter_chart(
         )
         for i, group in enumerate(groups)
     )
+    # The axes hold the whiskers too.
+    xs = [v for d in dots for v in (d.x, *(d.x_err or ()))]
+    ys = [v for d in dots for v in (d.y, *(d.y_err or ()))]
     if x_text is None:
-        x_lo, x_hi = _zoomed([d.x for d in dots], x_floor)
+        x_lo, x_hi = _zoomed(xs, x_floor)
     else:
-        x_lo, x_hi = _padded([d.x for d in dots])
+        x_lo, x_hi = _padded(xs)
         x_lo = min(0.0, x_lo)
-    y_lo, y_hi = _zoomed([d.y for d in dots], None)
+    y_lo, y_hi = _zoomed(ys, None)
     return Chart(
         "scatter",
         title,

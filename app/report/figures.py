@@ -11,8 +11,27 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.report.charts import Chart, Dot, Line, bar_chart, line_chart, scatter_chart
-from app.report.format import Record, Threat, eps_text, mapping, num, pct, plain, records
+from app.report.charts import (
+    Chart,
+    Dot,
+    Interval,
+    Line,
+    bar_chart,
+    line_chart,
+    scatter_chart,
+)
+from app.report.format import (
+    Record,
+    Threat,
+    eps_text,
+    interval_of,
+    mapping,
+    num,
+    pct,
+    pct_ci,
+    plain,
+    records,
+)
 
 #: Readable names of the per-epoch history keys we know.
 HISTORY_LABELS = {
@@ -178,24 +197,40 @@ def inherited_chart(audit: Record, source: Record) -> Chart:
     """A transfer source's clean and robust accuracy beside the fine-tuned model's."""
     clean = [num(source.get("clean_accuracy")), num(audit.get("clean_accuracy"))]
     robust = [num(source.get("robust_accuracy")), num(audit.get("robust_accuracy"))]
+    spans = [
+        [
+            _span(interval_of(r, key, r.get("samples")))
+            for key in ("clean_accuracy", "robust_accuracy")
+        ]
+        for r in (source, audit)
+    ]
     return bar_chart(
         "Source robustness against target robustness",
         f"Bars: {INHERITED[0]} clean {pct(clean[0])}, robust {pct(robust[0])}; "
         f"{INHERITED[1]} clean {pct(clean[1])}, robust {pct(robust[1])}.",
         ["clean accuracy", "robust accuracy"],
         [(INHERITED[0], [clean[0], robust[0]]), (INHERITED[1], [clean[1], robust[1]])],
+        intervals=spans,
     )
 
 
 def comparison_chart(
-    rows: Sequence[tuple[str, float, float]], *, title: str, robust_label: str = "robust"
+    rows: Sequence[tuple[str, float, float]],
+    *,
+    title: str,
+    robust_label: str = "robust",
+    intervals: Sequence[tuple[Sequence[float] | None, Sequence[float] | None]] | None = None,
 ) -> Chart:
-    """Clean and robust accuracy of each labelled model (a label may have several lines)."""
+    """Clean and robust accuracy of each labelled model (a label may have several lines);
+    ``intervals``: each row's (clean, robust) 95% intervals, drawn as whiskers."""
+    spans = [(_span(c), _span(r)) for c, r in intervals] if intervals else None
     return bar_chart(
         title,
-        "Horizontal bars, two per model: clean accuracy (solid) and robust accuracy (hatched).",
+        "Horizontal bars, two per model: clean accuracy (solid) and robust accuracy (hatched)"
+        + (", each with its 95% interval as a whisker." if spans else "."),
         [r[0] for r in rows],
         [("clean", [r[1] for r in rows]), (robust_label, [r[2] for r in rows])],
+        intervals=[[c for c, _ in spans], [r for _, r in spans]] if spans else None,
     )
 
 
@@ -221,7 +256,12 @@ def candidates_chart(compare: Record, split: str, label: str) -> Chart | None:
     return scatter_chart(
         f"Clean against robust accuracy of every candidate ({label} split)",
         f"One point per candidate; the chosen one, {name}, is ringed and labelled."
-        + (f" The dashed line is the clean-accuracy floor, {pct(floor)}." if floor else ""),
+        + (
+            f" The dashed line, {pct(floor)}, is the best clean accuracy less the drop allowed; "
+            "a candidate left of it is ruled out only where its drop is beyond noise."
+            if floor
+            else ""
+        ),
         dots,
         x_label=f"clean accuracy ({label})",
         y_label=f"robust accuracy ({label})",
@@ -267,9 +307,16 @@ def _candidate_dots(
         if x is None or y is None:
             continue
         chosen = r.get("name") == name
-        tip = f"{r.get('name')}: {x_text(x)}, robust {pct(y)}" + (" (chosen)" if chosen else "")
-        dots.append(Dot(str(r.get("name")), str(r.get("method")), x, y, marked=chosen, tip=tip))
+        x_err, y_err = _span(interval_of(r, x_key)), _span(interval_of(r, y_key))
+        tip = f"{r.get('name')}: {x_text(x)}, robust {pct_ci(y, interval_of(r, y_key))}"
+        tip += " (chosen)" if chosen else ""
+        dots.append(Dot(str(r.get("name")), str(r.get("method")), x, y, marked=chosen, tip=tip,
+                        x_err=x_err, y_err=y_err))  # fmt: skip
     return dots
+
+
+def _span(interval: Sequence[float] | None) -> Interval | None:
+    return None if interval is None else (interval[0], interval[1])
 
 
 # --------------------------------------------------------------------------- training

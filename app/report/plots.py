@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.report import figures, png
-from app.report.format import plain, threat_of
+from app.report.format import interval_of, plain, threat_of
 from cartl_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,9 +63,13 @@ def plot_comparison(
     *,
     title: str = "clean and robust accuracy",
     robust_label: str = "robust",
+    intervals: Sequence[tuple[Sequence[float] | None, Sequence[float] | None]] | None = None,
 ) -> Path:
-    """Clean and robust accuracy side by side for each labelled model."""
-    chart = figures.comparison_chart(rows, title=title, robust_label=robust_label)
+    """Clean and robust accuracy side by side for each labelled model; ``intervals``, each
+    row's (clean, robust) 95% intervals, are drawn as whiskers."""
+    chart = figures.comparison_chart(
+        rows, title=title, robust_label=robust_label, intervals=intervals
+    )
     return png.save([chart], path)
 
 
@@ -78,9 +82,15 @@ def plot_candidates(compare: Mapping[str, Any], path: str | Path) -> Path:
     ]
     sel = compare.get("selection") or {}
     threat = f"{sel.get('ensemble')}, {sel.get('norm')} eps {sel.get('eps', 0):g}"
+    intervals = [
+        (interval_of(c, "test_clean"), interval_of(c, "test_robust")) for c in compare["candidates"]
+    ]
     charts = [
         figures.comparison_chart(
-            rows, title="clean and robust accuracy", robust_label=f"robust ({threat})"
+            rows,
+            title="clean and robust accuracy",
+            robust_label=f"robust ({threat})",
+            intervals=intervals,
         ),
         figures.cost_chart(compare),
     ]
@@ -99,6 +109,7 @@ def plot_reproduction(
         path,
         title="digits 0-4 -> 5-9: robustness kept by each transfer",
         robust_label=f"robust ({ensemble}{radius})",
+        intervals=[(r.clean_interval, r.robust_interval) for r in rows],
     )
 
 

@@ -9,10 +9,11 @@ report's SVG. A layout engine places the text, so no label covers another.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.report.charts import Axis, Chart, Series, Style
+from app.report.charts import Axis, Chart, Point, Series, Style
 from cartl_core.errors import ConfigError
 
 __all__ = ["save"]
@@ -123,6 +124,7 @@ def _scatter(ax: Any, chart: Chart) -> None:
         ax.axvline(g, color="#555", linewidth=0.75, linestyle=(0, (5, 4)))
     for s in chart.series:
         xs, ys = [p.x for p in s.points], [p.y for p in s.points]
+        _error_bars(ax, s.points, s.style.colour)
         ax.plot(xs, ys, linestyle="none", label=s.label, clip_on=False, **_marker_kw(s.style))
     middle = (chart.x.lo + chart.x.hi) / 2
     for p in (p for s in chart.series for p in s.points if p.marked):
@@ -170,11 +172,27 @@ def _bar_series(
     widths = [max(0.0, min(1.0, p.x)) for p in series.points]
     ax.barh(ys, widths, height=thick * 0.92, label=series.label, **fill)
     ax.barh(ys, widths, height=thick * 0.92, fill=False, edgecolor="#333", linewidth=0.4)
+    _error_bars(ax, [replace(p, y=y) for p, y in zip(series.points, ys, strict=True)], "#000")
     for p, y, w in zip(series.points, ys, widths, strict=True):
-        ax.text(w + 0.01, y, p.label, va="center", fontsize=font, clip_on=False)
+        # The value is written past the bar's interval.
+        end = max(w, min(1.0, p.x_err[1])) if p.x_err is not None else w
+        ax.text(end + 0.01, y, p.label, va="center", fontsize=font, clip_on=False)
     done = {p.y for p in series.points}
     for row in (r for r in rows if r not in done):
         ax.text(0.01, row + offset, f"{series.label}: not run", va="center", fontsize=font)
+
+
+def _error_bars(ax: Any, points: Sequence[Point], colour: str) -> None:
+    """Each point's 95% intervals (``x_err``, ``y_err``) as capped whiskers."""
+    for p in points:
+        if p.x_err is None and p.y_err is None:
+            continue
+        # matplotlib takes the distances either side (never negative: a rounded stored
+        # interval can miss its value by a hair).
+        xerr = None if p.x_err is None else [[max(0, p.x - p.x_err[0])], [max(0, p.x_err[1] - p.x)]]
+        yerr = None if p.y_err is None else [[max(0, p.y - p.y_err[0])], [max(0, p.y_err[1] - p.y)]]
+        ax.errorbar([p.x], [p.y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour,
+                    elinewidth=0.8, capsize=2, alpha=0.8, clip_on=False)  # fmt: skip
 
 
 _DRAW: dict[str, Callable[[Any, Chart], None]] = {

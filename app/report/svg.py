@@ -195,7 +195,7 @@ def _scatter(chart: Chart, cid: str) -> str:
                 f'stroke-width="2"/><text x="{tx:.1f}" y="{max(y - 8, top + 12):.1f}" '
                 f'text-anchor="{anchor}" font-weight="bold">{esc(short(p.label, 40))}</text>'
             )
-        parts.append(_point(p, style, x, y, ring))
+        parts.append(_whiskers(p, style, frame) + _point(p, style, x, y, ring))
     for i, s in enumerate(chart.series):
         x, y = frame.left + i * 130, bottom + 54
         parts.append(
@@ -203,6 +203,29 @@ def _scatter(chart: Chart, cid: str) -> str:
             f'<text x="{x + 16}" y="{y}">{esc(short(s.label, 16))}</text>'
         )
     return "".join(parts)
+
+
+def _whiskers(p: Point, style: Style, frame: _Frame) -> str:
+    """A point's 95% intervals as thin capped lines through it."""
+    x, y = frame.px(p.x), frame.py(p.y)
+    attrs = f'stroke="{style.colour}" stroke-width="1" stroke-opacity="0.7"'
+    parts = []
+    if p.x_err is not None:
+        parts.append(_whisker(frame.px(p.x_err[0]), frame.px(p.x_err[1]), y, 3, attrs))
+    if p.y_err is not None:
+        parts.append(_whisker(frame.py(p.y_err[0]), frame.py(p.y_err[1]), x, 3, attrs, True))
+    return "".join(parts)
+
+
+def _whisker(
+    lo: float, hi: float, at: float, cap: float, attrs: str, vertical: bool = False
+) -> str:
+    """A line from ``lo`` to ``hi`` at ``at`` across, capped ``cap`` px either side."""
+    segments = [(lo, at, hi, at), (lo, at - cap, lo, at + cap), (hi, at - cap, hi, at + cap)]
+    if vertical:  # the same, with x and y swapped
+        segments = [(y0, x0, y1, x1) for x0, y0, x1, y1 in segments]
+    d = "".join(f"M{x0:.1f},{y0:.1f}L{x1:.1f},{y1:.1f}" for x0, y0, x1, y1 in segments)
+    return f'<path d="{d}" {attrs}/>'
 
 
 # --------------------------------------------------------------------------- bars
@@ -254,10 +277,18 @@ def _bar(
             "not run</text>"
         )
     w = max(0.0, min(1.0, p.x)) * plot_w
+    whisker, end = "", w
+    if p.x_err is not None:
+        # The bar's 95% interval across its end; the value is written past it.
+        lo, hi = (left + max(0.0, min(1.0, v)) * plot_w for v in p.x_err)
+        mid = y + (bar - 1) / 2
+        whisker = _whisker(lo, hi, mid, (bar - 3) / 2, 'stroke="#000" stroke-width="1"')
+        end = max(w, hi - left)
     return (
         f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 1}" '
         f'fill="{_fill(cid, series.style)}" stroke="#333" stroke-width="0.5">'
-        f'<title>{esc(p.tip)}</title></rect><text x="{left + w + 4:.1f}" y="{y + bar - 3}" '
+        f"<title>{esc(p.tip)}</title></rect>{whisker}"
+        f'<text x="{left + end + 4:.1f}" y="{y + bar - 3}" '
         f'font-size="{11 if bar > 8 else 8}">{esc(p.label)}</text>'
     )
 

@@ -621,6 +621,15 @@ async function newJobView() {
     h("span", { class: "error", "data-field": `${what}_id` }));
   const archField = h("div", { class: "field" }, h("label", { for: "upload-arch" }, "Architecture of plain weights (upload only)"),
     h("input", { id: "upload-arch", type: "text", placeholder: "e.g. small-cnn" }));
+  // A folder of images of several sizes, or a source trained at another resolution, needs the
+  // dataset resized once at upload; every job then reads it that way.
+  const resizeField = h("div", { class: "field" },
+    h("label", { for: "upload-resize" }, "Resize the dataset's images to a side of (px, upload only)"),
+    h("input", { id: "upload-resize", type: "number", min: "8", max: "1024", step: "1", placeholder: "as they are" }),
+    h("label", { for: "upload-resize-method" }, "resized by"),
+    h("select", { id: "upload-resize-method" },
+      ["bilinear", "bicubic", "nearest", "area"].map((m) => h("option", { value: m }, m))),
+    h("span", { class: "error", "data-field": "upload.resize" }));
 
   async function showParams() {
     const schema = kinds.find((k) => k.name === kindSel.value).params_schema;
@@ -657,7 +666,7 @@ async function newJobView() {
     h("fieldset", {}, h("legend", {}, "Kind"), h("div", { class: "field" }, h("label", { for: "job-kind" }, "Job kind"), kindSel)),
     h("fieldset", {}, h("legend", {}, "Inputs"), h("div", { class: "form-grid" },
       pick("checkpoint", checkpoints.items, "Checkpoint (source, or the model to audit)"),
-      pick("dataset", datasets.items, "Dataset"), archField)),
+      pick("dataset", datasets.items, "Dataset"), archField, resizeField)),
     h("fieldset", {}, h("legend", {}, "Parameters (empty: the default shown)"), params),
     formError, submit);
   main.replaceChildren(h("h2", {}, "New job"), form);
@@ -669,6 +678,11 @@ async function upload(what, file) {
   data.append("file", file, file.name);
   const arch = document.getElementById("upload-arch").value.trim();
   if (what === "checkpoint" && arch) data.append("arch", arch);
+  const resize = document.getElementById("upload-resize").value.trim();
+  if (what === "dataset" && resize) {
+    data.append("resize", resize);
+    data.append("resize_method", document.getElementById("upload-resize-method").value);
+  }
   try {
     const row = await (await call(`/v1/${what}s`, { method: "POST", body: data })).json();
     return row.id;
@@ -683,7 +697,10 @@ function showFieldErrors(form, formError, err) {
   const errors = (err.body && err.body.errors) || [];
   const unplaced = [];
   for (const e of errors) {
-    const field = err.uploadOf && !e.field.startsWith("params.") ? `${err.uploadOf}_id` : e.field;
+    // A refused resize shows beside the resize; the upload's other errors beside its file.
+    const resize = err.uploadOf === "dataset" && e.field.startsWith("resize");
+    const field = resize ? "upload.resize"
+      : err.uploadOf && !e.field.startsWith("params.") ? `${err.uploadOf}_id` : e.field;
     const slot = form.querySelector(`.error[data-field="${CSS.escape(field)}"]`);
     if (slot) slot.textContent = e.message;
     else unplaced.push(`${e.field}: ${e.message}`);

@@ -356,10 +356,12 @@ def test_demo_defaults_come_from_the_digits_settings() -> None:
 def _demo_result() -> DemoResult:
     """A result shaped like the demo's (the real one takes minutes: test_digits_reproduction)."""
     rows = [
-        ReproductionRow("AT", None, 1.0, 0.69, 40.0, "source", 0.72),
-        ReproductionRow("AT", "standard", 0.98, 0.12, 8.0, "target", 0.16),
-        ReproductionRow("FDM", None, 0.99, 0.67, 40.0, "source", 0.69),
-        ReproductionRow("FDM", "compare", 0.96, 0.24, 90.0, "target", 0.31, candidate="cartl-k3"),
+        ReproductionRow("AT", None, 1.0, 0.69, 40.0, "source", 0.72, samples=400),
+        ReproductionRow("AT", "standard", 0.98, 0.12, 8.0, "target", 0.16, samples=450),
+        ReproductionRow("FDM", None, 0.99, 0.67, 40.0, "source", 0.69, samples=400),
+        ReproductionRow(
+            "FDM", "compare", 0.96, 0.24, 90.0, "target", 0.31, candidate="cartl-k3", samples=450
+        ),
     ]
     candidates = [
         CandidateResult("standard-k3", "standard", 3, None, "source-stats", 0.97, 0.16, 0.95,
@@ -395,7 +397,11 @@ def test_demo_shows_the_rows_and_compares_candidates(
     out = capsys.readouterr()
     assert seen[0].compare_methods == ("standard", "cartl")
     # The rows (compare's choice named), then every candidate with the chosen one marked.
-    assert re.search(r"FDM\s+compare: cartl-k3\s+target\s+0\.960\s+0\.240", out.out)
+    # Each accuracy with its 95% Wilson interval over the test images it was measured on.
+    assert re.search(
+        r"FDM\s+compare: cartl-k3\s+target\s+0\.960 \(\.94-\.97\)\s+0\.240 \(\.20-\.28\)", out.out
+    )
+    assert "in brackets: 95% Wilson intervals (source n = 400, target n = 450)" in out.out
     assert re.search(r"cartl-k3 .*<- chosen", out.out)
     assert "chosen: cartl-k3: validation robust 0.290" in out.out
     assert "FDM compare: cartl-k3: clean 0.960 robust 0.240" in out.err

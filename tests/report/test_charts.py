@@ -91,6 +91,38 @@ def test_the_cost_chart_puts_each_candidates_cost_against_its_robustness(
     assert figures.cost_chart(old) is None
 
 
+CANDIDATES_WITH_INTERVALS = {
+    "chosen": {"name": "b"},
+    "selection": {"best_val_clean": 0.9, "max_clean_drop": 0.05},
+    "candidates": [
+        {"name": "a", "method": "standard", "val_clean": 0.9, "val_robust": 0.2,
+         "val_clean_interval": [0.85, 0.94], "val_robust_interval": [0.15, 0.26]},
+        {"name": "b", "method": "cartl", "val_clean": 0.88, "val_robust": 0.4},
+    ],
+}  # fmt: skip
+
+
+def test_intervals_are_drawn_as_whiskers_where_known(tmp_path: Path) -> None:
+    chart = figures.candidates_chart(CANDIDATES_WITH_INTERVALS, "val", "validation")
+    assert chart is not None
+    points = {p.tip.split(":")[0]: p for s in chart.series for p in s.points}
+    assert (points["a"].x_err, points["a"].y_err) == ((0.85, 0.94), (0.15, 0.26))
+    assert (points["b"].x_err, points["b"].y_err) == (None, None)  # a result without them
+    assert "robust 20.0% (15.0\u201326.0)" in points["a"].tip
+    # The axes hold the whiskers, not only the points.
+    assert chart.y.lo <= 0.15
+    # One capped whisker per interval in the SVG (each a path of three segments).
+    svg = render(chart, "w")
+    assert len(re.findall(r'<path d="(?:M[\d.]+,[\d.]+L[\d.]+,[\d.]+){3}"', svg)) == 2
+    bars = figures.comparison_chart(
+        [("a", 0.9, 0.4)], title="t", intervals=[([0.85, 0.94], [0.3, 0.5])]
+    )
+    assert [s.points[0].x_err for s in bars.series] == [(0.85, 0.94), (0.3, 0.5)]
+    assert "95% interval as a whisker" in bars.desc
+    assert len(re.findall(r"<path d=", render(bars, "b"))) == 2
+    assert png.save([chart, bars], tmp_path / "w.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def _charts() -> list[Chart]:
     charts = [
         figures.attacks_chart(FULL_AUDIT, threat_of(FULL_AUDIT)),
@@ -99,18 +131,12 @@ def _charts() -> list[Chart]:
         figures.accuracy_chart(HISTORY),
         figures.loss_chart(HISTORY),
         figures.comparison_chart([("a\nb", 0.9, 0.4), ("c", 0.8, 0.3)], title="t"),
-        figures.candidates_chart(
-            {
-                "chosen": {"name": "b"},
-                "selection": {"best_val_clean": 0.9, "max_clean_drop": 0.05},
-                "candidates": [
-                    {"name": "a", "method": "standard", "val_clean": 0.9, "val_robust": 0.2},
-                    {"name": "b", "method": "cartl", "val_clean": 0.88, "val_robust": 0.4},
-                ],
-            },
-            "val",
-            "validation",
+        figures.comparison_chart(
+            [("a", 0.9, 0.4), ("c", 0.8, 0.3)],
+            title="t",
+            intervals=[([0.85, 0.94], None), ([0.75, 0.84], [0.26, 0.34])],
         ),
+        figures.candidates_chart(CANDIDATES_WITH_INTERVALS, "val", "validation"),
         figures.cost_chart(COMPARE_WITH_COSTS),
     ]
     assert None not in charts

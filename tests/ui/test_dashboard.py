@@ -390,6 +390,35 @@ def test_the_form_shows_a_refused_parameter_beside_its_field_then_starts_the_job
     assert page.evaluate("document.activeElement !== document.body")
 
 
+def test_a_dataset_uploaded_from_the_form_is_resized_as_asked(page: Any, served: Served) -> None:
+    page.goto(f"{served.url}/ui#/new")
+    page.get_by_label("Job kind").select_option("audit")
+    page.locator("#param-steps").wait_for()
+    assert _unlabelled(page) == []
+    page.locator("#checkpoint-id").select_option(served.jobs["checkpoint"])
+    page.locator("#dataset-file").set_input_files(str(served.files["data"]))
+    resize = page.get_by_label("Resize the dataset's images to a side of (px, upload only)")
+    # The server's bounds, held by the browser before anything is sent.
+    assert (resize.get_attribute("min"), resize.get_attribute("max")) == ("8", "1024")
+    resize.fill("4")
+    assert resize.evaluate("e => e.validity.rangeUnderflow")
+    resize.fill("16")
+    page.get_by_label("resized by").select_option("nearest")
+    page.locator("#param-steps").fill("2")
+    page.locator("#param-limit").fill("8")
+    page.locator("#param-attacks").fill("fast")
+    page.get_by_role("button", name="Start job").click()
+    page.wait_for_url(re.compile(r"#/job/job_"))
+    job = served.job(page.url.rsplit("/", 1)[1])
+    # The same bytes with a resize are another dataset: the 8-px upload is untouched.
+    assert job["dataset_id"] != served.jobs["dataset"]
+    ds = httpx.get(f"{served.url}/v1/datasets/{job['dataset_id']}", headers=served.headers)
+    assert ds.status_code == 200, ds.text
+    summary = ds.json()
+    assert summary["resize"] == {"size": 16, "method": "nearest"}
+    assert summary["input_shape"] == [1, 16, 16]
+
+
 def test_the_page_is_served_with_a_strict_policy_and_no_outside_assets(served: Served) -> None:
     r = httpx.get(f"{served.url}/ui")
     assert r.status_code == 200

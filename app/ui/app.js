@@ -496,7 +496,8 @@ function renderCandidates(where, job, metrics) {
   const message = h("div", { role: "status" });
   const chart = Charts.scatter({
     title: "Candidates: validation clean (across) against validation robust accuracy (up)", xLabel: "validation clean accuracy (up: validation robust accuracy)",
-    points: rows.map((r) => ({ name: r.name, x: r.val_clean, y: r.val_robust, highlight: r.name === metrics.chosen })),
+    points: rows.map((r) => ({ name: r.name, x: r.val_clean, y: r.val_robust, highlight: r.name === metrics.chosen,
+      xErr: r.val_clean_interval, yErr: r.val_robust_interval })),
   });
   where.replaceChildren(
     h("h3", {}, "Candidates"),
@@ -749,7 +750,11 @@ async function compareView(arg) {
         }))),
       h("figure", { id: "compare-chart" }, h("figcaption", {}, "Clean and robust accuracy"),
         Charts.bars({ title: "Clean and robust accuracy per job", seriesNames: ["clean", "robust"],
-          groups: runs.map((r) => ({ name: label(r), values: [(r.job.metrics || {}).clean_accuracy ?? null, (r.job.metrics || {}).robust_accuracy ?? null] })) })),
+          groups: runs.map((r) => {
+            const m = r.job.metrics || {};
+            return { name: label(r), values: [m.clean_accuracy ?? null, m.robust_accuracy ?? null],
+              intervals: [m.clean_interval || null, m.robust_interval || null] };
+          }) })),
       curves);
   } catch (err) {
     showError(main, err);

@@ -136,9 +136,18 @@ const Charts = (() => {
   // points: [{name, x, y, highlight}] drawn with their names; the highlighted one larger, filled
   // and named "(chosen)". Names of points that coincide are stacked, and names near the right
   // edge run leftwards, so none is hidden.
+  // A 95% interval as a capped line from lo to hi at `at` across (vertical: along y).
+  function whisker(svg, lo, hi, at, cap, colour, vertical) {
+    const seg = [[lo, at, hi, at], [lo, at - cap, lo, at + cap], [hi, at - cap, hi, at + cap]];
+    const d = seg.map(([a, b, c, e]) => (vertical ? `M${b},${a}L${e},${c}` : `M${a},${b}L${c},${e}`)).join("");
+    return el("path", { d, stroke: colour, "stroke-width": 1, "stroke-opacity": 0.7, fill: "none", class: "whisker" }, svg);
+  }
+
+  // points: [{name, x, y, highlight, xErr, yErr}]; xErr/yErr, [lo, hi], are drawn as whiskers.
   function scatter(opts) {
     const width = opts.width || 460;
-    const xs = opts.points.map((p) => p.x), ys = opts.points.map((p) => p.y);
+    const xs = opts.points.flatMap((p) => [p.x, ...(p.xErr || [])]);
+    const ys = opts.points.flatMap((p) => [p.y, ...(p.yErr || [])]);
     const pad = (d) => [Math.max(0, d[0] - 0.05), Math.min(1, d[1] + 0.05)];
     const f = frame({ ...opts, width, xDomain: pad(extent(xs)), yDomain: pad(extent(ys)) });
     const taken = new Map();
@@ -146,6 +155,8 @@ const Charts = (() => {
     ordered.forEach((p) => {
       const colour = p.highlight ? COLOURS[1] : COLOURS[0];
       const px = f.x(p.x), py = f.y(p.y);
+      if (p.xErr) whisker(f.svg, f.x(p.xErr[0]), f.x(p.xErr[1]), py, 3, colour, false);
+      if (p.yErr) whisker(f.svg, f.y(p.yErr[0]), f.y(p.yErr[1]), px, 3, colour, true);
       marker(f.svg, p.highlight ? "diamond" : "circle", px, py, colour, p.highlight ? 6 : 4, p.highlight);
       const spot = `${Math.round(px / 8)},${Math.round(py / 8)}`;
       const n = taken.get(spot) || 0;
@@ -157,7 +168,8 @@ const Charts = (() => {
     return f.svg;
   }
 
-  // groups: [{name, values: [v per series]}], seriesNames: [...]; values in [0, 1].
+  // groups: [{name, values: [v per series], intervals: [[lo, hi] or null per series]}],
+  // seriesNames: [...]; values in [0, 1]. An interval is drawn as a whisker over its bar.
   function bars(opts) {
     const width = opts.width || Math.max(360, 120 + opts.groups.length * 110);
     const series = opts.seriesNames.map((name) => ({ name }));
@@ -175,7 +187,11 @@ const Charts = (() => {
           fill: si % 2 ? "#fff" : COLOURS[si % 6], stroke: COLOURS[si % 6], "stroke-width": 2,
           "stroke-dasharray": si % 2 ? "4 2" : "",
         }, f.svg);
-        const t = el("text", { x: x + (bw - 2) / 2, y: f.y(v) - 3, "text-anchor": "middle" }, f.svg);
+        const ci = (g.intervals || [])[si];
+        if (ci) whisker(f.svg, f.y(ci[0]), f.y(ci[1]), x + (bw - 2) / 2, Math.min(4, bw / 4), "#000", true);
+        // The value is written above the bar, and above its interval.
+        const top = ci ? Math.min(f.y(v), f.y(ci[1])) : f.y(v);
+        const t = el("text", { x: x + (bw - 2) / 2, y: top - 3, "text-anchor": "middle" }, f.svg);
         t.textContent = v.toFixed(3);
       });
       const t = el("text", { x: f.m.left + gi * gw + gw / 2, y: f.m.top + f.ph + 16, "text-anchor": "middle" }, f.svg);

@@ -272,6 +272,8 @@ def test_two_jobs_side_by_side(page: Any, served: Served) -> None:
     assert "standard" in text
     assert "cartl" in text
     assert page.locator("#compare-chart svg").count() == 1
+    # Clean and robust accuracy of each job, each with its 95% interval as a whisker.
+    assert page.locator("#compare-chart svg path.whisker").count() == 4
     assert page.locator("svg.chart").count() >= 3  # the bars, loss and accuracy curves
     _shot(page, served, "ui-compare.png")
 
@@ -297,6 +299,9 @@ def test_a_compare_job_marks_its_choice_and_offers_every_candidate(
     # In the chart the chosen one is named as such, not only drawn in another colour.
     labels = page.locator("#candidates svg text").all_text_contents()
     assert f"{metrics['chosen']} (chosen)" in labels
+    # Each candidate's validation intervals are drawn as whiskers, one across and one up.
+    assert all(c["val_clean_interval"] and c["val_robust_interval"] for c in metrics["candidates"])
+    assert page.locator("#candidates svg path.whisker").count() == 2 * len(metrics["candidates"])
     other = next(c["name"] for c in metrics["candidates"] if c["name"] != metrics["chosen"])
     with page.expect_download() as info:
         table.locator("tbody tr", has_text=other).get_by_role("button", name="download").click()

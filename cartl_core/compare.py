@@ -50,6 +50,7 @@ from cartl_core.config import (
     ADVERSARIAL_METHODS,
     COMPARE_CENTRE_K_ONLY,
     COMPARE_K_OFFSETS,
+    CPU_MAX_COST_SECONDS,
     AttackConfig,
     AuditConfig,
     CompareConfig,
@@ -269,6 +270,8 @@ class CostEstimate:
     over_budget: list[dict[str, Any]] = field(default_factory=list)
     resample: dict[str, Any] | None = None
     beyond_max_candidates: list[str] = field(default_factory=list)
+    #: The budget is the device's default (``CPU_MAX_COST_SECONDS``), not one the run named.
+    budget_default: bool = False
 
     @property
     def seconds_max(self) -> float:
@@ -286,6 +289,7 @@ class CostEstimate:
             "over_budget": self.over_budget,
             "resample": self.resample,
             "beyond_max_candidates": self.beyond_max_candidates,
+            "budget_default": self.budget_default,
         }
 
     def text(self) -> str:
@@ -312,9 +316,10 @@ class CostEstimate:
             names = ", ".join(
                 f"{d['name']} ({_duration(d['cost_seconds'])})" for d in self.over_budget
             )
+            default = " (the CPU default; max_cost sets another)" if self.budget_default else ""
             out += (
-                f"; dropped to fit max_cost {_duration(self.budget_seconds)} of training "
-                f"and validation audits: {names}"
+                f"; dropped to fit max_cost {_duration(self.budget_seconds)}{default} of "
+                f"training and validation audits: {names}"
             )
         return out
 
@@ -1185,7 +1190,9 @@ def compare(
         audit=audit,
         evaluated=len(fit_data.test),
     )
-    plan, estimate = _fit_budget(plan, estimate, config.max_cost_seconds)
+    default = config.max_cost_seconds is None and dev.type == "cpu"
+    budget = CPU_MAX_COST_SECONDS if default else config.max_cost_seconds
+    plan, estimate = _fit_budget(plan, estimate, budget, default=default)
     estimate = replace(estimate, beyond_max_candidates=[c.name for c in dropped])
     run = _Run(
         source=source, fit_data=fit_data, test=test, config=config, audit=audit, device=dev,
@@ -1240,17 +1247,19 @@ def _training_work(
 
 
 def _fit_budget(
-    plan: list[Candidate], estimate: CostEstimate, budget: float | None
+    plan: list[Candidate], estimate: CostEstimate, budget: float | None, *, default: bool = False
 ) -> tuple[list[Candidate], CostEstimate]:
     """The candidates whose estimated cost fits ``budget`` (see
-    :meth:`CostEstimate.within_budget`), and the estimate that says what was dropped."""
+    :meth:`CostEstimate.within_budget`), and the estimate that says what was dropped;
+    ``default``: the budget is the device's, not one the run named."""
     if budget is None:
         return plan, estimate
-    fitted = estimate.within_budget(budget)
+    fitted = replace(estimate.within_budget(budget), budget_default=default)
     if not fitted.per_candidate:
         cheapest = min(estimate.per_candidate, key=lambda r: r["cost_seconds"])
+        which = " (the default on a CPU)" if default else ""
         raise ConfigError(
-            f"no candidate fits max_cost {_duration(budget)}: the cheapest, "
+            f"no candidate fits max_cost {_duration(budget)}{which}: the cheapest, "
             f"{cheapest['name']}, is estimated at {_duration(cheapest['cost_seconds'])} of "
             "training and validation audit; raise max_cost or lower epochs",
             field="max_cost_seconds",

@@ -22,6 +22,7 @@ __all__ = [
     "COMPARE_K_OFFSETS",
     "COMPARE_METHODS",
     "COMPARE_NORM_BETAS",
+    "CPU_MAX_COST_SECONDS",
     "ENSEMBLES",
     "TRANSFER_METHODS",
     "AttackConfig",
@@ -564,6 +565,10 @@ class AuditConfig(_Config):
 #: fine-tuning kept 3x CARTL's robustness from either source within the clean-accuracy rule,
 #: while PGD adversarial fine-tuning lost 10 points of clean accuracy from the FDM source and
 #: matched TRADES from the AT source; each costs 7-10x standard fine-tuning's training.
+#: The budget a comparison on a CPU gets when it names none (``max_cost_seconds``): the default
+#: grid on a 2,000-image 28-px target is estimated at hours of training per candidate there.
+CPU_MAX_COST_SECONDS = 2 * 3600.0
+
 COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl", "trades")
 #: Methods the default k list tries at its centre k only: adversarial training costs 7-10x the
 #: others per candidate. A given k list (``ks``) applies to them as to every method.
@@ -621,7 +626,8 @@ class CompareConfig(_Config):
     are the report's and fall outside it). Before anything trains, candidates are kept in
     priority order while the sum of their estimated costs (training, and the validation audit at
     its maximum) fits; one that does not fit is dropped, and a cheaper later one may still fit.
-    None: no budget.
+    None: the device's default, ``CPU_MAX_COST_SECONDS`` (2 h) on a CPU, none on an accelerator:
+    a CPU run gets the part of the grid it can finish, and the estimate names what was cut.
     """
 
     eps: float = 8 / 255

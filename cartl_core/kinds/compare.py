@@ -61,7 +61,8 @@ class CompareParams(FromSource, Schedule):
     override each method's default schedule. The chosen model then gets a full audit at ``eps``
     with ``audit_attacks`` (``no_audit`` skips it). ``max_cost``: device-seconds for all the
     candidates' training and validation audits; candidates whose estimate does not fit are
-    dropped before anything trains (``CompareConfig.max_cost_seconds``).
+    dropped before anything trains (``CompareConfig.max_cost_seconds``; on a CPU, 2 h unless
+    named).
     """
 
     eps: float | None = option(
@@ -155,7 +156,7 @@ class CompareParams(FromSource, Schedule):
         "budget in device-seconds for every candidate's training and validation audit, "
         "together: candidates whose estimated cost does not fit (in priority order) are dropped "
         "before training, and the estimate names them",
-        default_text="no budget",
+        default_text="2 h (7200) on a CPU, none on a GPU",
         group=CANDIDATES,
         gt=0,
         # Thirty days of one device: longer runs are split into several comparisons.

@@ -3,7 +3,9 @@ budget (``max_cost_seconds``) that drops what does not fit; adversarial fine-tun
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,12 +22,16 @@ from cartl_core.compare import (
     CostEstimate,
     candidate_table,
     compare,
+    estimate_cost,
     plan_candidates,
 )
 from cartl_core.config import CompareConfig, TraceConfig
 from cartl_core.models import BlockModel
 
 from .conftest import make_dataset
+
+# The module (``cartl_core.compare`` the attribute is the function).
+compare_module = importlib.import_module("cartl_core.compare")
 
 
 def _row(name: str, train: float, val_audit: float) -> dict[str, object]:
@@ -164,3 +170,34 @@ def test_max_cost_drops_before_training_what_does_not_fit(
     with pytest.raises(ConfigError) as info:
         CompareConfig(max_cost_seconds=0)
     assert info.value.field == "max_cost_seconds"
+
+
+def test_a_cpu_run_without_a_budget_gets_the_cpu_default_and_says_so(
+    source: BlockModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    # The real default (2 h) holds this tiny grid whole; it is applied all the same.
+    result = compare(source, data, CONFIG.with_(max_candidates=1), device="cpu")
+    assert (result.estimate.budget_seconds, result.estimate.budget_default) == (7200.0, True)
+    assert result.estimate.over_budget == []
+
+    # A default that holds only the cheap candidate drops the costly one and names the default:
+    # set from this run's own estimate, which compare reads the default after.
+    def estimate_then_shrink_the_default(*args: Any, **kw: Any) -> CostEstimate:
+        est = estimate_cost(*args, **kw)
+        cost = {r["name"]: r["cost_seconds"] for r in est.per_candidate}
+        assert cost["adversarial-k2-trainable"] > cost["standard-k2-source-stats"]
+        monkeypatch.setattr(compare_module, "CPU_MAX_COST_SECONDS",
+                            cost["standard-k2-source-stats"] * 1.01)  # fmt: skip
+        return est
+
+    monkeypatch.setattr(compare_module, "estimate_cost", estimate_then_shrink_the_default)
+    result = compare(source, data, CONFIG, device="cpu")
+    assert [c.name for c in result.candidates] == ["standard-k2-source-stats"]
+    assert [d["name"] for d in result.estimate.over_budget] == ["adversarial-k2-trainable"]
+    assert "(the CPU default; max_cost sets another)" in result.estimate.text()
+    # A budget the run names is its own.
+    named = compare(source, data, CONFIG.with_(max_cost_seconds=1e6), device="cpu")
+    assert len(named.candidates) == 2
+    assert not named.estimate.budget_default
+    assert "CPU default" not in named.estimate.text()

@@ -559,16 +559,16 @@ class AuditConfig(_Config):
         return self.alpha if self.alpha is not None else eps / 4
 
 
+#: The budget a comparison on a CPU gets when it names none (``max_cost_seconds``): the default
+#: grid on a 2,000-image 28-px target is estimated at hours of training per candidate there.
+CPU_MAX_COST_SECONDS = 2 * 3600.0
+
 #: What ``compare`` tries when the caller does not say; the one place to change them. Methods in
 #: the order they are tried and listed. ``trades`` is in, ``adversarial`` is not, from
 #: ``bench/adversarial_finetune.py`` on the demo task (docs/compare.md has the numbers): TRADES
 #: fine-tuning kept 3x CARTL's robustness from either source within the clean-accuracy rule,
 #: while PGD adversarial fine-tuning lost 10 points of clean accuracy from the FDM source and
 #: matched TRADES from the AT source; each costs 7-10x standard fine-tuning's training.
-#: The budget a comparison on a CPU gets when it names none (``max_cost_seconds``): the default
-#: grid on a 2,000-image 28-px target is estimated at hours of training per candidate there.
-CPU_MAX_COST_SECONDS = 2 * 3600.0
-
 COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl", "trades")
 #: Methods the default k list tries at its centre k only: adversarial training costs 7-10x the
 #: others per candidate. A given k list (``ks``) applies to them as to every method.

@@ -69,10 +69,16 @@ NO_TRACE = TraceConfig(samples=0)
 class Row:
     method: str
     source: str  # "AT" or "FDM"
+    #: A BN preset other than the method's default (None: the default).
+    bn: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.method if self.bn is None else f"{self.method}, BN {self.bn}"
 
     @property
     def name(self) -> str:
-        return f"{self.method} ({self.source} source)"
+        return f"{self.label} ({self.source} source)"
 
 
 ROWS = (
@@ -83,6 +89,9 @@ ROWS = (
     Row("lwf", "AT"),
     Row("neft", "AT"),
     Row("cartl", "FDM"),
+    # compare's second CARTL preset: the frozen blocks keep the source's BN statistics (the
+    # default, the release's, re-estimates them on the target).
+    Row("cartl", "FDM", "source-stats"),
     Row("adversarial", "AT"),
     Row("trades", "AT"),
 )
@@ -173,7 +182,8 @@ def _run_seed(
         out.append(_source_row(kind, model, seconds, source_data, task, seed, check, args))
     for row in rows:
         # A finished row is kept, so an interrupted run picks up where it stopped.
-        key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{row.method}-{row.source}"
+        bn = "" if row.bn is None else f"-bn{row.bn}"
+        key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{row.method}{bn}-{row.source}"
                f"-k{args.k}-se{args.source_epochs}-e{args.epochs}-{args.attacks}"
                f"-n{args.test_samples}-{args.device}")  # fmt: skip
         done = args.cache / f"row-{key}.json"
@@ -183,6 +193,7 @@ def _run_seed(
             cfg = TransferConfig(
                 method=row.method,  # type: ignore[arg-type]
                 k=args.k,
+                bn=row.bn,
                 schedule=compare.schedule_for(row.method),
                 augmentation="none",
                 trace=NO_TRACE,
@@ -197,7 +208,8 @@ def _run_seed(
             n = rep.samples
             out.append({
                 "task": args.task, "seed": seed, "method": row.method, "source": row.source,
-                "clean": rep.clean_accuracy, "robust": rep.robust_accuracy, "samples": n,
+                "bn": row.bn, "clean": rep.clean_accuracy, "robust": rep.robust_accuracy,
+                "samples": n,
                 "clean_correct": round(rep.clean_accuracy * n),
                 "robust_correct": round(rep.robust_accuracy * n),
                 "seconds": seconds, "source_seconds": sources[row.source][1],
@@ -222,7 +234,8 @@ def summarise(results: list[dict[str, Any]], rows: list[Row]) -> list[dict[str, 
     table = []
     kinds = sorted({r.source for r in rows})
     for row in [Row("-", kind) for kind in kinds] + rows:
-        mine = [r for r in results if r["method"] == row.method and r["source"] == row.source]
+        what = (row.method, row.source, row.bn)
+        mine = [r for r in results if (r["method"], r["source"], r.get("bn")) == what]
         if not mine:
             continue
         n = sum(r["samples"] for r in mine)
@@ -231,7 +244,8 @@ def summarise(results: list[dict[str, Any]], rows: list[Row]) -> list[dict[str, 
         robust = [r["robust"] for r in mine]
         ratios = [r["cost_ratio"] for r in mine if r["cost_ratio"] is not None]
         table.append({
-            "method": row.method, "source": row.source, "seeds": len(mine), "samples": n,
+            "method": row.method, "source": row.source, "bn": row.bn, "label": row.label,
+            "seeds": len(mine), "samples": n,
             "clean": clean_k / n, "clean_interval": list(wilson_interval(clean_k, n)),
             "robust": robust_k / n, "robust_interval": list(wilson_interval(robust_k, n)),
             "robust_per_seed": robust,
@@ -251,7 +265,7 @@ def markdown(table: list[dict[str, Any]], task: Task, args: argparse.Namespace) 
         seeds = " / ".join(f"{v:.3f}" for v in t["robust_per_seed"])
         ratio = f"{t['cost_ratio']:.1f}x" if t["cost_ratio"] is not None else "-"
         what = (f"{t['source']} source, on the source task" if t["method"] == "-"
-                else f"{t['method']} ({t['source']} source)")  # fmt: skip
+                else f"{t['label']} ({t['source']} source)")  # fmt: skip
         lines.append(
             f"| {what} | {t['clean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
             f"{t['robust']:.3f} [{ri[0]:.3f}, {ri[1]:.3f}] | {seeds} | "

@@ -137,10 +137,7 @@ def _source_row(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The source audited on its own test split (as many images as the target's rows get)."""
-    key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{kind}-source-k{args.k}"
-           f"-se{args.source_epochs}-{args.attacks}-n{args.test_samples}"
-           f"-{args.device}")  # fmt: skip
-    done = args.cache / f"row-{key}.json"
+    done = _source_row_file(kind, seed, args)
     if done.exists():
         row: dict[str, Any] = json.loads(done.read_text())
     else:
@@ -166,9 +163,43 @@ def _source_row(
     return row
 
 
+def _source_row_file(kind: str, seed: int, args: argparse.Namespace) -> Path:
+    key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{kind}-source-k{args.k}"
+           f"-se{args.source_epochs}-{args.attacks}-n{args.test_samples}"
+           f"-{args.device}")  # fmt: skip
+    return Path(args.cache) / f"row-{key}.json"
+
+
+def _row_file(row: Row, seed: int, args: argparse.Namespace) -> Path:
+    bn = "" if row.bn is None else f"-bn{row.bn}"
+    key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{row.method}{bn}-{row.source}"
+           f"-k{args.k}-se{args.source_epochs}-e{args.epochs}-{args.attacks}"
+           f"-n{args.test_samples}-{args.device}")  # fmt: skip
+    return Path(args.cache) / f"row-{key}.json"
+
+
+def _cached_seed(seed: int, rows: list[Row], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of this seed an earlier run finished (``--cached-only``), nothing trained."""
+    files = [_source_row_file(kind, seed, args) for kind in sorted({r.source for r in rows})]
+    files += [_row_file(row, seed, args) for row in rows]
+    return _with_cost_ratios([json.loads(f.read_text()) for f in files if f.exists()])
+
+
+def _with_cost_ratios(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    standard = next(
+        (o["seconds"] for o in out if (o["method"], o["source"]) == ("standard", "AT")), None
+    )
+    for o in out:
+        # A source's seconds are its pre-training, not a transfer's cost.
+        o["cost_ratio"] = o["seconds"] / standard if standard and o["method"] != "-" else None
+    return out
+
+
 def _run_seed(
     task: Task, seed: int, rows: list[Row], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
+    if args.cached_only:
+        return _cached_seed(seed, rows, args)
     source_data, target = make_task(task, seed)
     sources = {kind: _source(kind, source_data, task, seed, args)
                for kind in sorted({r.source for r in rows})}  # fmt: skip
@@ -182,11 +213,7 @@ def _run_seed(
         out.append(_source_row(kind, model, seconds, source_data, task, seed, check, args))
     for row in rows:
         # A finished row is kept, so an interrupted run picks up where it stopped.
-        bn = "" if row.bn is None else f"-bn{row.bn}"
-        key = (f"{args.task}-x{args.scale:g}-s{seed}-{args.arch}-{row.method}{bn}-{row.source}"
-               f"-k{args.k}-se{args.source_epochs}-e{args.epochs}-{args.attacks}"
-               f"-n{args.test_samples}-{args.device}")  # fmt: skip
-        done = args.cache / f"row-{key}.json"
+        done = _row_file(row, seed, args)
         if done.exists():
             out.append(json.loads(done.read_text()))
         else:
@@ -220,13 +247,7 @@ def _run_seed(
         line = (f"  seed {seed} {row.name}: clean {r['clean']:.3f} robust "
                 f"{r['robust']:.3f} (n {r['samples']}), {r['seconds']:.0f} s")  # fmt: skip
         print(line, file=sys.stderr, flush=True)
-    standard = next(
-        (o["seconds"] for o in out if (o["method"], o["source"]) == ("standard", "AT")), None
-    )
-    for o in out:
-        # A source's seconds are its pre-training, not a transfer's cost.
-        o["cost_ratio"] = o["seconds"] / standard if standard and o["method"] != "-" else None
-    return out
+    return _with_cost_ratios(out)
 
 
 def summarise(results: list[dict[str, Any]], rows: list[Row]) -> list[dict[str, Any]]:
@@ -299,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", type=Path, default=Path("bench/results/evidence"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train nothing: the table of the rows earlier runs finished (a run in progress, "
+        "or one stopped part-way)",
+    )
     args = p.parse_args(argv)
     wanted = args.methods.split(",")
     rows = [r for r in ROWS if r.method in wanted and r.method in TRANSFER_METHODS]

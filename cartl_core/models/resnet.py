@@ -13,8 +13,7 @@ from torch import nn
 from cartl_core.errors import ArchitectureError
 from cartl_core.models._base import BlockModel, Head, ModelSpec
 from cartl_core.models.blocks import BasicBlock, Bottleneck
-from cartl_core.models.robustbench import named_tree
-from cartl_core.models.tv import foreign_key_map
+from cartl_core.models.robustbench import keyed_model, named_tree
 
 #: Residual blocks per stage and whether they are bottlenecks, by depth.
 CIFAR_RESNETS: dict[int, tuple[tuple[int, ...], bool]] = {
@@ -46,15 +45,13 @@ def resnet_cifar(spec: ModelSpec, depth: int = 18) -> BlockModel:
             in_planes = planes * expansion
         layers.append(layer)
     head = Head(nn.Linear(512 * expansion, spec.num_classes), pre=nn.AdaptiveAvgPool2d(1))
-    model = BlockModel(spec, stem, [b for layer in layers for b in layer], head)
     original = named_tree(
         conv1=stem[0],
         bn1=stem[1],
         **{f"layer{i + 1}": nn.Sequential(*layer) for i, layer in enumerate(layers)},
         linear=head.fc,
     )
-    model.foreign_keys = foreign_key_map(original, model)
-    return model
+    return keyed_model(spec, stem, [b for layer in layers for b in layer], head, original)
 
 
 def resnet18_cifar(spec: ModelSpec) -> BlockModel:

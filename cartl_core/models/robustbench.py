@@ -30,6 +30,7 @@ only input size; here pooling is global at any size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -119,19 +120,14 @@ class TradesBlock(nn.Module):
 
 
 def trades_wide_resnet(spec: ModelSpec, depth: int, width: int) -> BlockModel:
-    n = _wrn_blocks_per_group(depth, width)
-    channels = (16, 16 * width, 32 * width, 64 * width)
-    stem = nn.Conv2d(spec.in_channels, channels[0], 3, 1, 1, bias=False)
-    groups = _groups(lambda cin, cout, s: TradesBlock(cin, cout, s), channels, n)
-    final = FinalNorm(channels[3], nn.ReLU)
-    head = Head(nn.Linear(channels[3], spec.num_classes))
+    stem, groups, final, head = _wrn_parts(spec, depth, width, TradesBlock, nn.ReLU)
     original = named_tree(
         conv1=stem,
         **{f"block{i + 1}": named_tree(layer=nn.Sequential(*g)) for i, g in enumerate(groups)},
         bn1=final.bn,
         fc=head.fc,
     )
-    return _keyed_model(spec, stem, [*_flat(groups), final], head, original)
+    return keyed_model(spec, stem, [*_flat(groups), final], head, original)
 
 
 # --- robustbench.model_zoo.architectures.dm_wide_resnet --------------------------------------
@@ -161,20 +157,16 @@ class DMBlock(nn.Module):
 
 
 def dm_wide_resnet(spec: ModelSpec, depth: int, width: int, activation: str) -> BlockModel:
-    n = _wrn_blocks_per_group(depth, width)
     act = _ACTIVATIONS[activation]
-    channels = (16, 16 * width, 32 * width, 64 * width)
-    stem = nn.Conv2d(spec.in_channels, channels[0], 3, 1, 1, bias=False)
-    groups = _groups(lambda cin, cout, s: DMBlock(cin, cout, s, act), channels, n)
-    final = FinalNorm(channels[3], act)
-    head = Head(nn.Linear(channels[3], spec.num_classes))
+    block = partial(DMBlock, act=act)
+    stem, groups, final, head = _wrn_parts(spec, depth, width, block, act)
     original = named_tree(
         init_conv=stem,
         layer=nn.Sequential(*(named_tree(block=nn.Sequential(*g)) for g in groups)),
         batchnorm=final.bn,
         logits=head.fc,
     )
-    return _keyed_model(spec, stem, [*_flat(groups), final], head, original)
+    return keyed_model(spec, stem, [*_flat(groups), final], head, original)
 
 
 class DMPreActBlock(nn.Module):
@@ -216,7 +208,7 @@ def dm_preact_resnet(spec: ModelSpec, depth: int, activation: str) -> BlockModel
         batchnorm=final.bn,
         logits=head.fc,
     )
-    return _keyed_model(spec, stem, [*_flat(layers), final], head, original)
+    return keyed_model(spec, stem, [*_flat(layers), final], head, original)
 
 
 # --- robustbench.model_zoo.architectures.resnet (PreActResNet) -------------------------------
@@ -266,13 +258,13 @@ def preact_resnet(spec: ModelSpec, depth: int, final_bn: bool) -> BlockModel:
         # No final BatchNorm: the head pools the last residual block's output itself.
         head = Head(nn.Linear(512, spec.num_classes), pre=_Pool())
     original = named_tree(conv1=stem, **children, linear=head.fc)
-    return _keyed_model(spec, stem, blocks, head, original)
+    return keyed_model(spec, stem, blocks, head, original)
 
 
 # --- shared ----------------------------------------------------------------------------------
 
 
-def _keyed_model(
+def keyed_model(
     spec: ModelSpec, stem: nn.Module, blocks: list[nn.Module], head: Head, original: nn.Module
 ) -> BlockModel:
     """The product's model of these modules, loading the zoo's state-dict keys: ``original``
@@ -280,6 +272,21 @@ def _keyed_model(
     model = BlockModel(spec, stem, blocks, head)
     model.foreign_keys = foreign_key_map(original, model)
     return model
+
+
+def _wrn_parts(
+    spec: ModelSpec,
+    depth: int,
+    width: int,
+    block: Callable[[int, int, int], nn.Module],
+    act: Activation,
+) -> tuple[nn.Conv2d, list[list[nn.Module]], FinalNorm, Head]:
+    """A zoo WideResNet's stem, three groups of ``block``, final BN + ``act`` and head."""
+    n = _wrn_blocks_per_group(depth, width)
+    channels = (16, 16 * width, 32 * width, 64 * width)
+    stem = nn.Conv2d(spec.in_channels, channels[0], 3, 1, 1, bias=False)
+    groups = _groups(block, channels, n)
+    return stem, groups, FinalNorm(channels[3], act), Head(nn.Linear(channels[3], spec.num_classes))
 
 
 def _flat(stages: list[list[nn.Module]]) -> list[nn.Module]:

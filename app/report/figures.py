@@ -307,8 +307,9 @@ def _candidate_dots(
         if x is None or y is None:
             continue
         chosen = r.get("name") == name
-        x_err, y_err = _span(interval_of(r, x_key)), _span(interval_of(r, y_key))
-        tip = f"{r.get('name')}: {x_text(x)}, robust {pct_ci(y, interval_of(r, y_key))}"
+        y_interval = interval_of(r, y_key)
+        x_err, y_err = _span(interval_of(r, x_key)), _span(y_interval)
+        tip = f"{r.get('name')}: {x_text(x)}, robust {pct_ci(y, y_interval)}"
         tip += " (chosen)" if chosen else ""
         dots.append(Dot(str(r.get("name")), str(r.get("method")), x, y, marked=chosen, tip=tip,
                         x_err=x_err, y_err=y_err))  # fmt: skip

@@ -313,18 +313,20 @@ def load_model(
     """Rebuild a model from a CARTL checkpoint, or from plain weights.
 
     Plain weights in a layout :mod:`cartl_core.models.layouts` recognises (RobustBench's zoo,
-    MadryLab ``robustness``, torchvision's ResNets) need no ``arch``; anything else names its
-    architecture, and ``arch`` also picks one of the architectures that share a layout. The input
-    normalisation folded into the model is ``mean``/``std`` where given, else the one the file
-    carries (robustness' normalizer, RobustBench's ``normalize`` wrapper or ``mu``/``sigma``),
-    else the zoo entry's where ``arch`` names one (``robustbench:Wong2020Fast``: the entries whose
-    code normalises but whose files do not say so, :data:`~cartl_core.models.layouts.
-    ZOO_NORMALIZATION`), else the architecture's published one
+    MadryLab ``robustness``, torchvision's ResNets, timm's Swin Transformers and XCiTs) need no
+    ``arch``; anything else names its architecture, and ``arch`` also picks one of the
+    architectures that share a layout. RobustBench's ensembles and composite models are refused.
+    The input normalisation folded into the model is ``mean``/``std`` where given, else the one
+    the file carries (robustness' normalizer, RobustBench's ``normalize`` wrapper or
+    ``mu``/``sigma``), else the zoo entry's where ``arch`` names one
+    (``robustbench:Wong2020Fast``: the entries whose code normalises but whose files do not say
+    so, :data:`~cartl_core.models.layouts.ZOO_NORMALIZATION`), else the architecture's published one
     (:func:`cartl_core.models.default_normalization`).
     What was recognised is recorded in ``model.origin`` (and so in :func:`describe_model`).
 
     ``num_classes`` defaults to the size of the checkpoint's last layer, ``in_channels`` to the
-    input convolution's.
+    input convolution's. The model takes ``input_size`` inputs; a recognised layout whose weights
+    fit one side only (timm's Swin Transformers) is built at that side and resamples them.
     """
     p = _existing(path)
     description = read_description(p)
@@ -367,10 +369,17 @@ def load_model(
         entry_stats = zoo_normalization(entry, layout.num_classes)
         if entry_stats is not None:
             mean, std = entry_stats
+    # Weights whose shapes hold at one input side only (a Swin's attention windows) are built at
+    # that side, and the model resamples the inputs it is fed.
+    built = input_size
+    if layout is not None and layout.fixed_size and layout.arch == arch:
+        built = layout.input_size
     try:
-        model = _build_for(p.name, sd, arch, num_classes, in_channels, input_size, mean, std)
+        model = _build_for(p.name, sd, arch, num_classes, in_channels, built, mean, std)
     except CheckpointError as exc:
         raise CheckpointError(str(exc) + _suggestion(layout, arch, sd)) from None
+    if built != input_size:
+        model.set_input_size(input_size)
     model.origin = _origin(
         model, layout, unwrapped, arch_given=arch_given, normalization_given=normalization_given
     )

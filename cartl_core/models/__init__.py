@@ -171,7 +171,8 @@ def _wide_resnet(spec: ModelSpec, depth: str, width: str) -> BlockModel:
 
 register_model(
     "torchvision:NAME",
-    description="a torchvision classification model (weights never downloaded)",
+    description="a torchvision classification model (weights never downloaded); "
+    "wide_resnet50_N and wide_resnet101_N at any width N (robustness' go to 6)",
     examples=["torchvision:resnet18", "torchvision:resnet50"],
     pattern=r"torchvision:(?P<name>.*)",
     supported=SUPPORTED_FAMILIES,
@@ -225,7 +226,13 @@ def _preact(spec: ModelSpec, depth: str, bn: str | None) -> BlockModel:
 register_model(
     "timm:NAME",
     description="a timm model (optional: pip install 'cartl[timm]'; weights never downloaded)",
-    examples=["timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224"],
+    examples=[
+        "timm:resnet18",
+        "timm:convnext_atto",
+        "timm:vit_tiny_patch16_224",
+        "timm:swin_tiny_patch4_window7_224",
+        "timm:xcit_nano_12_p16_224",
+    ],
     pattern=r"timm:(?P<name>.+)",
     supported=SUPPORTED_TIMM,
 )(timm_model)

@@ -10,12 +10,23 @@ type all follow from the keys):
   network), ``attacker.model.*`` (the attack's reference to the same network, ignored) and
   ``normalizer.new_mean``/``new_std`` (the input normalisation).
 - RobustBench: ``normalize.mean``/``std`` + ``model.*`` (``normalize_model``, its ImageNet
-  entries), ``mu``/``sigma`` buffers (the CIFAR entries' subclasses), an unused ``sub_block1``
-  (``WideResNet(sub_block1=True)``).
+  entries, timm's Swins and ConvNeXts among them), ``mu``/``sigma`` buffers (the CIFAR entries'
+  subclasses), an unused ``sub_block1`` (``WideResNet(sub_block1=True)``).
+- Older key names of timm's Swin (timm < 0.9, Microsoft's release: RobustBench's Liu2023
+  Comprehensive files) and XCiT (Facebook's release) are read as timm's ``checkpoint_filter_fn``
+  reads them.
 - Layouts: RobustBench's TRADES WideResNet, DeepMind's WideResNet and PreActResNet, its
   PreActResNet; the pytorch-cifar ResNets (RobustBench's and robustness' CIFAR ResNets);
-  torchvision's ResNets, ResNeXts and Wide ResNets (robustness' and RobustBench's ImageNet
-  models). Names in :mod:`cartl_core.models` (``cartl models`` lists them).
+  torchvision's ResNets, ResNeXts and Wide ResNets of any width (robustness' and RobustBench's
+  ImageNet models, robustness' wide_resnet50_3 to _6 among them); timm's Swin Transformers
+  (swin_tiny/small/base/large: RobustBench's Liu2023Comprehensive, Mo2022When and
+  RodriguezMunoz2024Characterizing Swin-B/L) and XCiTs (xcit_*, and the 12-block M12 and L12 that
+  RobustBench registers in timm for Debenedetti2022Light; its S12 is xcit_small_12_p16_224), whose
+  keys hold their widths, depths and heads. Names in :mod:`cartl_core.models` (``cartl models``
+  lists them).
+- Refused with what they are: RobustBench's ensembles and composite models (Chen2020Adversarial,
+  the CARD decks, Bai2023Improving's CompositeModel and its mixing network, Bai2024MixedNUTS),
+  which have no single sequence of blocks to cut at k.
 
 Nothing here reads a file or runs the network: these are pure functions of a state dict.
 """
@@ -25,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -143,6 +154,10 @@ class Layout:
     in_channels: int
     #: The input side its published weights were trained at.
     input_size: int
+    #: Whether the weights' shapes hold only at ``input_size`` (a Swin's relative-position tables
+    #: follow from its attention windows, which follow from the input side): the model is then
+    #: built at that side and resamples other sizes.
+    fixed_size: bool = False
 
 
 def unwrap(state: Mapping[str, torch.Tensor]) -> Unwrapped:
@@ -150,6 +165,14 @@ def unwrap(state: Mapping[str, torch.Tensor]) -> Unwrapped:
     gone) and any unused tensors; what is not recognised stays as it is."""
     sd = dict(state)
     keys = set(sd)
+    composite = _composite(sd)
+    if composite is not None:
+        raise CheckpointError(
+            f"these weights are an ensemble/composite entry of RobustBench's zoo: {composite}. "
+            "It is not supported as a transfer source: its networks run side by side and their "
+            "outputs are combined, so there is no single sequence of blocks to cut at k. Load "
+            "one of its networks on its own (the zoo publishes each in a file of its own)"
+        )
     wrapper: str | None = None
     mean = std = None
     where: str | None = None
@@ -190,6 +213,8 @@ def unwrap(state: Mapping[str, torch.Tensor]) -> Unwrapped:
         mean, std = _vector(sd.pop("mu"), "mu"), _vector(sd.pop("sigma"), "sigma")
         where = "mu, sigma (a RobustBench entry's normalisation buffers)"
         wrapper = wrapper or ROBUSTBENCH
+    sd, legacy = _timm_legacy(sd)
+    ignored += legacy
     extra = [k for k in sd if k.startswith("sub_block1.")]
     if extra and "block1.layer.0.bn1.weight" in sd:
         for k in extra:
@@ -204,7 +229,17 @@ def unwrap(state: Mapping[str, torch.Tensor]) -> Unwrapped:
 def recognise(state: Mapping[str, torch.Tensor], wrapper: str | None = None) -> Layout | None:
     """The layout of an unwrapped state dict, or None. ``wrapper`` (:attr:`Unwrapped.wrapper`)
     names the layout after the code that published it."""
-    for reader in (_trades_wrn, _dm_wrn, _dm_preact, _preact, _cifar_resnet, _torchvision_resnet):
+    readers = (
+        _trades_wrn,
+        _dm_wrn,
+        _dm_preact,
+        _preact,
+        _cifar_resnet,
+        _torchvision_resnet,
+        _timm_swin,
+        _timm_xcit,
+    )
+    for reader in readers:
         found = reader(state, wrapper)
         if found is not None:
             return found
@@ -214,13 +249,105 @@ def recognise(state: Mapping[str, torch.Tensor], wrapper: str | None = None) -> 
 def layout_hint(state: Mapping[str, torch.Tensor]) -> str | None:
     """What to tell a user whose weights are not recognised, where the keys say something."""
     keys = set(state)
-    if _any_under(keys, "stages.0.blocks.") or {"cls_token", "patch_embed.proj.weight"} <= keys:
+    if (
+        _any_under(keys, "stages.0.blocks.")
+        or _any_under(keys, "layers.0.blocks.")
+        or ("cls_token" in keys and _any_under(keys, "patch_embed.proj."))
+    ):
         return "the keys look like a timm model's: give the architecture as timm:NAME"
     if "normalize.mean" in keys and _any_under(keys, "blocks."):
         return (
             "the keys are a CARTL model's without its header: give the architecture it was built as"
         )
     return None
+
+
+# --- composites and older key names -------------------------------------------------------------
+
+
+def _composite(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """What a RobustBench entry made of several networks is, from its keys; None for one
+    network. The names are those its ``model_zoo`` code gives the parts."""
+    keys = set(sd)
+    # CompositeModelWrapper holds the model as comp_model (and DataParallel's module inside it).
+    inner = {k.removeprefix("comp_model.").removeprefix("module.") for k in keys}
+    if _any_under(inner, "models.0.") and _any_under(inner, "policy_net."):
+        return (
+            "RobustBench's CompositeModel (Bai2023Improving: a standard and a robust network, "
+            "weighed per input by a mixing network)"
+        )
+    if _any_under(keys, "std_model.") and _any_under(keys, "rob_model."):
+        return (
+            "RobustBench's NonLinMixedClassifier (Bai2024MixedNUTS: a standard and a robust "
+            "network whose output probabilities are mixed)"
+        )
+    if _any_under(keys, "models.1."):
+        return (
+            "an ensemble of networks under models.N (RobustBench's Chen2020Adversarial, the "
+            "Diffenderfer2021Winning CARD decks)"
+        )
+    head = sd.get("linear.weight")
+    if (
+        head is not None
+        and head.ndim == 2
+        and head.shape[0] == 1
+        and "layers.0.0.bn1.weight" in keys
+        and "conv1.weight" not in keys
+    ):
+        return (
+            "the mixing network of RobustBench's CompositeModel (Bai2023Improving's MixingNetV3/"
+            "V4, one output: how much to trust each network), not a classifier"
+        )
+    return None
+
+
+_OLD_DOWNSAMPLE = re.compile(r"layers\.(\d+)\.downsample\.")
+_SWIN_BUFFERS = ("attn.relative_position_index", "attn_mask")
+
+
+def _timm_legacy(sd: State) -> tuple[State, list[str]]:
+    """Swin and XCiT weights in the names of the code that first published them, as timm's
+    ``checkpoint_filter_fn`` reads them (RobustBench runs Swin's on its Swin entries):
+
+    - Swin from timm < 0.9 or Microsoft's release: a stage's patch merging is stored with the
+      stage before (``layers.0.downsample``; timm now runs it at the start of the next), the
+      classifier is ``head`` (now ``head.fc``), and buffers timm recomputes from the window size
+      (``relative_position_index``, ``attn_mask``) are saved.
+    - XCiT from Facebook's release: ``pos_embeder`` for ``pos_embed``, and the class-attention
+      blocks' query, key and value in one ``qkv`` (timm splits them).
+    """
+    notes: list[str] = []
+    if "layers.0.blocks.0.attn.relative_position_bias_table" in sd:
+        buffers = [k for k in sd if k.startswith("layers.") and k.endswith(_SWIN_BUFFERS)]
+        for k in buffers:
+            del sd[k]
+        if buffers:
+            notes.append(
+                f"relative_position_index, attn_mask ({len(buffers)} tensors: buffers timm "
+                "computes from the window size)"
+            )
+        if "layers.0.downsample.reduction.weight" in sd:
+            sd = {_swin_name(k): v for k, v in sd.items()}
+    if "cls_token" in sd and _any_under(sd, "cls_attn_blocks."):
+        sd = {_xcit_name(k): v for k, v in sd.items()}
+        for i in range(_count(sd, "cls_attn_blocks.")):
+            for kind in ("weight", "bias"):
+                qkv = sd.pop(f"cls_attn_blocks.{i}.attn.qkv.{kind}", None)
+                if qkv is not None:
+                    for name, part in zip("qkv", qkv.reshape(3, -1, *qkv.shape[1:]), strict=True):
+                        sd[f"cls_attn_blocks.{i}.attn.{name}.{kind}"] = part
+    return sd, notes
+
+
+def _xcit_name(key: str) -> str:
+    return (
+        "pos_embed." + key.removeprefix("pos_embeder.") if key.startswith("pos_embeder.") else key
+    )
+
+
+def _swin_name(key: str) -> str:
+    key = _OLD_DOWNSAMPLE.sub(lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", key)
+    return "head.fc." + key.removeprefix("head.") if key.startswith("head.") else key
 
 
 # --- the layouts -------------------------------------------------------------------------------
@@ -354,15 +481,131 @@ def _torchvision_resnet(sd: Mapping[str, torch.Tensor], wrapper: str | None) -> 
     per_group = int(sd["layer1.0.conv2.weight"].shape[1]) if "layer1.0.conv2.weight" in sd else 0
     groups = width // per_group if per_group and width % per_group == 0 else 0
     name = _TORCHVISION_RESNETS.get((stages, bottleneck, width, groups))
+    description = f"torchvision {name}"
+    depth = _WIDE_DEPTHS.get(stages)
+    if name is None and depth and bottleneck and groups == 1 and width % 64 == 0 and width > 64:
+        # robustness' imagenet_models widen further than torchvision (wide_resnet50_3 ... _6).
+        name = f"wide_resnet{depth}_{width // 64}"
+        description = (
+            f"Wide ResNet-{depth}-{width // 64} (torchvision's ResNet with width_per_group "
+            f"{width}, as robustness' imagenet_models.{name})"
+        )
     if name is None:
         return None
     arch = f"torchvision:{name}"
     return _layout(
         sd,
         _named(arch, wrapper),
-        f"torchvision {name}",
+        description,
         "conv1.weight",
         "fc.weight",
+        IMAGENET_SIZE,
+        arch=arch,
+    )
+
+
+#: Bottleneck ResNets whose width torchvision's Wide ResNet recipe scales, by blocks per stage.
+_WIDE_DEPTHS: dict[tuple[int, ...], int] = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}
+
+#: timm's Swin Transformers by (embedding width, blocks per stage, heads per stage).
+_SWIN_SIZES: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {
+    (96, (2, 2, 6, 2), (3, 6, 12, 24)): "tiny",
+    (96, (2, 2, 18, 2), (3, 6, 12, 24)): "small",
+    (128, (2, 2, 18, 2), (4, 8, 16, 32)): "base",
+    (192, (2, 2, 18, 2), (6, 12, 24, 48)): "large",
+}
+#: timm's Swin names by window: the input side it was made for.
+_SWIN_WINDOWS = {7: 224, 12: 384}
+
+
+def _timm_swin(sd: Mapping[str, torch.Tensor], wrapper: str | None) -> Layout | None:
+    table = "layers.{}.blocks.0.attn.relative_position_bias_table"
+    if not _has(sd, "patch_embed.proj.weight", table.format(0), "head.fc.weight"):
+        return None
+    stages = _count(sd, "layers.")
+    if stages < 1 or not all(table.format(s) in sd for s in range(stages)):
+        return None
+    depths = tuple(_count(sd, f"layers.{s}.blocks.") for s in range(stages))
+    tables = [sd[table.format(s)] for s in range(stages)]
+    heads = tuple(int(t.shape[1]) for t in tables if t.ndim == 2)
+    # (2w - 1)^2 relative positions in a w x w window.
+    side = math.isqrt(int(tables[0].shape[0]))
+    window = (side + 1) // 2
+    proj = sd["patch_embed.proj.weight"]
+    size = _SWIN_SIZES.get((int(proj.shape[0]), depths, heads))
+    if (
+        size is None
+        or proj.shape[-1] != 4
+        or window not in _SWIN_WINDOWS
+        or any(t.shape[0] != side * side for t in tables)
+        or (window == 12 and size in ("tiny", "small"))  # timm has no such model
+    ):
+        return None
+    name = f"swin_{size}_patch4_window{window}_{_SWIN_WINDOWS[window]}"
+    arch = f"timm:{name}"
+    found = _layout(
+        sd,
+        _named(arch, wrapper),
+        f"timm {name} (SwinTransformer)",
+        "patch_embed.proj.weight",
+        "head.fc.weight",
+        _SWIN_WINDOWS[window],
+        arch=arch,
+    )
+    return None if found is None else replace(found, fixed_size=True)
+
+
+#: timm's XCiT sizes by (embedding width, heads).
+_XCIT_SIZES = {(128, 4): "nano", (192, 4): "tiny", (384, 8): "small", (512, 8): "medium",
+               (768, 16): "large"}  # fmt: skip
+#: The (size, depth) pairs timm names, at patch 16 and 8.
+_XCIT_TIMM = {("nano", 12), ("tiny", 12), ("tiny", 24), ("small", 12), ("small", 24),
+              ("medium", 24), ("large", 24)}  # fmt: skip
+#: The two that only RobustBench registers in timm (Debenedetti2022Light's ImageNet models; its
+#: S12 is timm's xcit_small_12_p16_224).
+_XCIT_ROBUSTBENCH = {
+    ("medium", 12, 16): "debenedetti2022light_xcit_m12_imagenet_linf",
+    ("large", 12, 16): "debenedetti2022light_xcit_l12_imagenet_linf",
+}
+
+
+def _timm_xcit(sd: Mapping[str, torch.Tensor], wrapper: str | None) -> Layout | None:
+    if not _has(
+        sd,
+        "cls_token",
+        "patch_embed.proj.0.0.weight",
+        "blocks.0.attn.temperature",
+        "blocks.0.mlp.fc1.weight",
+        "cls_attn_blocks.0.attn.q.weight",
+        "head.weight",
+    ):
+        return None
+    width = int(sd["cls_token"].shape[-1])
+    depth = _count(sd, "blocks.")
+    heads = int(sd["blocks.0.attn.temperature"].shape[0])
+    # ConvPatchEmbed: one stride-2 convolution per halving, at indices 0, 2, 4, ...
+    convs = sum(1 for i in range(0, 8, 2) if f"patch_embed.proj.{i}.0.weight" in sd)
+    patch = 2**convs
+    size = _XCIT_SIZES.get((width, heads))
+    if (
+        size is None
+        or patch not in (8, 16)
+        or _count(sd, "cls_attn_blocks.") != 2
+        or sd["blocks.0.mlp.fc1.weight"].shape[0] != 4 * width
+    ):
+        return None
+    name = _XCIT_ROBUSTBENCH.get((size, depth, patch))
+    if name is None and (size, depth) in _XCIT_TIMM:
+        name = f"xcit_{size}_{depth}_p{patch}_224"
+    if name is None:
+        return None
+    arch = f"timm:{name}"
+    return _layout(
+        sd,
+        _named(arch, wrapper),
+        f"timm {name} (Xcit)",
+        "patch_embed.proj.0.0.weight",
+        "head.weight",
         IMAGENET_SIZE,
         arch=arch,
     )

@@ -6,7 +6,9 @@ themselves are reused, so a plain torchvision state dict loads through :func:`fo
 
 Supported families and their blocks:
 - ResNet / ResNeXt / Wide ResNet: stem (conv1, bn1, relu, maxpool); every Basic/Bottleneck block
-  of layer1..layer4 in order; head = global pool + fc.
+  of layer1..layer4 in order; head = global pool + fc. ``wide_resnet50_N`` and
+  ``wide_resnet101_N`` take any width N >= 2 (torchvision ships 2; MadryLab ``robustness``'
+  ``imagenet_models`` publish 3 to 6), as torchvision builds its own: ``width_per_group=64 * N``.
 - VGG: conv stages split after each max-pool; head = pool + hidden classifier layers + last linear.
 - MobileNet V2/V3, EfficientNet, ConvNeXt: ``features[0]`` is the stem, each later child of
   ``features`` a block; head = pool + classifier layers + last linear.
@@ -15,6 +17,7 @@ Residual scaling (NEFT's 0.5/0.5) is supported for ResNet-family blocks; other f
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -31,6 +34,7 @@ _FEATURE_PREFIXES = ("vgg", "mobilenet_v2", "mobilenet_v3", "efficientnet", "con
 #: The torchvision model names that split into blocks, as shell-style patterns: what
 #: :func:`torchvision_model` accepts, for listings and errors.
 SUPPORTED_FAMILIES = tuple(f"{prefix}*" for prefix in (*_RESNET_PREFIXES, *_FEATURE_PREFIXES))
+_WIDE = re.compile(r"wide_resnet(?P<depth>50|101)_(?P<width>[2-9]|[1-9]\d+)")
 
 
 def _scaled_class(base: type[nn.Module]) -> type[nn.Module]:
@@ -111,7 +115,9 @@ def _split_features(name: str, net: nn.Module) -> tuple[nn.Module, list[nn.Modul
 def torchvision_model(spec: ModelSpec, name: str) -> BlockModel:
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
+    known = torchvision.models.list_models(module=torchvision.models)
+    wide = _WIDE.fullmatch(name)
+    if name not in known and wide is None:
         raise ArchitectureError(
             f"torchvision has no classification model {name!r}; see "
             "torchvision.models.list_models() for the names"
@@ -130,7 +136,16 @@ def torchvision_model(spec: ModelSpec, name: str) -> BlockModel:
             f"torchvision:{name} cannot be split into blocks yet; supported families: "
             f"{', '.join(SUPPORTED_FAMILIES)}"
         )
-    net = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes)
+    if name in known:
+        net = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes)
+    else:
+        assert wide is not None
+        net = torchvision.models.get_model(
+            f"resnet{wide['depth']}",
+            weights=None,
+            num_classes=spec.num_classes,
+            width_per_group=64 * int(wide["width"]),
+        )
     if spec.in_channels != 3:
         raise ArchitectureError(
             f"torchvision:{name} expects 3 input channels; the data has {spec.in_channels}"

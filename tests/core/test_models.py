@@ -40,6 +40,8 @@ PAPER_BLOCKS = [
     ("timm:resnet18", 9),
     ("timm:convnext_atto", 13),
     ("timm:vit_tiny_patch16_224", 13),
+    ("timm:swin_tiny_patch4_window7_224", 13),
+    ("timm:xcit_nano_12_p16_224", 15),
 ]
 
 

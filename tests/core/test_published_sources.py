@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -86,9 +88,9 @@ def _randomised(net: nn.Module) -> nn.Module:
 
 
 def _assert_same_outputs(
-    ours: nn.Module, reference: Callable[[torch.Tensor], Any], size: int
+    ours: nn.Module, reference: Callable[[torch.Tensor], Any], size: int, batch: int = 3
 ) -> None:
-    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference(x)
         if isinstance(expected, tuple):  # robustbench's dm_rn.WideResNet returns features too
@@ -368,6 +370,21 @@ def test_madrylab_cifar_resnet50(tmp_path: Path) -> None:
     _assert_same_outputs(model, wrapped, 32)
 
 
+def test_madrylab_imagenet_wide_resnet50_3(tmp_path: Path) -> None:
+    # robustness' imagenet_models widen ResNet-50 up to six times where torchvision stops at
+    # twice: the width is read from the keys (135M weights: one 64-px image keeps it quick).
+    resnet = robustness("imagenet_models.resnet")
+    path = tmp_path / "imagenet_wrn50_3_linf.pt"
+    wrapped = _madrylab_file(path, resnet.wide_resnet50_3(), *IMAGENET)
+    model = load_model(path, input_size=64)
+    assert model.spec.arch == "torchvision:wide_resnet50_3"
+    assert model.num_blocks == 17
+    assert model.origin is not None
+    assert model.origin["layout"] == "madrylab-robustness:wide_resnet50_3"
+    assert model.origin["normalization"]["source"].startswith("the file: normalizer.new_mean")
+    _assert_same_outputs(model, wrapped, 64, batch=1)
+
+
 def test_a_madrylab_file_holding_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
@@ -391,7 +408,7 @@ def _meta(build: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in build().state_dict().items()}
 
 
-def _fits(keys: dict[str, tuple[int, ...]], arch: str, classes: int) -> None:
+def _fits(keys: dict[str, tuple[int, ...]], arch: str, classes: int, input_size: int = 32) -> None:
     """The layout ``keys`` is recognised as ``arch`` and maps one to one, shape for shape, onto
     that model's state (less the normalisation buffers, ours alone)."""
     # Small tensors (normalisation buffers) are read for their values: those get some.
@@ -404,7 +421,7 @@ def _fits(keys: dict[str, tuple[int, ...]], arch: str, classes: int) -> None:
     assert layout is not None
     assert (layout.arch, layout.num_classes) == (arch, classes)
     with torch.device("meta"):
-        model = create_model(arch, classes)
+        model = create_model(arch, classes, input_size=input_size)
     own = {
         k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("normalize.")
     }
@@ -441,6 +458,48 @@ def test_imagenet_resnet50s_of_the_zoo_and_of_robustness() -> None:
     keys = _meta(lambda: nn.DataParallel(_AttackerModel(resnet.resnet50(), *IMAGENET)))
     # What load_model strips before it unwraps.
     _fits({k.removeprefix("module."): s for k, s in keys.items()}, "torchvision:resnet50", 1000)
+
+
+@pytest.mark.parametrize(
+    "name", ["wide_resnet50_4", "wide_resnet50_5", "wide_resnet50_6", "wide_resnet101_2"]
+)
+def test_madrylab_wider_imagenet_resnets(name: str) -> None:
+    resnet = robustness("imagenet_models.resnet")
+    build = getattr(resnet, name)
+    keys = _meta(lambda: nn.DataParallel(_AttackerModel(build(), *IMAGENET)))
+    _fits({k.removeprefix("module."): s for k, s in keys.items()}, f"torchvision:{name}", 1000)
+
+
+@pytest.mark.parametrize("name", ["swin_base_patch4_window7_224", "swin_large_patch4_window7_224"])
+def test_swins_of_the_zoo(name: str) -> None:
+    # Liu2023Comprehensive_Swin-B/-L, Mo2022When_Swin-B, RodriguezMunoz2024Characterizing_Swin-B/-L:
+    # normalize_model(timm.create_model(NAME), mu, sigma), recognised at the side their
+    # windows were made for.
+    timm = pytest.importorskip("timm")
+    utils = robustbench("utils_architectures")
+    keys = _meta(lambda: utils.normalize_model(timm.create_model(name), *IMAGENET))
+    _fits(keys, f"timm:{name}", 1000, input_size=224)
+
+
+@pytest.mark.parametrize(
+    ("width", "heads", "name"),
+    [
+        (384, 8, "xcit_small_12_p16_224"),
+        (512, 8, "debenedetti2022light_xcit_m12_imagenet_linf"),
+        (768, 16, "debenedetti2022light_xcit_l12_imagenet_linf"),
+    ],
+    ids=["S12", "M12", "L12"],
+)
+def test_xcits_of_the_zoo(width: int, heads: int, name: str) -> None:
+    # Debenedetti2022Light_XCiT-S12/M12/L12: timm's Xcit with the arguments RobustBench's
+    # model_zoo/architectures/xcit.py registers them with (that module imports more of the zoo).
+    timm = pytest.importorskip("timm")
+    keys = _meta(
+        lambda: timm.models.xcit.Xcit(
+            patch_size=16, embed_dim=width, depth=12, num_heads=heads, eta=1.0, tokens_norm=True
+        )
+    )
+    _fits(keys, f"timm:{name}", 1000)
 
 
 # --- timm --------------------------------------------------------------------------------------
@@ -482,12 +541,243 @@ def test_timm_in_robustbench_normalize_model(tmp_path: Path) -> None:
     _assert_same_outputs(model, net, 64)
 
 
+def _assert_k_partitions(model: Any, size: int) -> None:
+    """For a few k the frozen and the fine-tuned parts share the weights out, none left over and
+    none in both, and running one after the other is the whole model; k outside 1..T is refused."""
+    weights = {id(p) for p in model.parameters()}
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = model(x)
+        for k in (1, 2, 3, model.num_blocks):
+            model.check_k(k)
+            frozen = {id(p) for m in model.frozen_modules(k) for p in m.parameters()}
+            tuned = {id(p) for m in model.tuned_modules(k) for p in m.parameters()}
+            assert not frozen & tuned
+            assert frozen | tuned == weights
+            got = model.tuned_part(model.frozen_part(x, k), k)
+            assert torch.allclose(got, whole, atol=1e-5)
+    for k in (0, model.num_blocks + 1):
+        with pytest.raises(ConfigError, match="out of range"):
+            model.check_k(k)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks"), [("swin_tiny_patch4_window7_224", 13), ("xcit_nano_12_p16_224", 15)]
+)
+def test_timm_swin_and_xcit_by_name(tmp_path: Path, name: str, blocks: int) -> None:
+    # The smallest of each that timm names (the names fix the sizes), at 32 px. Swin-T: 2+2+6+2
+    # Swin blocks and the head; XCiT-nano: 12 XCA blocks, 2 class-attention blocks, the head.
+    timm = pytest.importorskip("timm")
+    size = 32
+    extra = {"img_size": size} if name.startswith("swin") else {}
+    net = _randomised(timm.create_model(name, pretrained=False, num_classes=7, **extra))
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    model = load_model(path, arch=f"timm:{name}", input_size=size)
+    assert model.num_blocks == blocks
+    assert model.spec.num_classes == 7
+    cfg: Any = net.pretrained_cfg
+    _assert_same_outputs(model, _normalized(cfg["mean"], cfg["std"], net), size)
+    _assert_k_partitions(model, size)
+
+
+def _swin_before_timm_0_9(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A timm Swin's weights in the names timm < 0.9 and Microsoft's release save them under: a
+    stage's patch merging with the stage before it, the classifier as ``head``, and the buffers
+    timm now recomputes (``relative_position_index``; ``attn_mask`` of the shifted blocks)."""
+    old: dict[str, torch.Tensor] = {}
+    for key, value in net.state_dict().items():
+        if m := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
+            key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+        old[key.replace("head.fc.", "head.")] = value
+    for key, buffer in net.named_buffers():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            old[key] = buffer
+    assert "layers.0.downsample.reduction.weight" in old
+    return old
+
+
+@pytest.mark.parametrize("names", ["timm", "timm<0.9"])
+def test_swin_in_robustbench_normalize_model_is_recognised(tmp_path: Path, names: str) -> None:
+    # The zoo's Swin entries are normalize_model(timm Swin); their files predate timm 0.9, whose
+    # names RobustBench converts with timm's checkpoint_filter_fn. Swin-T stands in for B and L
+    # (checked by keys above), at 224 px: its windows' tables fit that side only.
+    timm = pytest.importorskip("timm")
+    utils = robustbench("utils_architectures")
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=10)
+    net = _randomised(utils.normalize_model(swin, *IMAGENET))
+    sd = net.state_dict()
+    if names == "timm<0.9":
+        sd = {k: v for k, v in sd.items() if k.startswith("normalize.")}
+        sd.update(_prefixed(_swin_before_timm_0_9(swin), "model."))
+    path = tmp_path / "Liu2023Comprehensive_Swin-B.pt"
+    torch.save(sd, path)
+    model = load_model(path, input_size=224)
+    assert model.spec.arch == "timm:swin_tiny_patch4_window7_224"
+    assert model.num_blocks == 13
+    origin = model.origin
+    assert origin is not None
+    assert origin["layout"] == "robustbench:swin_tiny_patch4_window7_224"
+    assert origin["arch_source"] == "recognised"
+    assert origin["trained_input_size"] == 224
+    assert origin["normalization"]["source"].startswith("the file: normalize.mean")
+    if names == "timm<0.9":
+        assert origin["ignored"][0].startswith("relative_position_index, attn_mask (")
+    _assert_same_outputs(model, net, 224, batch=1)
+    # Asked for 32-px inputs, it is still built at 224 and upsamples them.
+    small = load_model(path)
+    assert (small.spec.input_size, small.spec.stem_size) == (32, 224)
+
+
+def _xcit_release_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm XCiT's weights in the names of Facebook's release: ``pos_embeder``, and each
+    class-attention block's query, key and value in one ``qkv``."""
+    out = {k.replace("pos_embed.", "pos_embeder."): v for k, v in sd.items()}
+    for i in range(2):
+        for kind in ("weight", "bias"):
+            parts = [out.pop(f"cls_attn_blocks.{i}.attn.{n}.{kind}") for n in "qkv"]
+            out[f"cls_attn_blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
+    return out
+
+
+@pytest.mark.parametrize("names", ["timm", "release"])
+def test_xcit_is_recognised(tmp_path: Path, names: str) -> None:
+    # Debenedetti2022Light's XCiTs are timm models (nano, the smallest, stands in): recognised
+    # from their widths, depths and heads, in timm's names or the release's.
+    timm = pytest.importorskip("timm")
+    net = _randomised(timm.create_model("xcit_nano_12_p16_224", num_classes=10))
+    sd = net.state_dict()
+    if names == "release":
+        sd = _xcit_release_names(sd)
+    path = tmp_path / "xcit.pt"
+    torch.save(sd, path)
+    model = load_model(path)
+    assert model.spec.arch == "timm:xcit_nano_12_p16_224"
+    assert model.origin is not None
+    assert model.origin["layout"] == "timm:xcit_nano_12_p16_224"
+    assert model.origin["trained_input_size"] == 224
+    cfg: Any = net.pretrained_cfg
+    assert model.spec.mean == pytest.approx(cfg["mean"])
+    _assert_same_outputs(model, _normalized(cfg["mean"], cfg["std"], net), 32)
+
+
 def test_timm_models_that_do_not_split_are_refused_by_name() -> None:
     pytest.importorskip("timm")
     with pytest.raises(ArchitectureError, match="cannot be split into blocks yet; supported: "):
         create_model("timm:efficientnet_b0", 10)
     with pytest.raises(ArchitectureError, match="timm has no model 'nope'"):
         create_model("timm:nope", 10)
+
+
+# --- ensembles and composite models -----------------------------------------------------------
+
+# RobustBench's composite entries are built by model_zoo/architectures/comp_model.py, which
+# imports the whole zoo; their module trees are reproduced from its source around the package's
+# own parts, at their published sizes on the meta device (keys and shapes are what is read).
+
+
+def _bai2023_improving() -> nn.Module:
+    """``get_composite_model("edm", "cifar100")``: ``CompositeModelWrapper(parallel=False)``
+    around a ``CompositeModel`` of BiT-M-R152x2 (the standard network), DeepMind's WRN-70-16 (the
+    robust one), ``MixingNetV4``, a BatchNorm1d on its output and six scalars."""
+    bit, dm, mixing = robustbench("bit_rn"), robustbench("dm_rn"), robustbench("mixing_net")
+    composite = nn.Module()
+    # bit_rn's ResNetV2 moves two constants (plain attributes, in no state dict) to CUDA.
+    with torch.device("meta"), mock.patch.object(torch.Tensor, "cuda", lambda t: t):
+        standard = bit.KNOWN_MODELS["BiT-M-R152x2"](head_size=100, zero_head=False)
+        robust = dm.WideResNet(num_classes=100, depth=70, width=16, activation_fn=nn.SiLU,
+                               mean=dm.CIFAR100_MEAN, std=dm.CIFAR100_STD)  # fmt: skip
+        composite.add_module("models", nn.ModuleList([standard, robust]))
+        composite.add_module("policy_net", mixing.MixingNetV4({"in_planes": (512, 256)}))
+        composite.add_module("bn", nn.BatchNorm1d(num_features=1, affine=False, momentum=0.01))
+        for name in ("gamma_scale", "gamma_bias", "alpha_scale", "alpha_bias", "std_scale",
+                     "rob_scale"):  # fmt: skip
+            composite.register_parameter(name, nn.Parameter(torch.tensor(1.0), False))
+    wrapper = nn.Module()
+    wrapper.add_module("comp_model", composite)
+    return wrapper
+
+
+def _bai2023_mixing_network() -> nn.Module:
+    """Bai2023Improving's third file: the mixing network alone (under "model", beside "bn")."""
+    mixing = robustbench("mixing_net")
+    with torch.device("meta"):
+        net: nn.Module = mixing.MixingNetV4({"in_planes": (512, 256)})
+    return net
+
+
+def _mixed_nuts(small: bool = False) -> nn.Module:
+    """``get_nonlin_mixed_classifier("cifar100")``: ``NonLinMixedClassifier`` of BiT-M-R152x2 and
+    Wang2023Better's WRN-70-16 (``small``: a one-block-per-stage BiT and a WRN-10-1, real
+    weights); its alphas are checked on construction, so they are real tensors."""
+    bit, dm = robustbench("bit_rn_v2"), robustbench("dm_wide_resnet")
+    mixing, maps = robustbench("mixing_net"), robustbench("output_maps")
+    with torch.device("cpu" if small else "meta"):
+        standard = bit.ResNetV2([1, 1, 1, 1] if small else [3, 8, 36, 3], 1 if small else 2,
+                                head_size=100, zero_head=False, return_features=False)  # fmt: skip
+        robust = dm.DMWideResNet(num_classes=100, depth=10 if small else 70,
+                                 width=1 if small else 16, activation_fn=nn.SiLU,
+                                 mean=dm.CIFAR100_MEAN, std=dm.CIFAR100_STD)  # fmt: skip
+    settings = {
+        "alpha": 0.9,
+        "alpha_diffable": 0.9,
+        "std_map": maps.HardMaxMap(),
+        "rob_map": maps.LNClampPowerScaleMap(scale=0.61, power=2.0, clamp_bias=-2.14, ln_k=250),
+    }
+    return mixing.NonLinMixedClassifier(standard, robust, settings)  # type: ignore[no-any-return]
+
+
+def _chen2020_adversarial() -> nn.Module:
+    """cifar10.py's ``Chen2020AdversarialNet``: three ResNet-50 branches, also held as
+    ``models``, and ``mu``/``sigma``."""
+    rn = robustbench("resnet")
+    net = nn.Module()
+    with torch.device("meta"):
+        branches = [rn.ResNet(rn.BottleneckChen2020AdversarialNet, [3, 4, 6, 3]) for _ in "123"]
+    for i, branch in enumerate(branches, 1):
+        net.add_module(f"branch{i}", branch)
+    net.add_module("models", nn.ModuleList(branches))
+    net.register_buffer("mu", torch.tensor(IMAGENET[0]).view(1, 3, 1, 1))
+    net.register_buffer("sigma", torch.tensor(IMAGENET[1]).view(1, 3, 1, 1))
+    return net
+
+
+@pytest.mark.parametrize(
+    ("build", "what"),
+    [
+        (_bai2023_improving, "RobustBench's CompositeModel (Bai2023Improving"),
+        (_bai2023_mixing_network, "the mixing network of RobustBench's CompositeModel"),
+        (_mixed_nuts, "RobustBench's NonLinMixedClassifier (Bai2024MixedNUTS"),
+        (_chen2020_adversarial, "an ensemble of networks under models.N"),
+    ],
+    ids=["Bai2023Improving", "its-mixing-network", "Bai2024MixedNUTS", "Chen2020Adversarial"],
+)
+def test_ensembles_and_composites_are_refused_as_what_they_are(
+    build: Callable[[], nn.Module], what: str
+) -> None:
+    fake = {k: torch.empty(v.shape, device="meta") for k, v in build().state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        unwrap(fake)
+    message = str(err.value)
+    assert message.startswith("these weights are an ensemble/composite entry of RobustBench's zoo")
+    assert what in message
+    assert "not supported as a transfer source" in message
+    assert "no single sequence of blocks to cut at k" in message
+
+
+def test_a_composite_file_is_refused_with_one_message(tmp_path: Path) -> None:
+    # MixedNUTS' layout (smaller networks, real weights) through load_model: one line saying
+    # what it is and why, not a list of keys, whatever architecture is named.
+    path = tmp_path / "Bai2024MixedNUTS.pt"
+    torch.save(_mixed_nuts(small=True).state_dict(), path)
+    for arch in (None, "robustbench:dm-wrn-10-1"):
+        with pytest.raises(CheckpointError) as err:
+            load_model(path, arch=arch)
+        message = str(err.value)
+        assert "Bai2024MixedNUTS" in message
+        assert "no single sequence of blocks to cut at k" in message
+        assert "missing" not in message
+        assert "\n" not in message
 
 
 # --- plain torchvision weights, the class list, the threat model ------------------------------

@@ -452,11 +452,9 @@ class TransferConfig(_Config):
 
 
 #: Attack ensembles for the audit's headline, run in this order on the samples still robust.
-#: ``standard`` is AutoAttack's standard ensemble without FAB-T (in AutoAttack's published
-#: evaluations FAB-T almost never breaks a sample APGD-T left, at a cost above APGD-T's);
-#: ``fast`` is for model selection; ``paper`` is the paper's protocol, PGD-``steps`` with CE.
 #: ``standard`` is exactly AutoAttack's standard version (its attacks, in its order); ``fast`` its
-#: two gradient attacks; ``paper`` the CARTL paper's PGD.
+#: two gradient attacks, for model selection; ``paper`` the CARTL paper's protocol, PGD-``steps``
+#: with CE.
 ENSEMBLES: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "fast": ("apgd-ce", "apgd-t"),

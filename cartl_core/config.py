@@ -567,7 +567,11 @@ CPU_MAX_COST_SECONDS = 2 * 3600.0
 #: fine-tuning kept 3x CARTL's robustness from either source within the clean-accuracy rule,
 #: while PGD adversarial fine-tuning lost 10 points of clean accuracy from the FDM source and
 #: matched TRADES from the AT source; each costs 7-10x standard fine-tuning's training.
-COMPARE_METHODS: tuple[str, ...] = ("standard", "lwf", "neft", "cartl", "trades")
+#: The order is the priority a budget cuts by (``max_cost``, and on a CPU its default): the
+#: baseline, then CARTL and NEFT, then LwF, which kept the least on every task measured (real
+#: data: 0.13-0.35 robust accuracy against standard's 0.46-0.61, ``bench/evidence.py``; digits:
+#: at most 0.10), then TRADES, the costliest.
+COMPARE_METHODS: tuple[str, ...] = ("standard", "cartl", "neft", "lwf", "trades")
 #: Methods the default k list tries at its centre k only: adversarial training costs 7-10x the
 #: others per candidate. A given k list (``ks``) applies to them as to every method.
 COMPARE_CENTRE_K_ONLY: tuple[str, ...] = ("adversarial", "trades")
@@ -579,14 +583,14 @@ COMPARE_NORM_BETAS: dict[str, tuple[float, ...]] = {
     m: (beta,) for m, beta in DEFAULT_NORM_BETA.items()
 }
 #: Default BN presets per method: each method's own, and for the spectral-norm methods also
-#: ``source-stats`` (frozen blocks keep the source's statistics), which kept the most robustness
-#: on the digits ablation (``bench/transfer_ablation.py``: CARTL k 3, 0.230 against 0.210 with
-#: ``frozen`` at the same clean accuracy). ``all-source`` is left out: with a tuned conv block it
-#: cost 30 points of clean accuracy there. On real data the gap is wide: CARTL from an FDM source
-#: kept 0.656 (Fashion-MNIST) and 0.756 (MNIST) robust accuracy with ``source-stats`` against 0.218
-#: and 0.426 with ``frozen`` (``bench/evidence.py``, seed 0).
+#: ``source-stats`` (frozen blocks keep the source's statistics), tried first: it kept the most
+#: robustness on the digits ablation (``bench/transfer_ablation.py``: CARTL k 3, 0.230 against
+#: 0.210 with ``frozen`` at the same clean accuracy), and on real data the gap is wide: CARTL from
+#: an FDM source kept 0.656 (Fashion-MNIST) and 0.756 (MNIST) robust accuracy with
+#: ``source-stats`` against 0.218 and 0.426 with ``frozen`` (``bench/evidence.py``, seed 0).
+#: ``all-source`` is left out: with a tuned conv block it cost 30 points of clean accuracy there.
 COMPARE_BN_PRESETS: dict[str, tuple[str, ...]] = {
-    m: (preset, "source-stats") if m in DEFAULT_NORM_BETA else (preset,)
+    m: ("source-stats", preset) if m in DEFAULT_NORM_BETA else (preset,)
     for m, preset in DEFAULT_BN_PRESET.items()
 }
 

@@ -40,13 +40,13 @@ def test_names_are_readable_and_the_defaults_cover_every_method() -> None:
     plan, dropped = plan_candidates(_cnn(), CompareConfig(ks=(3,)))
     assert [c.name for c in plan] == [
         "standard-k3-source-stats",
-        "lwf-k3-trainable",
-        "neft-k3-b0.6-trainable",
-        "cartl-k3-b0.4-frozen",
-        "trades-k3-trainable",
-        # The spectral-norm methods also try keeping the source's BN statistics.
-        "neft-k3-b0.6-source-stats",
+        # The spectral-norm methods try keeping the source's BN statistics first, then their own.
         "cartl-k3-b0.4-source-stats",
+        "neft-k3-b0.6-source-stats",
+        "lwf-k3-trainable",
+        "trades-k3-trainable",
+        "cartl-k3-b0.4-frozen",
+        "neft-k3-b0.6-trainable",
     ]
     assert [c.method for c in plan[:5]] == list(COMPARE_METHODS)
     assert dropped == []
@@ -75,12 +75,12 @@ def test_the_budget_keeps_candidates_in_priority_order() -> None:
     # k first, then beta, then BN preset, then method.
     assert [c.name for c in plan] == [
         "standard-k2-source-stats",
+        "cartl-k2-b0.4-source-stats",
+        "neft-k2-b0.4-source-stats",
         "lwf-k2-trainable",
-        "neft-k2-b0.4-trainable",
-        "cartl-k2-b0.4-frozen",
         "trades-k2-trainable",
     ]
-    assert dropped[0].name == "neft-k2-b0.4-source-stats"
+    assert dropped[0].name == "cartl-k2-b0.4-frozen"
     # Per k (a given k list applies to every method): standard, lwf, trades, and neft and cartl
     # at 2 betas x 2 BN presets each.
     assert len(plan) + len(dropped) == 2 * (1 + 1 + 1 + 4 + 4)
@@ -156,7 +156,7 @@ def test_compare_chooses_on_validation_data_and_writes_every_candidate(
         source, data, config, device="cpu", seed=3, out_dir=tmp_path, on_progress=events.append
     )
 
-    names = ["standard-k2-source-stats", "cartl-k2-b0.4-frozen"]
+    names = ["standard-k2-source-stats", "cartl-k2-b0.4-source-stats"]
     assert [c.name for c in result.candidates] == names
     # Candidates trained on the training split less the validation split, chosen on the latter.
     held = validation_split(data.train.labels, config.val_fraction, seed=3)

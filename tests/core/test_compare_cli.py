@@ -40,7 +40,7 @@ def test_json_is_one_object_and_every_candidate_is_written(
     assert result["audit"] is None  # --no-audit
     assert "estimate:" in captured.err
     rows = result["candidates"]
-    assert [r["name"] for r in rows] == ["standard-k2-source-stats", "cartl-k2-b0.4-frozen"]
+    assert [r["name"] for r in rows] == ["standard-k2-source-stats", "cartl-k2-b0.4-source-stats"]
     for row in rows:
         assert set(row) >= ROW_KEYS
         assert row["path"] == str(out / "runs" / f"{row['name']}.safetensors")

@@ -284,7 +284,7 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
     assert job.progress["estimate"]["candidates"] == 2
     assert job.metrics is not None
     rows = job.metrics["candidates"]
-    names = ["standard-k2-source-stats", "cartl-k2-b0.4-frozen"]
+    names = ["standard-k2-source-stats", "cartl-k2-b0.4-source-stats"]
     assert [r["name"] for r in rows] == names
     storage = Storage(stack.settings.resolved_storage_dir)
     for row in rows:

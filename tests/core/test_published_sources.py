@@ -385,6 +385,36 @@ def test_madrylab_imagenet_wide_resnet50_3(tmp_path: Path) -> None:
     _assert_same_outputs(model, wrapped, 64, batch=1)
 
 
+@pytest.mark.parametrize("schedule", ["step", "lambda"])
+def test_a_madrylab_file_pickled_with_dill_loads(tmp_path: Path, schedule: str) -> None:
+    """robustness' train.py saves ``{"model", "optimizer", "schedule", "epoch", "amp"}`` with
+    ``torch.save(..., pickle_module=dill)``, its scheduler's state included (StepLR, or LambdaLR
+    for its custom schedules, whose lambdas the state leaves out)."""
+    dill = pytest.importorskip("dill")
+    from robustness.cifar_models import resnet  # type: ignore[import-untyped]
+
+    net = _randomised(resnet.ResNet18())
+    wrapped = _AttackerModel(net, *ROBUSTNESS_CIFAR).eval()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = (
+        torch.optim.lr_scheduler.StepLR(opt, step_size=50)
+        if schedule == "step"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.1**epoch)
+    )
+    opt.step()
+    sched.step()
+    info = {"model": nn.DataParallel(wrapped).state_dict(), "optimizer": opt.state_dict(),
+            "schedule": sched.state_dict(), "epoch": 2, "amp": None}  # fmt: skip
+    path = tmp_path / "checkpoint.pt.latest"
+    torch.save(info, path, pickle_module=dill)
+    model = load_model(path)
+    assert model.origin is not None
+    assert model.origin["layout"] == "madrylab-robustness:resnet18-cifar"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), wrapped(x), rtol=1e-4, atol=1e-4)
+
+
 def test_a_madrylab_file_holding_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 

@@ -96,6 +96,11 @@ ROWS = (
     Row("trades", "AT"),
 )
 
+#: TRADES is left out of the default run: on seed 0 of both tasks (500 test images) it kept
+#: what adversarial fine-tuning kept (0.762 vs 0.774, 0.876 vs 0.880) at 1.2-1.3x its cost, and
+#: it is the priciest row. ``--methods ...,trades`` adds it.
+DEFAULT_METHODS = tuple(r.method for r in ROWS if r.method != "trades")
+
 
 def _source(
     kind: str, data: Dataset, task: Task, seed: int, args: argparse.Namespace
@@ -312,11 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="wrn-16-1", help="a ResNet-style model [default: wrn-16-1]")
     p.add_argument("--k", type=int, default=4, help="blocks FDM separates and transfers tune")
     p.add_argument("--fdm-lambda", type=float, default=FDMConfig().fdm_lambda)
-    p.add_argument("--source-epochs", type=int, default=10)
+    p.add_argument(
+        "--source-epochs", type=int, default=5, help="AT / FDM pre-training epochs [default: 5]"
+    )
     p.add_argument("--epochs", type=int, default=10, help="transfer epochs, every method")
     p.add_argument("--attacks", default="fast", help="audit ensemble [default: fast]")
-    p.add_argument("--test-samples", type=int, default=500)
-    p.add_argument("--methods", default=",".join(r.method for r in ROWS))
+    p.add_argument(
+        "--test-samples", type=int, default=300, help="target test images audited per seed"
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(dict.fromkeys(DEFAULT_METHODS)),
+        help=f"any of {','.join(dict.fromkeys(r.method for r in ROWS))}",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", type=Path, default=Path("bench/results/evidence"))
     p.add_argument("--json", type=Path, default=None)

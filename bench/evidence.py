@@ -9,8 +9,9 @@ classes 0-4 -> target classes 5-9) and per seed:
 2. one transfer per method, each with the schedule ``compare`` gives that method for the same
    ``--epochs`` (so a row is what a compare candidate would be): standard fine-tuning, LwF and
    NEFT from the AT source; standard fine-tuning and CARTL from the FDM source (what the source
-   brings, apart from what CARTL's fine-tuning does); adversarial and TRADES fine-tuning (PGD-7
-   on the target, step eps/4, at the task's eps, as compare trains them) from the AT source;
+   brings, apart from what CARTL's fine-tuning does); adversarial fine-tuning (PGD-7 on the
+   target, step eps/4, at the task's eps, as compare trains it) from the AT source, and TRADES
+   fine-tuning with ``--methods ...,trades``;
 3. each result audited on the target's test split with the product's ensemble (``--attacks``,
    per-sample worst case), with its 95% Wilson interval; its cost is the transfer's wall time on
    the device, also as a ratio to standard fine-tuning's in the same seed.

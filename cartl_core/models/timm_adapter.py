@@ -145,13 +145,20 @@ def _split_resnet(net: Any) -> tuple[nn.Module, list[nn.Module], Head]:
     return stem, blocks, Head(_linear(net.fc), pre=net.global_pool)
 
 
-def _split_convnext(net: Any) -> tuple[nn.Module, list[nn.Module], Head]:
+def _stage_blocks(stages: Any) -> list[nn.Module]:
+    """Every block of every stage, a stage's downsampling run with its first block (as timm runs
+    ConvNeXt's and Swin's stages)."""
     blocks: list[nn.Module] = []
-    for stage in net.stages:
+    for stage in stages:
         inner = list(stage.blocks)
         if not isinstance(stage.downsample, nn.Identity):
             inner[0] = nn.Sequential(stage.downsample, inner[0])
         blocks += inner
+    return blocks
+
+
+def _split_convnext(net: Any) -> tuple[nn.Module, list[nn.Module], Head]:
+    blocks = _stage_blocks(net.stages)
     head = net.head
     if hasattr(head, "pre_logits"):  # NormMlpClassifierHead: pool, norm, flatten, pre-logits
         pre = nn.Sequential(
@@ -175,12 +182,7 @@ def _split_vit(net: Any) -> tuple[nn.Module, list[nn.Module], Head]:
 
 
 def _split_swin(net: Any) -> tuple[nn.Module, list[nn.Module], Head]:
-    blocks: list[nn.Module] = []
-    for stage in net.layers:
-        inner = list(stage.blocks)
-        if not isinstance(stage.downsample, nn.Identity):
-            inner[0] = nn.Sequential(stage.downsample, inner[0])
-        blocks += inner
+    blocks = _stage_blocks(net.layers)
     head = net.head
     pre = nn.Sequential(net.norm, head.global_pool, head.drop, head.flatten)
     return net.patch_embed, blocks, Head(_linear(head.fc), pre=pre)

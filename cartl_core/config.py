@@ -569,7 +569,7 @@ CPU_MAX_COST_SECONDS = 2 * 3600.0
 #: matched TRADES from the AT source; each costs 7-10x standard fine-tuning's training.
 #: The order is the priority a budget cuts by (``max_cost``, and on a CPU its default): the
 #: baseline, then CARTL and NEFT, then LwF, which kept the least on every task measured (real
-#: data: 0.25 and 0.34 robust accuracy against standard's 0.54 and 0.61, ``bench/evidence.py``,
+#: data: 0.18 and 0.32 robust accuracy against standard's 0.54 and 0.61, ``bench/evidence.py``,
 #: three seeds; digits: at most 0.10), then TRADES, the costliest.
 COMPARE_METHODS: tuple[str, ...] = ("standard", "cartl", "neft", "lwf", "trades")
 #: Methods the default k list tries at its centre k only: adversarial training costs 7-10x the
@@ -586,8 +586,8 @@ COMPARE_NORM_BETAS: dict[str, tuple[float, ...]] = {
 #: ``source-stats`` (frozen blocks keep the source's statistics), tried first: it kept the most
 #: robustness on the digits ablation (``bench/transfer_ablation.py``: CARTL k 3, 0.230 against
 #: 0.210 with ``frozen`` at the same clean accuracy), and on real data the gap is wide: CARTL from
-#: an FDM source kept 0.651 (Fashion-MNIST) and 0.667 (MNIST) robust accuracy with
-#: ``source-stats`` against 0.487 and 0.496 with ``frozen`` (``bench/evidence.py``, three seeds).
+#: an FDM source kept 0.647 (Fashion-MNIST) and 0.641 (MNIST) robust accuracy with
+#: ``source-stats`` against 0.492 and 0.443 with ``frozen`` (``bench/evidence.py``, three seeds).
 #: ``all-source`` is left out: with a tuned conv block it cost 30 points of clean accuracy there.
 COMPARE_BN_PRESETS: dict[str, tuple[str, ...]] = {
     m: ("source-stats", preset) if m in DEFAULT_NORM_BETA else (preset,)

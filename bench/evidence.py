@@ -58,7 +58,7 @@ from cartl_core.config import (
     TraceConfig,
     TransferConfig,
 )
-from cartl_core.data import Dataset
+from cartl_core.data import Dataset, Split
 from cartl_core.models import BlockModel
 from cartl_core.stats import wilson_interval
 from cartl_core.training import pretrain, transfer
@@ -100,7 +100,32 @@ ROWS = (
 #: TRADES is left out of the default run: on seed 0 of both tasks (500 test images) it kept
 #: what adversarial fine-tuning kept (0.762 vs 0.774, 0.876 vs 0.880) at 1.2-1.3x its cost, and
 #: it is the priciest row. ``--methods ...,trades`` adds it.
-DEFAULT_METHODS = tuple(r.method for r in ROWS if r.method != "trades")
+DEFAULT_METHODS = tuple(dict.fromkeys(r.method for r in ROWS if r.method != "trades"))
+
+
+def _audited(
+    model: BlockModel, split: Split, check: AuditConfig, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A row's accuracies on the first ``--test-samples`` images of ``split``, with the counts the
+    pooled intervals need and the audit's seconds."""
+    if args.test_samples < len(split):
+        split = split.subset(torch.arange(args.test_samples))
+    t0 = time.monotonic()
+    rep = run_ensemble(model, split, check)
+    n = rep.samples
+    return {
+        "clean": rep.clean_accuracy, "robust": rep.robust_accuracy, "samples": n,
+        "clean_correct": round(rep.clean_accuracy * n),
+        "robust_correct": round(rep.robust_accuracy * n),
+        "audit_seconds": time.monotonic() - t0,
+    }  # fmt: skip
+
+
+def _report(what: str, r: dict[str, Any]) -> None:
+    """One finished row on stderr (rows cached by older runs carry no audit time)."""
+    audit = f", audited in {r['audit_seconds']:.0f} s" if "audit_seconds" in r else ""
+    print(f"  {what}: clean {r['clean']:.3f} robust {r['robust']:.3f} (n {r['samples']}), "
+          f"trained in {r['seconds']:.0f} s{audit}", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _source(
@@ -147,27 +172,14 @@ def _source_row(
     if done.exists():
         row: dict[str, Any] = json.loads(done.read_text())
     else:
-        test = data.test
-        if args.test_samples < len(test):
-            test = test.subset(torch.arange(args.test_samples))
-        t0 = time.monotonic()
-        rep = run_ensemble(model, test, check)
-        audit_seconds = time.monotonic() - t0
-        n = rep.samples
         row = {
             "task": args.task, "seed": seed, "method": "-", "source": kind,
-            "evaluated_on": "source", "clean": rep.clean_accuracy,
-            "robust": rep.robust_accuracy, "samples": n,
-            "clean_correct": round(rep.clean_accuracy * n),
-            "robust_correct": round(rep.robust_accuracy * n),
-            "seconds": seconds, "source_seconds": seconds, "audit_seconds": audit_seconds,
+            "evaluated_on": "source", **_audited(model, data.test, check, args),
+            "seconds": seconds, "source_seconds": seconds,
         }  # fmt: skip
         args.cache.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(row))
-    line = (f"  seed {seed} {kind} source (its own test split): clean {row['clean']:.3f} "
-            f"robust {row['robust']:.3f} (n {row['samples']}), trained in {seconds:.0f} s, "
-            f"audited in {row.get('audit_seconds', 0):.0f} s")  # fmt: skip
-    print(line, file=sys.stderr, flush=True)
+    _report(f"seed {seed} {kind} source (its own test split)", row)
     return row
 
 
@@ -211,9 +223,6 @@ def _run_seed(
     source_data, target = make_task(task, seed)
     sources = {kind: _source(kind, source_data, task, seed, args)
                for kind in sorted({r.source for r in rows})}  # fmt: skip
-    test = target.test
-    if args.test_samples < len(test):
-        test = test.subset(torch.arange(args.test_samples))
     check = AuditConfig(eps=(task.eps,), attacks=args.attacks)
     compare = CompareConfig(epochs=args.epochs, eps=task.eps)
     out = []
@@ -239,26 +248,14 @@ def _run_seed(
             source = sources[row.source][0]
             model = transfer(source, target, cfg, device=args.device, seed=seed).model
             seconds = time.monotonic() - t0
-            t0 = time.monotonic()
-            rep = run_ensemble(model, test, check)
-            audit_seconds = time.monotonic() - t0
-            n = rep.samples
             out.append({
                 "task": args.task, "seed": seed, "method": row.method, "source": row.source,
-                "bn": row.bn, "clean": rep.clean_accuracy, "robust": rep.robust_accuracy,
-                "samples": n,
-                "clean_correct": round(rep.clean_accuracy * n),
-                "robust_correct": round(rep.robust_accuracy * n),
+                "bn": row.bn, **_audited(model, target.test, check, args),
                 "seconds": seconds, "source_seconds": sources[row.source][1],
-                "audit_seconds": audit_seconds,
             })  # fmt: skip
             args.cache.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(out[-1]))
-        r = out[-1]
-        line = (f"  seed {seed} {row.name}: clean {r['clean']:.3f} robust "
-                f"{r['robust']:.3f} (n {r['samples']}), trained in {r['seconds']:.0f} s, "
-                f"audited in {r.get('audit_seconds', 0):.0f} s")  # fmt: skip
-        print(line, file=sys.stderr, flush=True)
+        _report(f"seed {seed} {row.name}", out[-1])
     return _with_cost_ratios(out)
 
 
@@ -334,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--methods",
-        default=",".join(dict.fromkeys(DEFAULT_METHODS)),
+        default=",".join(DEFAULT_METHODS),
         help=f"any of {','.join(dict.fromkeys(r.method for r in ROWS))}",
     )
     p.add_argument("--device", default="cpu")

@@ -144,11 +144,22 @@ class Client:
         tmp = out.with_name(out.name + ".part")
         query = {} if candidate is None else {"candidate": candidate}
         try:
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/weights", params=query) as response:
+            # A bucket-backed server may redirect to a presigned URL: httpx drops the API key on
+            # a redirect to another origin, and the checksum is the API's answer's.
+            with self.http.stream(
+                "GET", f"/v1/jobs/{job_id}/weights", params=query, follow_redirects=True
+            ) as response:
                 if response.is_error:
                     response.read()
                     raise ClientError(_problem(response))
-                expected = response.headers.get("X-Checksum-SHA256")
+                expected = next(
+                    (
+                        r.headers["X-Checksum-SHA256"]
+                        for r in (*response.history, response)
+                        if "X-Checksum-SHA256" in r.headers
+                    ),
+                    None,
+                )
                 digest = hashlib.sha256()
                 size = 0
                 with tmp.open("wb") as f:

@@ -35,7 +35,7 @@ from app.schemas.jobs import params_schema_names
 from app.services.metrics import ServiceMetrics
 from app.services.params import params_json_schema
 from app.settings import Settings, apply_log_level, get_settings
-from app.storage import Storage, keep_files_private
+from app.storage import keep_files_private, open_storage
 from cartl_core import __version__
 
 __all__ = ["app", "create_app"]
@@ -113,7 +113,7 @@ async def _resources(
     app.state.async_engine = make_async_engine(settings.resolved_database_url)
     app.state.status_gate = asyncio.Semaphore(POOL_SIZE)
     app.state.session_factory = factory
-    app.state.storage = Storage(settings.resolved_storage_dir)
+    app.state.storage = open_storage(settings)
     metrics.watch_jobs(factory)
     sweeper = _start_sweeper(settings, factory) if settings.run_sweeper else None
     try:

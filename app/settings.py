@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -40,6 +41,44 @@ class Settings(BaseSettings):
         default=None,
         description="Artifact folder (uploads, weights, resumable state), shared by API and "
         "workers [default: DATA_DIR/artifacts]",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[^/]+(/.*)?$",
+        description="An S3-compatible bucket for the artifacts instead of the folder, "
+        "s3://bucket/prefix; endpoint, credentials and region from the AWS_* variables "
+        "(AWS_ENDPOINT_URL for MinIO). Set, nothing of an artifact is written to DATA_DIR.",
+    )
+    storage_part_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=5 * 1024**2,
+        description="Multipart part size for a bucket (S3's least is 5 MiB): an upload holds "
+        "about one part in memory.",
+    )
+    storage_downloads: Literal["proxy", "redirect"] = Field(
+        default="proxy",
+        description="With a bucket: 'redirect' answers a weights download with a 307 to a "
+        "presigned URL (the bytes skip the API; clients must reach the bucket's endpoint), "
+        "'proxy' streams them through the API.",
+    )
+    storage_presign_endpoint: str | None = Field(
+        default=None,
+        description="The bucket's endpoint as clients reach it, for presigned URLs, where it "
+        "differs from AWS_ENDPOINT_URL (e.g. http://minio:9000 inside compose).",
+    )
+    presign_expires_s: int = Field(
+        default=900, ge=60, le=7 * 24 * 3600, description="How long a presigned URL is valid."
+    )
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="With a bucket: local room for a job's working copies and an upload's "
+        "probe copy, removed when done [default: the system's temporary folder].",
+    )
+    state_sync_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="With a bucket: how often a running job's new resumable state is copied to "
+        "it (a job resumes on another machine from the last copy).",
     )
     max_upload_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413."
@@ -148,6 +187,12 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(
         default=3.0, gt=0, description="Time /readyz gives the database and the broker each."
     )
+
+    @field_validator("storage_url", "storage_presign_endpoint", "scratch_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``CARTL_STORAGE_URL=`` (empty, as compose passes it to choose the folder) is unset."""
+        return None if value == "" else value
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -272,7 +272,13 @@ def main() -> None:
     p.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--jobs", type=int, default=5, help="jobs timed from POST to running")
     p.add_argument("--upload-mb", type=int, default=500)
-    p.add_argument("--only", choices=("status", "serve", "all"), default="all")
+    p.add_argument(
+        "--only",
+        choices=("status", "serve", "upload", "all"),
+        default="all",
+        help="upload: the API's memory during an --upload-mb upload to the folder and to a bucket "
+        "(moto_server, started here), side by side",
+    )
     p.add_argument("--runs", type=int, default=4, help="wrk runs on cartl serve")
     p.add_argument(
         "--loop",
@@ -282,12 +288,15 @@ def main() -> None:
     )
     p.add_argument("--tmp", type=Path, default=ROOT / "bench" / "results" / "service-tmp")
     args = p.parse_args()
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and args.only != "upload":
         raise SystemExit("service_speed: needs wrk (apt-get install wrk)")
     args.tmp.mkdir(parents=True, exist_ok=True)
     everything = args.only == "all"
     if args.only == "serve":
         print_rows(serve_rows(args), args)
+        return
+    if args.only == "upload":
+        print_rows(upload_rows(args), args)
         return
 
     from app.db.session import make_engine, make_sessionmaker
@@ -351,6 +360,37 @@ def main() -> None:
     if everything:
         rows += serve_rows(args)
     print_rows(rows, args)
+
+
+def upload_rows(args: argparse.Namespace) -> list[list[str]]:
+    """The API's memory during one large upload, to the folder and to a bucket (multipart parts
+    of ``CARTL_STORAGE_PART_BYTES``), on the same file and the same database."""
+    from tests.services import S3_ENV, S3Server, s3_client
+
+    rows: list[list[str]] = []
+    server = S3Server().start()
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=server.url)
+    bucket = f"bench-{secrets.token_hex(3)}"
+    cast(Any, s3_client(server.url)).create_bucket(Bucket=bucket)
+    try:
+        with postgres_database() as db:
+            for name, extra in (
+                ("folder", {"storage_dir": args.tmp / "artifacts"}),
+                ("bucket", {"storage_url": f"s3://{bucket}/bench",
+                            "scratch_dir": args.tmp / "scratch"}),
+            ):  # fmt: skip
+                settings = Settings(data_dir=args.tmp, database_url=db, device="cpu",
+                                    broker_url=redis_url(12), **extra)  # fmt: skip
+                key = make_key(settings)
+                with api(settings, args.tmp, 1) as (url, pid):
+                    mem = upload_memory(url, key, pid, args.tmp, args.upload_mb)
+                rows.append([f"API RSS, {mem['size_mb']:.0f} MB upload to the {name}",
+                             f"before {mem['before']:.0f} MB", f"peak {mem['peak']:.0f} MB",
+                             f"after {mem['after']:.0f} MB ({mem['seconds']:.1f} s)"])  # fmt: skip
+                print(" | ".join(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
 
 
 def print_rows(rows: list[list[str]], args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ hands back and the next turn drops). The resumable state lives in artifact stora
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -37,7 +38,8 @@ from app.services import job_states
 from app.services.jobs import candidates_prefix
 from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
-from app.storage import Storage, sha256_file, storage_problem
+from app.storage import open_storage, problem_text, storage_problem
+from worker.workspace import MirroredWorkspace, Workspace, open_workspace
 
 if TYPE_CHECKING:
     from cartl_core.data import Resize
@@ -116,7 +118,9 @@ class _Run:
         self.hard_stop = hard_stop
         self.settings = settings
         self.factory = factory
-        self.storage = Storage(settings.resolved_storage_dir)
+        self.storage = open_storage(settings)
+        # Replaced by the job's own when it runs (a bucket's needs a scratch folder).
+        self.workspace = Workspace(self.storage, job_id)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.cancel = threading.Event()
         self.done = threading.Event()
@@ -212,30 +216,46 @@ class _Run:
             beat.join()
 
     def _run(self, job: Job) -> str:
+        workspace = open_workspace(
+            self.storage, job.id, self.settings.scratch_dir, self.settings.state_sync_s
+        )
+        self.workspace = workspace
+        try:
+            with workspace:
+                return self._run_in(job, workspace)
+        except Exception as exc:
+            # The workspace itself failed: the bucket could not be read or written.
+            log.exception("job %s: its files could not be set up or stored", job.id)
+            self._finish(JobStatus.failed, error=self._public_error(exc, str(exc)))
+            with contextlib.suppress(Exception):
+                self._clean_up_files()
+            return "failed"
+
+    def _run_in(self, job: Job, workspace: Workspace) -> str:
         from cartl_core import CancelledError, CartlError
         from cartl_core.jobs import describe_error, run_job
         from cartl_core.kinds import get_kind
 
-        state = self.storage.path(f"jobs/{job.id}/state.pt")
-        out = self.storage.path(f"jobs/{job.id}/weights.safetensors")
+        state_key = f"jobs/{job.id}/state.pt"
+        weights_key = f"jobs/{job.id}/weights.safetensors"
         try:
             progress = self._progress_handlers[get_kind(job.kind).progress]
-            dataset, checkpoint, resize = self._inputs(job)
+            dataset, checkpoint, resize = self._inputs(job, workspace)
             outcome = run_job(
                 job.kind,
                 job.params,  # checked once, there
                 dataset_path=dataset,
                 dataset_resize=resize,
                 checkpoint_path=checkpoint,
-                out_path=out,
-                state_path=state,
+                out_path=workspace.local(weights_key),
+                state_path=workspace.local(state_key),
                 device=self.settings.device,
                 on_progress=progress,
                 on_audit_progress=self._on_audit_progress,
                 should_stop=self.cancel.is_set,
                 on_epoch=self._on_epoch,  # for kinds whose progress is in epochs
                 # Finished candidates stay there, so a retry after a lost worker reuses them.
-                extra_dir=self.storage.path(candidates_prefix(job.id)),
+                extra_dir=workspace.local(candidates_prefix(job.id)),
             )
         except CancelledError:
             self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})
@@ -256,14 +276,15 @@ class _Run:
         }
         if outcome.history:
             values["history"] = outcome.history
+        # Stored before the row says so: no row names a file that is not there.
+        workspace.sync()
         if outcome.weights is not None:
+            stored = workspace.publish(weights_key)
             values.update(
-                weights_key=f"jobs/{job.id}/weights.safetensors",
-                weights_sha256=sha256_file(outcome.weights),
-                weights_size=outcome.weights.stat().st_size,
+                weights_key=weights_key, weights_sha256=stored.sha256, weights_size=stored.size
             )
         self._finish(JobStatus.succeeded, **values)
-        state.unlink(missing_ok=True)
+        workspace.forget(state_key)
         log.info("job %s: succeeded %s", job.id, outcome.metrics.get("robust_accuracy"))
         return "succeeded"
 
@@ -281,6 +302,11 @@ class _Run:
                 "the artifact storage cannot be written (read-only, or no permission); the "
                 "operator must fix it before the job can run"
             )
+        if problem is not None:
+            return (
+                f"the artifact storage {problem_text(problem)}: the job could not read or write "
+                "its files; the operator must fix it, then submit the job again"
+            )
         database = database_problem(exc)
         if database == "full":
             return (
@@ -295,20 +321,18 @@ class _Run:
         if isinstance(exc, SQLAlchemyError):
             # Never the statement or its parameters: the worker's log has them.
             return f"internal error: the service's database failed ({type(exc).__name__})"
-        root = self.storage.root
-        for path in {str(root), str(root.resolve())}:
-            described = described.replace(path, "<artifact storage>")
+        described = self.storage.scrub(described)
+        if isinstance(self.workspace, MirroredWorkspace):
+            described = described.replace(str(self.workspace.root), "<job folder>")
         return described
 
     def _clean_up_files(self) -> None:
         """What an unfinished job leaves: its resumable state, its extra files (a compare's
         candidates)."""
-        state = self.storage.path(f"jobs/{self.job_id}/state.pt")
-        state.unlink(missing_ok=True)
-        state.with_name(state.name + ".tmp").unlink(missing_ok=True)
-        self.storage.delete_prefix(candidates_prefix(self.job_id))
+        self.workspace.forget(f"jobs/{self.job_id}/state.pt")
+        self.workspace.discard(candidates_prefix(self.job_id))
 
-    def _inputs(self, job: Job) -> tuple[Path, Path | None, Resize | None]:
+    def _inputs(self, job: Job, workspace: Workspace) -> tuple[Path, Path | None, Resize | None]:
         """The dataset's file and the resize its upload asked for; the checkpoint's file."""
         from cartl_core import ConfigError
         from cartl_core.data import Resize
@@ -320,9 +344,9 @@ class _Run:
             raise ConfigError("the job's dataset was deleted", field="dataset_id")
         if job.checkpoint_id and ckpt is None:
             raise ConfigError("the job's checkpoint was deleted", field="checkpoint_id")
-        ckpt_path = self.storage.path(ckpt.storage_key) if ckpt is not None else None
+        ckpt_path = workspace.input(ckpt.storage_key, ckpt.sha256) if ckpt is not None else None
         resize = None if dataset.resize is None else Resize(**dataset.resize)
-        return self.storage.path(dataset.storage_key), ckpt_path, resize
+        return workspace.input(dataset.storage_key, dataset.sha256), ckpt_path, resize
 
     # ------------------------------------------------------------------ reporting
 

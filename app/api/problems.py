@@ -42,6 +42,7 @@ from app.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
+from app.storage import StorageError, problem_text
 from cartl_core import errors as core
 
 __all__ = [
@@ -96,6 +97,8 @@ PROBLEM_TYPES: dict[type[Exception], ProblemType] = {
     ServiceUnavailableError: ProblemType(503, "service-unavailable", "Service Unavailable"),
     StorageFullError: ProblemType(507, "storage-full", "Insufficient Storage"),
     AppError: _INTERNAL,
+    # app.storage: a bucket that is missing, refuses the credentials or cannot be reached.
+    StorageError: ProblemType(503, "service-unavailable", "Service Unavailable"),
     # cartl_core.errors: what a user can cause (a bad option, architecture, dataset or
     # checkpoint), each message saying what to fix; services mostly catch them first.
     core.CartlError: _INVALID,
@@ -132,6 +135,13 @@ def problem_for(exc: BaseException) -> ProblemResponse:
         return problem(kind, exc.detail, errors=errors, headers=exc.headers, extra=exc.extra)
     if isinstance(exc, core.CartlError):
         return problem(kind, str(exc), extra={"error_type": type(exc).__name__})
+    if isinstance(exc, StorageError):
+        # Its own words name the bucket and the endpoint: the log has them, the user the cause.
+        return problem(
+            kind,
+            f"the artifact storage {problem_text(exc.problem)}; try again once the operator has "
+            "fixed it",
+        )
     return problem(kind, _CLIENT_GONE if isinstance(exc, ClientDisconnect) else _UNEXPECTED)
 
 
@@ -203,7 +213,9 @@ def _message(err: dict[str, Any]) -> str:
 async def _handle(request: Request, exc: Exception) -> ProblemResponse:
     """The one handler of every error in :data:`PROBLEM_TYPES`; one that nothing raised on
     purpose (a bug) is logged with its traceback."""
-    if not isinstance(exc, _ON_PURPOSE):
+    if isinstance(exc, StorageError):
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+    elif not isinstance(exc, _ON_PURPOSE):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_for(exc)
 

@@ -140,21 +140,28 @@ def receiver(request: Request, storage: Storage, settings: Settings) -> Receiver
     async def receive(key_for: Callable[[str], str]) -> ReceivedUpload:
         parts = _start(request, settings)
         stored, key, filename = None, "", ""
-        async with aclosing(_events(request, parts, settings.body_timeout_s)) as events:
-            async for event in events:
-                if isinstance(event, _FileStart):
-                    filename, key = event.filename, key_for(event.filename)
-                    chunks = _file_chunks(events, settings.upload_chunk_bytes)
-                    try:
-                        async with aclosing(chunks):
-                            stored = await storage.write_stream(
-                                key, chunks, limit=settings.max_upload_bytes
-                            )
-                    except UploadTooLargeError as exc:
-                        raise PayloadTooLargeError(
-                            f"the file is larger than the limit of {exc.limit} bytes "
-                            "(CARTL_MAX_UPLOAD_BYTES)"
-                        ) from None
+        try:
+            async with aclosing(_events(request, parts, settings.body_timeout_s)) as events:
+                async for event in events:
+                    if isinstance(event, _FileStart):
+                        filename, key = event.filename, key_for(event.filename)
+                        chunks = _file_chunks(events, settings.upload_chunk_bytes)
+                        try:
+                            async with aclosing(chunks):
+                                stored = await storage.write_stream(
+                                    key, chunks, limit=settings.max_upload_bytes
+                                )
+                        except UploadTooLargeError as exc:
+                            raise PayloadTooLargeError(
+                                f"the file is larger than the limit of {exc.limit} bytes "
+                                "(CARTL_MAX_UPLOAD_BYTES)"
+                            ) from None
+        except BaseException:
+            # The rest of the body failed after the file was stored: its local copy goes (the
+            # caller deletes the stored object with its folder).
+            if stored is not None:
+                storage.release(stored)
+            raise
         if stored is None:
             raise UnprocessableError.one(
                 FILE_FIELD, "required: send the file as the multipart field 'file'"

@@ -1,5 +1,5 @@
-"""``cartl serve``, ``cartl db upgrade`` and ``cartl keys ...``: the commands run beside the
-service's own database.
+"""``cartl serve``, ``cartl db upgrade``, ``cartl storage check`` and ``cartl keys ...``: the
+commands run beside the service's own database and storage.
 
 ``serve`` migrates, resumes the jobs its last run's worker held, prints the first admin key and
 runs the API; its worker subprocess is :mod:`app.cli.supervisor`'s. The web server, database and
@@ -45,6 +45,24 @@ def add_commands(sub: Any) -> None:
     up = dsub.add_parser("upgrade", help="apply the Alembic migrations (CARTL_DATABASE_URL)")
     up.add_argument("--revision", default="head", help="target revision [default: head]")
     up.set_defaults(func=_cmd_db_upgrade)
+
+    p = sub.add_parser("storage", help="artifact storage")
+    ssub = p.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
+    check = ssub.add_parser(
+        "check",
+        help="check that the artifact storage takes a write (CARTL_STORAGE_URL or the folder)",
+        description="Write and remove a probe in the artifact storage; exit 1 saying what is "
+        "wrong. With a bucket, --create-bucket makes it when it is missing (a fresh MinIO).",
+    )
+    check.add_argument("--create-bucket", action="store_true", help="make a missing bucket")
+    check.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying an endpoint that does not answer yet for this long [default: 0]",
+    )
+    check.set_defaults(func=_cmd_storage_check)
 
     p = sub.add_parser("keys", help="API keys")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -101,6 +119,32 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url, args.revision)
     print(f"database at revision {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _cmd_storage_check(args: argparse.Namespace) -> int:
+    import time
+
+    from app.settings import get_settings
+    from app.storage import open_storage
+    from app.storage.s3 import S3Storage
+
+    storage = open_storage(get_settings())
+    deadline = time.monotonic() + args.wait
+    while True:
+        verdict = storage.check()
+        if verdict.startswith("unreachable") and time.monotonic() < deadline:
+            time.sleep(1.0)
+            continue
+        if verdict.startswith("no-bucket") and args.create_bucket:
+            assert isinstance(storage, S3Storage)
+            storage.create_bucket()
+            print(f"created the bucket {storage.bucket}", file=sys.stderr)
+            verdict = storage.check()
+        break
+    if verdict != "ok":
+        raise SystemExit(f"cartl: error: the artifact storage {storage.location}: {verdict}")
+    print(f"artifact storage {storage.location}: ok", file=sys.stderr)
     return 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from kombu.connection import Connection
@@ -13,7 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from app.db.session import database_problem
-from app.storage import Storage
+from app.storage import MIN_FREE_BYTES, Storage
 
 __all__ = ["MIN_FREE_BYTES", "check_broker", "check_database", "check_storage"]
 
@@ -71,26 +69,10 @@ def check_broker(url: str, timeout_s: float) -> str:
     return "ok"
 
 
-#: Free space below which the artifact storage counts as full for readiness: less than one
-#: ordinary upload or one small model's training state.
-MIN_FREE_BYTES = 64 * 1024**2
-
-
 def check_storage(storage: Storage) -> str:
-    """The artifact folder takes a write (a probe file, written, synced and removed) and has
-    room: a store that is read-only or full makes every job and upload fail."""
-    probe = storage.root / f".ready-{os.getpid()}-{threading.get_ident()}"
+    """The artifact storage takes a write (a probe, written and removed) and, a folder, has
+    room: a store that is read-only, full or unreachable makes every job and upload fail."""
     try:
-        with probe.open("wb") as f:
-            f.write(b"ok")
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # on a read-only store even this fails
-            probe.unlink()
-        return f"cannot be written ({os.strerror(exc.errno) if exc.errno else 'error'})"
-    free = shutil.disk_usage(storage.root).free
-    if free < MIN_FREE_BYTES:
-        return f"nearly full ({free // 1024**2} MiB free, less than {MIN_FREE_BYTES // 1024**2})"
-    return "ok"
+        return storage.check()
+    except Exception as exc:
+        return f"cannot be checked ({type(exc).__name__})"

@@ -20,7 +20,6 @@ attempts. The sweeper lives with the API, which runs it; workers only run jobs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -36,7 +35,8 @@ from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.services import job_states
 from app.services.queue import Send, enqueue_job
 from app.settings import Settings
-from app.storage import Storage
+from app.storage import Storage, open_storage
+from app.storage.s3 import S3Storage
 
 __all__ = [
     "Reconciled",
@@ -175,10 +175,7 @@ def reconcile_storage(
     removed: list[str] = []
     now = time.time()
     for folder, model in models.items():
-        base = storage.root / folder
-        if not base.is_dir():
-            continue
-        old = [p.name for p in base.iterdir() if p.is_dir() and now - _last_write(p) > grace_s]
+        old = [name for name, when in storage.folders(folder).items() if now - when > grace_s]
         if not old:
             continue
         with factory() as s:
@@ -186,6 +183,9 @@ def reconcile_storage(
         for name in sorted(set(old) - known):
             storage.delete_prefix(f"{folder}/{name}")
             removed.append(f"{folder}/{name}")
+    if isinstance(storage, S3Storage):
+        # Parts of uploads a killed process began: invisible, but they take space.
+        storage.abort_stale_uploads(grace_s)
     missing: list[str] = []
     with factory() as s:
         for upload_model in (Checkpoint, DatasetRow):
@@ -197,16 +197,6 @@ def reconcile_storage(
     for object_id in missing:
         log.error("storage: %s has a row but its file is gone; delete it again", object_id)
     return Reconciled(removed, missing)
-
-
-def _last_write(folder: Path) -> float:
-    """The newest modification under ``folder``: a file being streamed in keeps its folder's
-    own time from when it was created, not from its last write."""
-    times = [folder.stat().st_mtime]
-    for path in folder.rglob("*"):
-        with contextlib.suppress(FileNotFoundError):  # removed while we looked
-            times.append(path.stat().st_mtime)
-    return max(times)
 
 
 class Sweeper:
@@ -248,6 +238,6 @@ class Sweeper:
             if interval and time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + interval
                 try:
-                    reconcile_storage(self.factory, Storage(self.settings.resolved_storage_dir))
+                    reconcile_storage(self.factory, open_storage(self.settings))
                 except Exception:
                     log.warning("storage reconciliation failed; trying again later", exc_info=True)

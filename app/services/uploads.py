@@ -42,7 +42,7 @@ from app.services.ids import is_id
 from app.services.pagination import Page, paginate
 from app.settings import Settings
 from app.shared import display_name
-from app.storage import Storage, StoredFile, storage_problem
+from app.storage import Storage, StoredFile, problem_text, storage_problem
 
 __all__ = [
     "SHA256_PATTERN",
@@ -201,10 +201,18 @@ def delete_upload(
     try:
         storage.remove_prefix(f"{kind.model.__tablename__}/{object_id}")
     except OSError as exc:
+        problem = storage_problem(exc)
+        why = (
+            problem_text(problem)
+            if problem is not None
+            else os.strerror(exc.errno)
+            if exc.errno
+            else "error"
+        )
         raise ServiceUnavailableError(
             f"the files of {kind.name} {object_id} could not be removed from the artifact "
-            f"storage ({os.strerror(exc.errno) if exc.errno else 'error'}); nothing was "
-            "deleted, try again once the operator has fixed the storage"
+            f"storage ({why}); nothing was deleted, try again once the operator has fixed the "
+            "storage"
         ) from None
     session.delete(row)
 
@@ -251,6 +259,7 @@ async def store_then(
     and whether it made it (False: an earlier row with the same bytes, see
     :func:`find_reusable`). On any failure, and when no new row was made, the folder is
     deleted, so nothing is left behind that no row names."""
+    upload: ReceivedUpload | None = None
     try:
         upload = await receive(lambda filename: f"{prefix}/{safe_filename(filename, default_name)}")
         row, created = await register(upload)
@@ -266,12 +275,14 @@ async def store_then(
                 "the artifact storage is full: nothing of this upload was kept; try again once "
                 "the operator has freed space"
             ) from None
-        if problem == "unwritable":
+        if problem is not None:
             raise ServiceUnavailableError(
-                "the artifact storage cannot be written (read-only, or no permission); nothing "
-                "of this upload was kept"
+                f"the artifact storage {problem_text(problem)}; nothing of this upload was kept"
             ) from None
         raise
+    finally:
+        if upload is not None:
+            storage.release(upload.stored)
 
 
 async def commit_new(factory: sessionmaker[Session], row: Base) -> None:
@@ -335,10 +346,10 @@ async def find_reusable(
 def _intact(storage: Storage, key: str, size: int) -> bool:
     """The stored file is there, of its size (a cheap check: the bytes are not hashed again)."""
     try:
-        path = storage.path(key)
-        return path.is_file() and path.stat().st_size == size
+        info = storage.info(key)
     except (OSError, ValueError):
         return False
+    return info is not None and info.size == size
 
 
 def _ensure_unused(session: Session, what: str, object_id: str, column: Any) -> None:

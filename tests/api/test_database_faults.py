@@ -19,7 +19,7 @@ from app.db.models import DatasetRow, Job, JobStatus
 from app.db.session import database_problem, make_engine, make_sessionmaker
 from app.services.health import check_database
 from app.settings import Settings
-from app.storage import Storage, sha256_file
+from app.storage import LocalStorage, sha256_file
 from tests.services import postgres_database, remount, tmpfs, wait_for, write_npz
 
 pytestmark = pytest.mark.timeout(240)
@@ -132,7 +132,7 @@ def test_a_job_whose_database_fills_up_fails_once_and_says_why(tmp_path: Path) -
             progress_interval_s=0.05,
             stale_after_s=60,
         )
-        storage = Storage(storage_dir)
+        storage = LocalStorage(storage_dir)
         data = write_npz(tmp_path / "d.npz", classes=3, n_train=256, n_test=64)
         key = "datasets/d.npz"
         storage.path(key).parent.mkdir(parents=True, exist_ok=True)

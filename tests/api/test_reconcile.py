@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.base import new_id
 from app.db.models import Job, JobStatus
 from app.services.recovery import reconcile_storage
-from app.storage import Storage
+from app.storage import LocalStorage
 from tests.api.test_jobs import add_checkpoint, add_dataset
 
 
-def _folder(storage: Storage, key: str, age_s: float) -> Path:
+def _folder(storage: LocalStorage, key: str, age_s: float) -> Path:
     path = storage.path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")
@@ -29,7 +29,7 @@ def _folder(storage: Storage, key: str, age_s: float) -> Path:
 def test_old_orphans_go_owned_and_young_folders_stay_missing_files_are_named(
     db: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    storage = Storage(tmp_path / "artifacts")
+    storage = LocalStorage(tmp_path / "artifacts")
     day = 24 * 3600.0
     ckpt = add_checkpoint(db)
     _folder(storage, f"checkpoints/{ckpt}/m.safetensors", day)
@@ -65,7 +65,7 @@ def test_the_sweeper_reconciles_at_start(db: sessionmaker[Session], tmp_path: Pa
 
     settings = Settings(_env_file=None, data_dir=tmp_path, storage_dir=tmp_path / "artifacts",
                         sweep_interval_s=0.2)  # fmt: skip
-    orphan = _folder(Storage(settings.resolved_storage_dir), "datasets/ds_x/d.npz", 7200)
+    orphan = _folder(LocalStorage(settings.resolved_storage_dir), "datasets/ds_x/d.npz", 7200)
     sweeper = Sweeper(settings, db).start()
     try:
         wait_for(lambda: not orphan.exists(), 10, "the sweeper to remove the orphan")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import stat
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
+from app.storage.s3 import S3Storage
 from cartl_core import read_description
 from tests.services import (
     ROOT,
@@ -203,10 +205,14 @@ def _command(service: dict[str, Any]) -> list[str]:
     return cmd if isinstance(cmd, list) else cmd.split()
 
 
-def test_compose_services_run_natively_end_to_end(tmp_path: Path) -> None:
-    """The compose file's migrate, api and worker commands, against local Postgres and Redis."""
+def test_compose_services_run_natively_end_to_end(tmp_path: Path, s3_endpoint: str) -> None:
+    """The compose file's migrate, storage-init, api and worker commands, against local Postgres
+    and Redis and an S3 server (moto_server, standing in for the compose file's MinIO)."""
     redis_ready(redis_url(13))
-    services = _compose()["services"]
+    compose = _compose()
+    services = compose["services"]
+    assert compose["x-cartl-env"]["CARTL_STORAGE_URL"].endswith("-s3://cartl/artifacts}")
+    bucket = f"cartl-e2e-{secrets.token_hex(4)}"
     with postgres_database() as db:
         port = free_port()
         settings = Settings(
@@ -214,13 +220,16 @@ def test_compose_services_run_natively_end_to_end(tmp_path: Path) -> None:
             database_url=db,
             broker_url=redis_url(13),
             storage_dir=tmp_path / "artifacts",
+            storage_url=f"s3://{bucket}/artifacts",
+            scratch_dir=tmp_path / "scratch",
             device="cpu",
         )
         env = service_env(settings)
-        migrate = subprocess.run(
-            _command(services["migrate"]), env=env, cwd=ROOT, capture_output=True, text=True
-        )
-        assert migrate.returncode == 0, migrate.stderr
+        for init in ("migrate", "storage-init"):  # the second makes the bucket
+            done = subprocess.run(
+                _command(services[init]), env=env, cwd=ROOT, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
         api_cmd = [str(port) if part == "8000" else part for part in _command(services["api"])]
         assert "uvicorn" in api_cmd[0]
         assert str(port) in api_cmd
@@ -239,6 +248,12 @@ def test_compose_services_run_natively_end_to_end(tmp_path: Path) -> None:
             assert "app.js" in ui.text
             key = _cli(["keys", "create", "--name", "compose-e2e"], env).strip()
             _run_job_as_a_user(url, key, tmp_path, env)
+            # Everything went to the bucket; nothing of an artifact stayed on this machine.
+            stored = S3Storage(settings.storage_url or "")
+            assert stored.folders("jobs")
+            assert stored.folders("datasets")
+            assert not (tmp_path / "artifacts").exists()
+            assert list((tmp_path / "scratch").iterdir()) == []
         except BaseException:
             for p in procs:
                 print(p.log.name, p.text()[-4000:])

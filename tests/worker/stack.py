@@ -16,7 +16,7 @@ from app.db.migrate import upgrade
 from app.db.models import Checkpoint, DatasetRow, Job, JobStatus
 from app.db.session import make_engine, make_sessionmaker
 from app.settings import Settings
-from app.storage import Storage
+from app.storage import open_storage
 from tests.services import (
     WorkerProcess,
     wait_for,
@@ -84,18 +84,18 @@ def make_stack(settings: Settings, tmp: Path) -> Iterator[Stack]:
 def add_inputs(st: Stack, classes: int = 3) -> tuple[str, str]:
     """Store a source checkpoint (``classes`` outputs) and a 4-class target dataset and make
     their rows, as an upload does."""
-    storage = Storage(st.settings.resolved_storage_dir)
+    storage = open_storage(st.settings)
     ckpt_id, ds_id = new_id("ckpt"), new_id("ds")
     src = write_checkpoint(st.tmp / "source.safetensors", classes=classes)
     data = write_npz(st.tmp / "target.npz", n_train=1024)
-    storage.put_file(f"checkpoints/{ckpt_id}/source.safetensors", src)
-    storage.put_file(f"datasets/{ds_id}/target.npz", data)
+    src_sha = storage.put_file(f"checkpoints/{ckpt_id}/source.safetensors", src).sha256
+    data_sha = storage.put_file(f"datasets/{ds_id}/target.npz", data).sha256
     with st.factory() as s, s.begin():
         s.add(
             Checkpoint(
                 id=ckpt_id, owner="alice", filename="source.safetensors", arch="small-cnn",
                 num_classes=classes, num_blocks=5, input_shape=[1, 8, 8], description={},
-                sha256="0" * 64, size=src.stat().st_size,
+                sha256=src_sha, size=src.stat().st_size,
                 storage_key=f"checkpoints/{ckpt_id}/source.safetensors",
             )
         )  # fmt: skip
@@ -103,7 +103,7 @@ def add_inputs(st: Stack, classes: int = 3) -> tuple[str, str]:
             DatasetRow(
                 id=ds_id, owner="alice", filename="target.npz", format="npz", num_classes=4,
                 class_names=["0", "1", "2", "3"], train_size=1024, test_size=128,
-                input_shape=[1, 8, 8], sha256="0" * 64, size=data.stat().st_size,
+                input_shape=[1, 8, 8], sha256=data_sha, size=data.stat().st_size,
                 storage_key=f"datasets/{ds_id}/target.npz",
             )
         )  # fmt: skip

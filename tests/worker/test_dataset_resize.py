@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from app.db.models import DatasetRow, JobStatus
-from app.storage import Storage
+from app.storage import LocalStorage
 from cartl_core import read_description
 from tests.worker.stack import add_inputs, add_job, fast_settings, make_stack
 from worker.runner import execute
@@ -38,7 +38,7 @@ def test_a_job_reads_the_dataset_as_its_upload_resized_it(tmp_path: Path) -> Non
                 .where(DatasetRow.id == ds)
                 .values(resize={"size": 12, "method": "nearest"}, input_shape=[1, 12, 12])
             )
-        storage = Storage(settings.resolved_storage_dir)
+        storage = LocalStorage(settings.resolved_storage_dir)
         cases: tuple[tuple[dict[str, Any], int, int | None], ...] = (
             ({}, 12, 8),
             ({"resize": 10}, 10, 8),

@@ -14,7 +14,7 @@ import pytest
 from app.db.models import Job, JobStatus
 from app.services import job_states
 from app.services.queue import Send, enqueue_job
-from app.storage import Storage
+from app.storage import LocalStorage
 from tests.services import ROOT, service_env, wait_for
 from tests.worker.stack import (
     Stack,
@@ -99,7 +99,7 @@ def test_a_job_stuck_in_one_long_step_is_ended_after_the_grace(tmp_path: Path) -
     with embedded_stack(tmp_path, cancel_grace_s=2.0, cancel_poll_s=0.2) as st:
         ckpt, ds = add_inputs(st, classes=4)
         job_id = add_audit_job(st, ckpt, ds, "a")
-        state = Storage(st.settings.resolved_storage_dir).path(f"jobs/{job_id}/state.pt")
+        state = LocalStorage(st.settings.resolved_storage_dir).path(f"jobs/{job_id}/state.pt")
         state.parent.mkdir(parents=True)
         state.write_bytes(b"resumable state")
         proc = subprocess.Popen(

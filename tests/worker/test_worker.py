@@ -19,7 +19,7 @@ from app.db.base import new_id
 from app.db.models import Job, JobStatus
 from app.services.queue import Send, enqueue_job
 from app.services.recovery import Sweeper, local_worker_gone, requeue_dead_local, sweep
-from app.storage import Storage
+from app.storage import LocalStorage
 from tests.services import PrivateRedis, wait_for
 from tests.worker.stack import (
     Stack,
@@ -51,7 +51,7 @@ def test_transfer_job_runs_to_completion(stack: Stack) -> None:
     assert job.audit is not None
     assert job.audit["ensemble"] == "fast"
     assert any(a["name"] == "pgd-5" and a["role"] == "named" for a in job.audit["attacks"])
-    weights = Storage(stack.settings.resolved_storage_dir).path(str(job.weights_key))
+    weights = LocalStorage(stack.settings.resolved_storage_dir).path(str(job.weights_key))
     assert weights.is_file()
     assert weights.stat().st_size == job.weights_size
     assert not weights.with_name("state.pt").exists()
@@ -219,7 +219,7 @@ def test_an_audit_shows_progress_inside_its_attack_and_its_cancel_bites(tmp_path
 def test_a_job_that_fails_records_a_readable_error(stack: Stack) -> None:
     ckpt, ds = add_inputs(stack)
     job_id = add_job(stack, ckpt, ds, k=4)
-    Storage(stack.settings.resolved_storage_dir).path(f"datasets/{ds}/target.npz").write_bytes(
+    LocalStorage(stack.settings.resolved_storage_dir).path(f"datasets/{ds}/target.npz").write_bytes(
         b"not an npz"
     )
     stack.worker()
@@ -286,7 +286,7 @@ def test_compare_job_runs_to_completion(stack: Stack) -> None:
     rows = job.metrics["candidates"]
     names = ["standard-k2-source-stats", "cartl-k2-b0.4-source-stats"]
     assert [r["name"] for r in rows] == names
-    storage = Storage(stack.settings.resolved_storage_dir)
+    storage = LocalStorage(stack.settings.resolved_storage_dir)
     for row in rows:
         assert "path" not in row  # no file names of the worker's disk in the API
         assert row["weights"] == f"/v1/jobs/{job_id}/weights?candidate={row['name']}"

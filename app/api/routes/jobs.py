@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
 from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +33,7 @@ from app.services import jobs as service
 from app.services.ids import KEY_PATTERN
 from app.services.reports import job_report
 from app.status import JobStatus
-from app.storage import sha256_file
+from app.storage import Storage, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +233,9 @@ def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLRes
     description="The self-describing safetensors file (architecture, classes, training "
     "settings and metrics in its header). `ETag` and `X-Checksum-SHA256` carry its sha256. "
     "For a compare job, the chosen candidate; `?candidate=NAME` gives any candidate's (the "
-    "names are in `/metrics`).",
+    "names are in `/metrics`). With a bucket as the storage and "
+    "`CARTL_STORAGE_DOWNLOADS=redirect`, a 307 to a presigned URL of the bucket, with the same "
+    "checksum headers: follow it without the API key, and check the bytes against them.",
     response_class=FileResponse,
     responses={
         200: {
@@ -239,6 +243,10 @@ def get_job_report(job_id: str, owner: OwnerDep, session: SessionDep) -> HTMLRes
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
+        },
+        307: {
+            "description": "A presigned URL of the bucket holding the file (`Location`); "
+            "`X-Checksum-SHA256` is the file's sha256."
         },
         **problem_responses(
             404,
@@ -258,6 +266,7 @@ def get_job_weights(
     owner: OwnerDep,
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
     candidate: Annotated[
         str | None,
         Query(
@@ -265,11 +274,12 @@ def get_job_weights(
             description="A compare job: this candidate's weights instead of the chosen one's.",
         ),
     ] = None,
-) -> FileResponse:
+) -> Response:
     job = service.get_job(session, owner, job_id)
     weights = service.job_weights(job, candidate)
     what = f"job {job_id}'s weights" + (f" (candidate {candidate})" if candidate else "")
-    if not storage.exists(weights.key):
+    info = storage.info(weights.key)
+    if info is None:
         if job.status == JobStatus.succeeded.value:
             log.error("%s are missing from the artifact storage (key %s)", what, weights.key)
             raise StoredArtifactError(
@@ -283,8 +293,16 @@ def get_job_weights(
     headers = {}
     if weights.sha256:
         # Every download is checked against the sha256 recorded when the file was written:
-        # bytes damaged at rest are refused rather than served under the original checksum.
-        if sha256_file(storage.path(weights.key)) != weights.sha256:
+        # bytes damaged at rest are refused rather than served under the original checksum. A
+        # folder's file is hashed; a bucket's object carries the sha256 it was written with
+        # (objects are immutable: other bytes are another write, with other metadata), and the
+        # client checks the bytes it receives against the header.
+        intact = (
+            sha256_file(storage.path(weights.key)) == weights.sha256
+            if storage.is_local
+            else info.sha256 == weights.sha256
+        )
+        if not intact:
             log.error("%s fail their recorded sha256 (key %s)", what, weights.key)
             raise StoredArtifactError(
                 f"{what} are damaged in the artifact storage (their sha256 no longer matches "
@@ -292,12 +310,38 @@ def get_job_weights(
                 "log)"
             )
         headers = {"ETag": f'"{weights.sha256}"', "X-Checksum-SHA256": weights.sha256}
-    return FileResponse(
-        storage.path(weights.key),
+    if storage.is_local:
+        return FileResponse(
+            storage.path(weights.key),
+            media_type="application/octet-stream",
+            filename=weights.filename,
+            headers=headers,
+        )
+    if settings.storage_downloads == "redirect":
+        url = storage.download_url(weights.key, weights.filename, settings.presign_expires_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers=headers)
+    return StreamingResponse(
+        _checked(storage, weights.key, weights.sha256),
         media_type="application/octet-stream",
-        filename=weights.filename,
-        headers=headers,
+        headers={
+            **headers,
+            "Content-Length": str(info.size),
+            "Content-Disposition": f'attachment; filename="{weights.filename}"',
+        },
     )
+
+
+def _checked(storage: Storage, key: str, sha256: str | None) -> Iterator[bytes]:
+    """The object's bytes, hashed on the way: bytes that turn out not to be the recorded ones
+    end the response short of its Content-Length, so no client takes them for whole."""
+    digest = hashlib.sha256()
+    for chunk in storage.read_chunks(key):
+        digest.update(chunk)
+        yield chunk
+    if sha256 is not None and digest.hexdigest() != sha256:
+        log.error("%s failed its recorded sha256 while it was served", key)
+        raise StoredArtifactError(f"{key} failed its recorded sha256 while it was served")
 
 
 @router.post(

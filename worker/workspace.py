@@ -1,0 +1,157 @@
+"""Where a job's files are while it runs, and how they reach artifact storage.
+
+``cartl_core`` reads and writes local files: the dataset, the source checkpoint, the resumable
+state (``state.pt``, rewritten after each epoch), the weights, a compare's candidates. On a
+local folder (an NFS export included) the job works in the folder itself. With a bucket it works
+in a scratch folder of its own on this machine: the inputs are downloaded there (and checked
+against their recorded sha256), what an earlier attempt on any machine left in the bucket
+(``jobs/ID/...``) is brought back, and a mirror thread copies every file the job rewrites to the
+bucket within ``state_sync_s``, so a job killed here resumes on another machine from its last
+copied epoch. The scratch folder goes when the job ends; nothing is written to the data folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from app.storage import Storage, StoredFile, sha256_file
+
+__all__ = ["Workspace", "open_workspace"]
+
+log = logging.getLogger(__name__)
+
+
+class Workspace:
+    """A job's files in place, in a local folder storage."""
+
+    def __init__(self, storage: Storage, job_id: str) -> None:
+        self.storage = storage
+        self.job_id = job_id
+        self.prefix = f"jobs/{job_id}"
+
+    def local(self, key: str) -> Path:
+        """Where the job reads or writes ``key``."""
+        return self.storage.path(key)
+
+    def input(self, key: str, sha256: str | None) -> Path:
+        """A stored input (a dataset, a checkpoint) as a local file."""
+        return self.local(key)
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def sync(self) -> None:
+        """Everything the job wrote so far is in storage (it is already, here)."""
+
+    def publish(self, key: str) -> StoredFile:
+        """A result the job wrote to ``local(key)``, stored under ``key``."""
+        return self.storage.put_file(key, self.local(key))
+
+    def forget(self, key: str) -> None:
+        """``key`` is not needed any more (the resumable state of a finished job)."""
+        self.storage.delete(key)
+
+    def discard(self, prefix: str) -> None:
+        """What an unfinished job leaves under ``prefix`` goes."""
+        self.storage.delete_prefix(prefix)
+
+
+class MirroredWorkspace(Workspace):
+    """A job's files in a scratch folder, mirrored to a bucket."""
+
+    def __init__(self, storage: Storage, job_id: str, scratch: Path | None, sync_s: float) -> None:
+        super().__init__(storage, job_id)
+        if scratch is not None:
+            scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f"cartl-{job_id}-", dir=scratch))
+        self.sync_s = sync_s
+        self._sent: dict[Path, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._mirror, name=f"mirror-{job_id}", daemon=True)
+
+    def local(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def input(self, key: str, sha256: str | None) -> Path:
+        return self.storage.fetch(key, self.local(key), sha256)
+
+    def __enter__(self) -> MirroredWorkspace:
+        self._bring_back()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _bring_back(self) -> None:
+        """What an earlier attempt of this job copied to the bucket, as it left it."""
+        for key in self.storage.keys(self.prefix):
+            dest = self.local(key)
+            self.storage.fetch(key, dest)
+            stat = dest.stat()
+            self._sent[dest] = (stat.st_mtime_ns, stat.st_size)
+        if self._sent:
+            log.info("job %s: resumes from %d stored file(s)", self.job_id, len(self._sent))
+
+    def _mirror(self) -> None:
+        while not self._stop.wait(self.sync_s):
+            try:
+                self.sync()
+            except Exception:
+                # The next round tries again; a job that ends here is only less resumable.
+                log.warning("job %s: copying its state to the bucket failed", self.job_id,
+                            exc_info=True)  # fmt: skip
+
+    def sync(self) -> None:
+        """Copy the job's files that changed since their last copy (a file being replaced is
+        read whole: the training loop renames a finished file into place)."""
+        with self._lock:
+            folder = self.local(self.prefix)
+            if not folder.is_dir():
+                return
+            for path in sorted(folder.rglob("*")):
+                if not path.is_file() or path.name.startswith(".tmp") or path.suffix == ".tmp":
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # replaced or removed meanwhile
+                    stat = path.stat()
+                    seen = (stat.st_mtime_ns, stat.st_size)
+                    if self._sent.get(path) == seen:
+                        continue
+                    key = path.relative_to(self.root).as_posix()
+                    self.storage.put_file(key, path)
+                    self._sent[path] = seen
+
+    def publish(self, key: str) -> StoredFile:
+        self.sync()  # copies it, with the rest
+        path = self.local(key)
+        return StoredFile(path, path.stat().st_size, sha256_file(path), key)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self.local(key).unlink(missing_ok=True)
+            self._sent.pop(self.local(key), None)
+            self.storage.delete(key)
+
+    def discard(self, prefix: str) -> None:
+        with self._lock:
+            shutil.rmtree(self.local(prefix), ignore_errors=True)
+            self.storage.delete_prefix(prefix)
+
+
+def open_workspace(
+    storage: Storage, job_id: str, scratch: Path | None = None, sync_s: float = 5.0
+) -> Workspace:
+    if storage.is_local:
+        return Workspace(storage, job_id)
+    return MirroredWorkspace(storage, job_id, scratch, sync_s)

@@ -82,7 +82,12 @@ from cartl_core.training import bn as bn_policy
 from cartl_core.training import transfer
 from cartl_core.training.loop import ProgressEvent, StopFn
 from cartl_core.training.spectral import apply_spectral_norm
-from cartl_core.training.transfer import adversarial_step, trades_step
+from cartl_core.training.transfer import (
+    adversarial_step,
+    frozen_features,
+    shares_frozen_part,
+    trades_step,
+)
 
 __all__ = [
     "RULE",
@@ -272,6 +277,8 @@ class CostEstimate:
     beyond_max_candidates: list[str] = field(default_factory=list)
     #: The budget is the device's default (``CPU_MAX_COST_SECONDS``), not one the run named.
     budget_default: bool = False
+    #: The candidates that cannot train on the frozen part's features computed once, and why.
+    not_shared: dict[str, str] = field(default_factory=dict)
 
     @property
     def seconds_max(self) -> float:
@@ -290,6 +297,7 @@ class CostEstimate:
             "resample": self.resample,
             "beyond_max_candidates": self.beyond_max_candidates,
             "budget_default": self.budget_default,
+            "not_shared": self.not_shared,
         }
 
     def text(self) -> str:
@@ -305,6 +313,14 @@ class CostEstimate:
                 f"; the source runs at {r['stem_size']} px on {r['input_size']}-px images "
                 f"(resampled inside it, {r['method']}): about {r['cost_factor']:.3g}x the "
                 f"FLOPs of a {r['input_size']}-px pass, included above"
+            )
+        shared = [r for r in self.per_candidate if r.get("shares_features")]
+        if shared:
+            out += f"; {len(shared)} train on the frozen part's features, computed once per k"
+        unshared = [r["name"] for r in self.per_candidate if not r.get("shares_features", True)]
+        if unshared:
+            out += "; computing them every batch: " + ", ".join(
+                f"{name} ({self.not_shared.get(name, '')})" for name in unshared
             )
         if self.beyond_max_candidates:
             out += (
@@ -804,13 +820,18 @@ def _train_batch_seconds(
     tc: TransferConfig,
     classes: int,
     augmentation: Augmentation,
+    shared: bool = False,
 ) -> float:
     """One training step as the candidate takes it: its augmentation, spectral normalisation
     (one power iteration per step), BN preset, trainable parameters and, for adversarial
-    fine-tuning (and TRADES), the training's own step with its PGD examples; lr 0 changes
-    nothing."""
+    fine-tuning (and TRADES), the training's own step with its PGD examples; ``shared``: on the
+    frozen part's features, through the tuned part alone. lr 0 changes nothing."""
     model = _target_model(source, classes, x.device)
     k = tc.k
+    if shared:
+        with torch.no_grad(), autocast(x.device):
+            model.eval()
+            x = model.frozen_part(x, k)
     beta = tc.resolved_norm_beta()
     if beta is not None:
         tuned = range(model.num_blocks - k, model.num_blocks)
@@ -836,12 +857,16 @@ def _train_batch_seconds(
         adversarial = adversarial_step(model, optimizer, k, policy, attack)
 
     def step() -> None:
-        xb = augment(x, augmentation, generator).contiguous(memory_format=torch.channels_last)
-        if adversarial is not None:
-            adversarial(xb, y)
-            return
-        with autocast(x.device):
-            logits = model(xb)
+        if shared:
+            with autocast(x.device):
+                logits = model.tuned_part(x, k)
+        else:
+            xb = augment(x, augmentation, generator).contiguous(memory_format=torch.channels_last)
+            if adversarial is not None:
+                adversarial(xb, y)
+                return
+            with autocast(x.device):
+                logits = model(xb)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -884,6 +909,7 @@ def estimate_cost(
     num_classes: int,
     audit: AuditConfig,
     evaluated: int = 0,
+    share_features: bool = True,
 ) -> CostEstimate:
     """Measured per-batch costs times the planned batches (see :class:`CostEstimate`), timed on
     copies of ``source`` on the device ``train`` is on; ``audited`` is the number of samples each
@@ -893,17 +919,26 @@ def estimate_cost(
         augmentation = Augmentation.from_name(config.augmentation, tuple(train.images.shape[1:]))  # type: ignore[arg-type]
         train_s: dict[tuple[Any, ...], float] = {}
         keys = []
+        not_shared: dict[str, str] = {}
+        room = _feature_room(train.images.device)
         for cand in plan:
             tc = cand.transfer_config(config)
             bs = tc.resolved_schedule().batch_size
+            why = shares_frozen_part(tc, augmentation) if share_features else "not asked to"
+            if why is None and _feature_bytes(source, train, cand.k) > room:
+                why = f"its features of {len(train)} images would not fit in memory"
+            if why is not None:
+                not_shared[cand.name] = why
             # What a step costs depends on these, not on beta's value or the lr.
             key = (cand.k, bs, tc.uses_spectral_norm, tc.resolved_bn_name(), cand.method == "lwf",
-                   tc.resolved_attack(), cand.method == "trades")  # fmt: skip
+                   tc.resolved_attack(), cand.method == "trades", why is None)  # fmt: skip
             keys.append(key)
             if key not in train_s:
                 x, y = _batch(train, bs)
                 # Per sample: a batch larger than the data is timed on all of it.
-                seconds = _train_batch_seconds(source, x, y, tc, num_classes, augmentation)
+                seconds = _train_batch_seconds(
+                    source, x, y, tc, num_classes, augmentation, shared=why is None
+                )
                 train_s[key] = seconds / len(y) * bs
         x, y = _batch(train, audit.batch_size)
         attacked = _target_model(source, num_classes, x.device)
@@ -913,10 +948,16 @@ def estimate_cost(
     # APGD-CE, then APGD-T once per target class, every step on every sample.
     passes = audit.apgd_steps * audit.apgd_restarts * (1 + targets)
     rows: list[dict[str, Any]] = []
+    featured: set[int] = set()
     for cand, key in zip(plan, keys, strict=True):
         s = config.schedule_for(cand.method)
         batches = s.epochs * math.ceil(len(train) / s.batch_size)
         train_seconds = batches * train_s[key] + s.epochs * evaluated * eval_per_sample
+        shares = cand.name not in not_shared
+        if shares and cand.k not in featured:
+            # The first candidate of a k computes its features (at most a whole forward pass).
+            featured.add(cand.k)
+            train_seconds += len(train) * eval_per_sample
         # The validation split is the ``evaluated`` samples; the rest of ``audited`` is the test.
         val_audit = evaluated * passes * attack_per_sample
         rows.append(
@@ -927,6 +968,7 @@ def estimate_cost(
                 "audit_seconds_max": audited * passes * attack_per_sample,
                 "val_audit_seconds_max": val_audit,
                 "cost_seconds": train_seconds + val_audit,
+                "shares_features": shares,
             }
         )
     return CostEstimate(
@@ -936,7 +978,26 @@ def estimate_cost(
         per_candidate=rows,
         device=_device_name(train.images.device),
         resample=source.spec.describe_resample(),
+        not_shared=not_shared,
     )
+
+
+def _feature_bytes(source: BlockModel, split: Split, k: int) -> int:
+    """What the frozen part's features of every image of ``split`` take (one image's, run)."""
+    model = copy.deepcopy(source).eval()
+    x = split.subset(torch.arange(1)).float_images().cpu()
+    with torch.no_grad():
+        one = model.cpu().frozen_part(x, k)
+    # The training stores them as its forward pass makes them: bf16 on CUDA (autocast).
+    size = 2 if split.images.device.type == "cuda" else one.element_size()
+    return len(split) * one[0].numel() * size
+
+
+def _feature_room(device: torch.device) -> int:
+    """The most the shared features may take: a quarter of the GPU's memory; 4 GiB on a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory // 4)
+    return 4 * 1024**3
 
 
 # --------------------------------------------------------------------------- the run
@@ -972,6 +1033,24 @@ class _Run:
     fingerprint: dict[str, Any]
     on_progress: CompareProgressFn | None
     should_stop: StopFn | None
+    #: Whether candidates whose frozen part is fixed train on its features computed once.
+    share_features: bool = True
+    #: Those features, by k.
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def shared_features(self, tc: TransferConfig) -> torch.Tensor | None:
+        """The frozen part's features of the training images for ``tc``'s k, computed at the
+        first candidate that can use them; None where ``tc`` cannot (or they would not fit)."""
+        augmentation = Augmentation.from_name(tc.augmentation, self.fit_data.input_shape)
+        if not self.share_features or shares_frozen_part(tc, augmentation) is not None:
+            return None
+        if tc.k not in self.features:
+            if _feature_bytes(self.source, self.fit_data.train, tc.k) > _feature_room(self.device):
+                return None
+            self.features[tc.k] = frozen_features(
+                self.source, self.fit_data.train, tc.k, device=self.device
+            )
+        return self.features[tc.k]
 
     def emit(self, stage: str, index: int, name: str, **kw: Any) -> None:
         if self.on_progress is not None:
@@ -992,12 +1071,15 @@ class _Run:
                 return self._with_flags(reused, index)
         t0 = time.monotonic()
         state = None if path is None else path.with_name(path.name + ".state")
+        # Inside this candidate's time: the first that computes the features pays for them.
+        features = self.shared_features(tc)
         trained = transfer(
             self.source,
             self.fit_data,
             tc,
             device=self.device,
             seed=self.seed,
+            features=features,
             state_path=state,
             on_progress=lambda ev: self.emit("train", index, cand.name, training=ev),
             should_stop=self.should_stop,
@@ -1154,8 +1236,15 @@ def compare(
     out_dir: str | Path | None = None,
     on_progress: CompareProgressFn | None = None,
     should_stop: StopFn | None = None,
+    share_features: bool = True,
 ) -> CompareResult:
     """Train the planned candidates of ``source`` on ``data``, audit them, choose one.
+
+    Candidates whose frozen part is fixed (clean fine-tuning with the source's BatchNorm
+    statistics in it, and images not augmented per batch: :func:`shares_frozen_part`) train on
+    its features of the training images, computed once per k, with the same numbers;
+    ``share_features=False`` computes them again in every batch of every candidate, as separate
+    transfers do. The estimate says which candidates share and why the others cannot.
 
     ``centre_k``: the k the default k list is centred on, normally the k the source was
     pre-trained for (:func:`pretrained_k` of its checkpoint header). ``out_dir``: where each
@@ -1189,6 +1278,7 @@ def compare(
         num_classes=data.num_classes,
         audit=audit,
         evaluated=len(fit_data.test),
+        share_features=share_features,
     )
     default = config.max_cost_seconds is None and dev.type == "cpu"
     budget = CPU_MAX_COST_SECONDS if default else config.max_cost_seconds
@@ -1201,7 +1291,7 @@ def compare(
         fingerprint={**_fingerprint(data, held, config, seed, audit), **_source_fingerprint(source)}
         if out_dir is not None
         else {},
-        on_progress=on_progress, should_stop=should_stop,
+        on_progress=on_progress, should_stop=should_stop, share_features=share_features,
     )  # fmt: skip
     run.emit("estimate", 0, plan[0].name, estimate=estimate)
     results = []

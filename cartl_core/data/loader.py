@@ -15,9 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from cartl_core.data._types import Split
-from cartl_core.errors import ConfigError
+from cartl_core.errors import ConfigError, DataError
 
-__all__ = ["Augmentation", "DeviceLoader", "augment", "augmented_copy", "dataset_mean_std"]
+__all__ = [
+    "Augmentation",
+    "DeviceLoader",
+    "Features",
+    "augment",
+    "augmented_copy",
+    "dataset_mean_std",
+]
 
 _PRESETS = ("auto", "none", "crop", "crop-flip", "paper")
 
@@ -158,13 +165,28 @@ def augmented_copy(
     return Split(torch.cat(chunks), split.labels)
 
 
+@dataclass(frozen=True)
+class Features:
+    """Rows that are not images, to batch like a :class:`Split`: a model part's outputs for each
+    image (any shape, any dtype) and the images' labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
+            raise DataError(
+                f"{self.images.shape[0]} rows but labels have shape {tuple(self.labels.shape)}"
+            )
+
+
 class DeviceLoader:
     """Shuffled batches of a :class:`Split` held on ``device``; epoch ``e`` of seed ``s`` always
     yields the same order, so a resumed run sees the data it would have seen."""
 
     def __init__(
         self,
-        split: Split,
+        split: Split | Features,
         batch_size: int,
         *,
         device: torch.device | str,

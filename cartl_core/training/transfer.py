@@ -37,6 +37,7 @@ from cartl_core._stop import check_stop
 from cartl_core.attacks import pgd, threat_model
 from cartl_core.config import AttackConfig, AuditConfig, BNPolicy, LwFConfig, TransferConfig
 from cartl_core.data import Augmentation, Dataset, DeviceLoader, Split, augmented_copy
+from cartl_core.data.loader import Features
 from cartl_core.errors import ConfigError
 from cartl_core.models import BlockModel
 from cartl_core.training import bn as bn_policy
@@ -103,10 +104,12 @@ def _tuned_forward(model: BlockModel, k: int) -> Callable[[torch.Tensor], torch.
     return forward
 
 
-def _clean_step(model: BlockModel, optimizer: torch.optim.Optimizer) -> Any:
+def _clean_step(
+    forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer
+) -> Any:
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(x.device):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         _update(optimizer, loss)
         n = y.shape[0]
@@ -235,6 +238,56 @@ def _lwf_step(
     return step
 
 
+#: The methods whose training batches pass through the frozen part and nothing else: its output
+#: can be computed once (:func:`frozen_features`) when the part is fixed.
+_CLEAN_METHODS = ("standard", "neft", "cartl")
+
+
+def shares_frozen_part(config: TransferConfig, augmentation: Augmentation) -> str | None:
+    """None if a transfer with ``config`` can train on :func:`frozen_features` computed once (the
+    frozen part is fixed and sees each training image as it is stored), else why not."""
+    policy = config.resolved_bn()
+    if config.method not in _CLEAN_METHODS:
+        why = {
+            "lwf": "its second phase trains the whole model",
+            "adversarial": "its examples are attacked through the whole model",
+            "trades": "its examples are attacked through the whole model",
+        }
+        return why.get(config.method, f"{config.method} is not a clean fine-tuning")
+    if policy.frozen_stats != "source" or policy.frozen_affine_trainable:
+        return (
+            f"BN {config.resolved_bn_name()} re-estimates or trains the frozen blocks' BatchNorm, "
+            "so their output changes as training goes"
+        )
+    if augmentation.enabled:
+        return "each batch is augmented before the frozen part (a new image every epoch)"
+    return None
+
+
+@torch.no_grad()
+def frozen_features(
+    source: BlockModel, split: Split, k: int, *, device: str | torch.device | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:  # fmt: skip
+    """The frozen part's output (the input of block T-k+1) for every image of ``split``, in its
+    order, on ``device``: what :func:`transfer`'s batches compute again every epoch, computed once.
+    In eval mode (the frozen BatchNorm keeps the source's statistics), in the precision and
+    memory format the training's forward pass uses, so training on them gives the same numbers
+    (bit for bit on the CPU, where a sample's output does not depend on its batch)."""
+    dev = resolve_device(device)
+    model = copy.deepcopy(source)
+    prepare_model(model, dev)
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        check_stop("the frozen part's features")
+        part = split.subset(torch.arange(start, min(len(split), start + batch_size)))
+        x = part.to(dev).float_images().contiguous(memory_format=torch.channels_last)
+        with autocast(dev):
+            out.append(model.frozen_part(x, k))
+    return torch.cat(out)
+
+
 def transfer(
     source: BlockModel,
     data: Dataset,
@@ -246,11 +299,16 @@ def transfer(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     on_epoch: EpochFn | None = None,
+    features: torch.Tensor | None = None,
 ) -> TrainResult:
     """Fine-tune a copy of ``source`` on ``data``; ``source`` itself is left untouched.
 
     Each epoch ends with the test accuracy and the robust trace (``config.trace``; its threat
     model defaults to the audit's first radius, and jobs pass the final audit's; monitoring only).
+
+    ``features``: :func:`frozen_features` of ``data.train`` for this k, where
+    :func:`shares_frozen_part` allows it: the batches then run through the tuned part alone, with
+    the same numbers (``compare`` computes them once for all the candidates that can share them).
     """
     config = config or TransferConfig()
     _check_fit(source, data, config)
@@ -261,14 +319,16 @@ def transfer(
     k, s = config.k, config.resolved_schedule()
     augmentation = Augmentation.from_name(config.augmentation, data.input_shape)
     augmentation_used = augmentation.describe()
-    train_split, recorded = data.train, None
+    train_split: Split | Features = data.train
+    recorded = None
     if config.method == "lwf":
         # As in the release: the targets come from one augmented pass over the training images,
         # and training sees exactly those images, so each target belongs to the image it is
         # compared with (with a fresh augmentation per batch, the features of every augmented
         # image would be pulled towards those of the plain one).
-        train_split = augmented_copy(data.train.to(dev), augmentation, seed=seed)
-        recorded = _record_penultimate(model, train_split, s.batch_size)
+        lwf_split = augmented_copy(data.train.to(dev), augmentation, seed=seed)
+        train_split = lwf_split
+        recorded = _record_penultimate(model, lwf_split, s.batch_size)
         if augmentation.enabled:
             augmentation_used += f" (one fixed pass, seed {seed})"
         augmentation = Augmentation.none()
@@ -296,8 +356,18 @@ def transfer(
             p.requires_grad_(True)
     optimizer = make_optimizer(model.parameters(), s)
 
+    if features is not None:
+        why = shares_frozen_part(config, augmentation)
+        if why is not None:
+            raise ConfigError(f"this transfer cannot train on precomputed features: {why}")
+        if features.shape[0] != len(data.train):
+            raise ConfigError(
+                f"features for {features.shape[0]} images given, the training split has "
+                f"{len(data.train)}"
+            )
+        train_split = Features(features.to(dev), data.train.labels)
     if recorded is not None:
-        train_split = Split(train_split.images, torch.arange(len(train_split)))
+        train_split = Split(lwf_split.images, torch.arange(len(lwf_split)))
         step = _lwf_step(
             model, optimizer, recorded, data.train.labels.to(dev), config.lwf.lwf_lambda
         )
@@ -305,6 +375,8 @@ def transfer(
         step = trades_step(model, optimizer, k, policy, attack, config.trades_beta)
     elif attack is not None:
         step = adversarial_step(model, optimizer, k, policy, attack)
+    elif features is not None:
+        step = _clean_step(lambda h: model.tuned_part(h, k), optimizer)
     else:
         step = _clean_step(model, optimizer)
     loader = DeviceLoader(
@@ -314,7 +386,8 @@ def transfer(
         shuffle=True,
         seed=seed,
         augmentation=augmentation,
-        channels_last=True,
+        # The frozen part's output is channels_last too (a transformer's tokens have no channels).
+        channels_last=train_split.images.dim() == 4,
     )
 
     default_audit = AuditConfig()

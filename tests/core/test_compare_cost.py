@@ -201,3 +201,97 @@ def test_a_cpu_run_without_a_budget_gets_the_cpu_default_and_says_so(
     assert len(named.candidates) == 2
     assert not named.estimate.budget_default
     assert "CPU default" not in named.estimate.text()
+
+
+def test_transfer_on_frozen_features_gives_the_same_model(source: BlockModel) -> None:
+    """Training the tuned part on the frozen part's features computed once is the same training:
+    the same weights bit for bit and the same history (on the CPU, where a sample's features do
+    not depend on its batch)."""
+    from cartl_core.config import TransferConfig
+    from cartl_core.data import Augmentation
+    from cartl_core.training import transfer
+    from cartl_core.training.transfer import frozen_features, shares_frozen_part
+
+    data = make_dataset(num_classes=3, n_train=96, n_test=32)
+    schedule = ScheduleConfig(epochs=3, batch_size=32, lr=0.05)
+    for method, bn in (
+        ("standard", "source-stats"),
+        ("neft", "trainable"),
+        ("cartl", "all-source"),
+    ):
+        tc = TransferConfig(method=method, k=2, bn=bn, schedule=schedule, augmentation="none")  # type: ignore[arg-type]
+        assert shares_frozen_part(tc, Augmentation.none()) is None
+        plain = transfer(source, data, tc, device="cpu", seed=3)
+        features = frozen_features(source, data.train, 2)
+        shared = transfer(source, data, tc, device="cpu", seed=3, features=features)
+        a, b = plain.model.state_dict(), shared.model.state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a), method
+
+        def numbers(history: Any) -> list[dict[str, Any]]:
+            return [{k: v for k, v in h.to_dict().items() if "seconds" not in k} for h in history]
+
+        assert numbers(plain.history) == numbers(shared.history), method
+        assert plain.training == shared.training
+
+
+def test_what_cannot_share_the_frozen_features_says_why(source: BlockModel) -> None:
+    from cartl_core.config import TransferConfig
+    from cartl_core.data import Augmentation
+    from cartl_core.training import transfer
+    from cartl_core.training.transfer import frozen_features, shares_frozen_part
+
+    none, crops = Augmentation.none(), Augmentation.from_name("crop-flip", (3, 32, 32))
+    cases = {
+        ("cartl", "frozen", none): "re-estimates or trains the frozen blocks' BatchNorm",
+        ("lwf", None, none): "its second phase trains the whole model",
+        ("trades", None, none): "attacked through the whole model",
+        ("adversarial", None, none): "attacked through the whole model",
+        ("standard", None, crops): "augmented before the frozen part",
+    }
+    for (method, bn, augmentation), why in cases.items():
+        tc = TransferConfig(method=method, k=2, bn=bn)  # type: ignore[arg-type]
+        assert why in str(shares_frozen_part(tc, augmentation)), (method, bn)
+    # Handed features anyway: refused, saying why, before anything trains.
+    data = make_dataset(num_classes=3, n_train=32, n_test=16)
+    features = frozen_features(source, data.train, 2)
+    tc = TransferConfig(method="cartl", k=2, bn="frozen", augmentation="none")
+    with pytest.raises(ConfigError, match="cannot train on precomputed features: BN frozen"):
+        transfer(source, data, tc, device="cpu", features=features)
+
+
+def test_compare_shares_the_frozen_features_with_the_same_numbers(source: BlockModel) -> None:
+    """Computed once per k for the candidates that can use them; every candidate's numbers are
+    those of a comparison that computes them in every batch; the estimate names the ones that
+    cannot share, with the reason."""
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    config = CompareConfig(
+        eps=0.3, methods=("standard", "neft", "cartl", "lwf"), ks=(1, 2), epochs=2, batch_size=32,
+        augmentation="none", bn_presets=("source-stats", "frozen"), max_candidates=8,
+    )  # fmt: skip
+    shared = compare(source, data, config, device="cpu", seed=0)
+    plain = compare(source, data, config, device="cpu", seed=0, share_features=False)
+    assert [c.name for c in shared.candidates] == [c.name for c in plain.candidates]
+    for a, b in zip(shared.candidates, plain.candidates, strict=True):
+        assert (a.val_clean, a.val_robust, a.test_clean, a.test_robust) == (
+            b.val_clean, b.val_robust, b.test_clean, b.test_robust,
+        ), a.name  # fmt: skip
+        assert a.val_robust_flags == b.val_robust_flags
+        assert a.model is not None
+        assert b.model is not None
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert all(torch.equal(sa[n], sb[n]) for n in sa), a.name
+    assert shared.chosen.name == plain.chosen.name
+
+    rows = {r["name"]: r for r in shared.estimate.per_candidate}
+    sharing = {n for n, r in rows.items() if r["shares_features"]}
+    assert sharing == {n for n in rows if n.endswith("source-stats") and not n.startswith("lwf")}, (
+        rows
+    )
+    assert "whole model" in shared.estimate.not_shared["lwf-k1-source-stats"]
+    assert set(shared.estimate.not_shared) == set(rows) - sharing
+    frozen = next(n for n in rows if n.endswith("-frozen"))
+    assert "BatchNorm" in shared.estimate.not_shared[frozen]
+    text = shared.estimate.text()
+    assert f"{len(sharing)} train on the frozen part's features, computed once per k" in text
+    assert f"{frozen} (BN frozen re-estimates" in text
+    assert plain.estimate.not_shared == dict.fromkeys(rows, "not asked to")

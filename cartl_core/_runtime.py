@@ -1,11 +1,13 @@
 """Device-level choices made once: channels_last everywhere, bf16 autocast for training on CUDA,
-fp32 attacks unless a caller asks for bf16."""
+fp32 attacks unless a caller asks for bf16, and the blocks compiled when ``CARTL_COMPILE`` asks."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -51,12 +53,46 @@ def effective_precision(device: torch.device, precision: Precision) -> Precision
     return "bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
 
 
+_M = TypeVar("_M", bound=nn.Module)
+
+#: ``torch.compile`` modes for :func:`compile_blocks`; ``off``: eager.
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+
+#: Where :func:`prepare_model` reads the mode. Off by default: whether compiling pays on a card is
+#: what ``bench/gpu_arithmetic.py`` measures, and no card has been measured yet (docs/speed.md).
+COMPILE_ENV = "CARTL_COMPILE"
+
+
+def compile_mode() -> str:
+    mode = os.environ.get(COMPILE_ENV, "off").strip() or "off"
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"{COMPILE_ENV}={mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def compile_blocks(model: _M, mode: str) -> _M:
+    """The stem and every block compiled in place (``nn.Module.compile``), so each way through
+    the model (forward, ``frozen_part``, ``tuned_part``, the attacks' forward-backward) runs
+    compiled code while the modules, parameter names and state dicts stay the same. A block is
+    the unit because the methods cut the model between blocks. ``off`` leaves it eager."""
+    if mode == "off":
+        return model
+    options: dict[str, object] = {} if mode == "default" else {"mode": mode}
+    stem, blocks = getattr(model, "stem", None), getattr(model, "blocks", None)
+    if not isinstance(stem, nn.Module) or not isinstance(blocks, nn.ModuleList):
+        model.compile(**options)
+        return model
+    for part in (stem, *blocks):
+        part.compile(**options)
+    return model
+
+
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     # channels_last pays on the CPU too (oneDNN): 1.1x on a ResNet-18 and 1.3-1.5x on the small
     # CNN, forward and backward, measured on this project's 2-core CI machine.
     model.to(device)
     model.to(memory_format=torch.channels_last)
-    return model
+    return compile_blocks(model, compile_mode())
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="gpu", description="Celery queue the jobs go to.")
     device: str = Field(default="auto", description="Worker device: auto, cpu, cuda, cuda:N.")
+    job_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes a pre-training or transfer job runs on, data-parallel: the "
+        "worker's GPUs cuda:0..N-1 (NCCL), or CPU processes (gloo); the numbers are one "
+        "process's. Give the worker N GPUs.",
+    )
     heartbeat_s: float = Field(
         default=10.0, gt=0, description="How often a running job records that it is alive."
     )

@@ -79,7 +79,6 @@ from cartl_core.stats import (
     wilson_interval,
 )
 from cartl_core.training import bn as bn_policy
-from cartl_core.training import transfer
 from cartl_core.training.loop import ProgressEvent, StopFn
 from cartl_core.training.spectral import apply_spectral_norm
 from cartl_core.training.transfer import (
@@ -87,6 +86,7 @@ from cartl_core.training.transfer import (
     frozen_features,
     shares_frozen_part,
     trades_step,
+    transfer,
 )
 
 __all__ = [

@@ -258,6 +258,7 @@ def run_job(
     on_epoch: Callable[[Any, Any], None] | None = None,
     extra_dir: Path | None = None,
     dataset_resize: Resize | None = None,
+    processes: int = 1,
 ) -> JobOutcome:
     """Run one job end to end through its kind's ``run``; a kind that makes a model writes a
     self-describing checkpoint to ``out_path``. ``params``: the kind's dataclass, or values by
@@ -268,7 +269,9 @@ def run_job(
     the kind's progress events (``JobKind.progress``); ``extra_dir`` holds the files a kind keeps
     across a retry (a compare's candidates; default: beside ``out_path``). ``should_stop`` is
     asked at every step of every long loop (data decoding, training batches, attack steps and
-    queries): true ends the job with :class:`CancelledError` within one step.
+    queries): true ends the job with :class:`CancelledError` within one step. ``processes``: a
+    pre-training or transfer runs data-parallel on that many processes (GPUs ``cuda:0..``, or
+    CPU processes), with the numbers of one.
     """
     spec = get_kind(kind)
     context = RunContext(
@@ -283,6 +286,7 @@ def run_job(
         on_audit_progress=on_audit_progress,
         should_stop=should_stop,
         on_epoch=on_epoch if spec.progress == "epochs" else None,
+        processes=processes,
     )
     outcome = spec.run(params, context)
     # What readers (the report, the dashboard, clients) check before they read the rest.

@@ -159,6 +159,8 @@ def service_env(settings: Settings, python_path: tuple[Path, ...] = ()) -> dict[
         )
     if settings.scratch_dir is not None:
         env["CARTL_SCRATCH_DIR"] = str(settings.scratch_dir)
+    if settings.job_processes != 1:
+        env["CARTL_JOB_PROCESSES"] = str(settings.job_processes)
     return env
 
 

@@ -256,6 +256,7 @@ class _Run:
                 on_epoch=self._on_epoch,  # for kinds whose progress is in epochs
                 # Finished candidates stay there, so a retry after a lost worker reuses them.
                 extra_dir=workspace.local(candidates_prefix(job.id)),
+                processes=self.settings.job_processes,
             )
         except CancelledError:
             self._finish(JobStatus.cancelled, progress={**self.progress, "stage": "cancelled"})

@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from cartl_core.errors import ConfigError
+from cartl_core.parallel import batch_noise
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ class LinfBall:
         self.eps = eps
 
     def random_init(self, x: torch.Tensor) -> torch.Tensor:
-        noise = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        noise = batch_noise(lambda t: torch.empty_like(t).uniform_(-self.eps, self.eps), x)
         return (x + noise).clamp_(0.0, 1.0)
 
     def step(
@@ -51,10 +52,15 @@ class L2Ball:
 
     def random_init(self, x: torch.Tensor) -> torch.Tensor:
         # Uniform in the ball: a random direction scaled by eps * U^(1/d).
-        direction = torch.randn_like(x)
+        direction = batch_noise(torch.randn_like, x)
         direction = direction / _per_sample_norm(direction)
         d = x[0].numel()
-        radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d) * self.eps
+        radius = (
+            batch_noise(lambda t: torch.rand(t.shape[0], device=t.device, dtype=t.dtype), x).pow(
+                1.0 / d
+            )
+            * self.eps
+        )
         return (x + direction * radius.view(-1, *([1] * (x.ndim - 1)))).clamp_(0.0, 1.0)
 
     def step(

@@ -474,6 +474,7 @@ def training_kwargs(params: Any, ctx: RunContext) -> dict[str, Any]:
         "on_progress": ctx.on_progress,
         "should_stop": ctx.should_stop,
         "on_epoch": ctx.on_epoch,
+        "processes": ctx.processes,
     }
 
 

@@ -131,6 +131,8 @@ class RunContext:
     on_audit_progress: Callable[[AuditEvent], None] | None = None
     should_stop: Callable[[], bool] | None = None
     on_epoch: Callable[[Any, Any], None] | None = None
+    #: Processes a training runs on, data-parallel (:mod:`cartl_core.parallel`).
+    processes: int = 1
 
     def needs_out(self, kind: str) -> Path:
         if self.out_path is None:

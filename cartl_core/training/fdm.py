@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cartl_core import parallel
 from cartl_core._runtime import autocast, prepare_model, resolve_device
 from cartl_core.attacks import pgd
 from cartl_core.config import FDMConfig
@@ -94,6 +95,10 @@ def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMCon
             logits = rest(phi_adv)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce
+            # In a data-parallel run this rank's part of the global batch's loss: a mean over
+            # its rows weighs their share, a sum does not (the ranks' gradients are summed).
+            share = parallel.share()
+            part = ce if share == 1.0 else ce * share
             out: dict[str, torch.Tensor] = {}
             if lam > 0:
                 phi_clean = phi(x)
@@ -101,11 +106,17 @@ def fdm_step(model: BlockModel, optimizer: torch.optim.Optimizer, config: FDMCon
                     with torch.no_grad():
                         model.tuned_part(phi_clean, k)
                 dist = per_sample_feature_distance(phi_adv, phi_clean)
-                term = dist.sum() if config.reduction == "sum" else dist.mean()
-                loss = ce + lam * term
+                if config.reduction == "sum":
+                    term = dist.sum()
+                    loss = ce + lam * (term if share == 1.0 else term / share)
+                    part = loss if share == 1.0 else part + lam * term
+                else:
+                    term = dist.mean()
+                    loss = ce + lam * term
+                    part = loss if share == 1.0 else loss * share
                 out["feature_distance"] = dist.detach().sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        part.backward()
         optimizer.step()
         n = y.shape[0]
         out["loss"] = loss.detach() * n
@@ -128,13 +139,24 @@ def pretrain(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     on_epoch: EpochFn | None = None,
+    processes: int = 1,
 ) -> TrainResult:
     """FDM (or, with ``fdm_lambda=0``, plain adversarial) training of a source model.
+
+    ``processes``: data-parallel over that many processes (GPUs ``cuda:0..``, or CPU processes),
+    with the numbers of one process up to the order of float sums (:mod:`cartl_core.parallel`).
 
     The model normalises its inputs with the source training set's per-channel mean and std.
     Each epoch ends with the test accuracy and the robust trace (``config.trace``, in the
     training attack's threat model unless it names its own; monitoring only).
     """
+    if processes > 1:
+        return parallel.run_parallel(
+            pretrain, processes,
+            {"on_progress": on_progress, "should_stop": should_stop, "on_epoch": on_epoch},
+            data=data, arch=arch, config=config, device=device, seed=seed, init=init,
+            state_path=state_path,
+        )  # fmt: skip
     config = config or FDMConfig()
     dev = resolve_device(device)
     torch.manual_seed(seed)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cartl_core import parallel
 from cartl_core._runtime import autocast
 from cartl_core._stop import StopFn, check_stop, stop_when
 from cartl_core.config import ScheduleConfig
@@ -186,11 +187,23 @@ class TrainLoop:
     def run(self) -> list[EpochRecord]:
         start_epoch = self._resume()
         started = time.monotonic()
-        # Inside the batches too: the adversarial examples' steps and the trace's.
-        with stop_when(self.should_stop):
-            for epoch in range(start_epoch, self.epochs):
-                self._run_epoch(epoch, started)
-                self._save(epoch + 1)
+        group = parallel.current()
+        # In a data-parallel run (cartl_core.parallel): gradients summed over the ranks before
+        # each step, BatchNorm on the global batch's statistics.
+        hook = (
+            self.optimizer.register_step_pre_hook(parallel.sum_gradients)
+            if group is not None
+            else None
+        )
+        try:
+            # Inside the batches too: the adversarial examples' steps and the trace's.
+            with stop_when(self.should_stop), parallel.sync_bn(self.model):
+                for epoch in range(start_epoch, self.epochs):
+                    self._run_epoch(epoch, started)
+                    self._save(epoch + 1)
+        finally:
+            if hook is not None:
+                hook.remove()
         return self.history
 
     def _run_epoch(self, epoch: int, started: float) -> None:
@@ -205,16 +218,29 @@ class TrainLoop:
         seen = 0
         batches = len(self.loader)
         lr = float(self.optimizer.param_groups[0]["lr"])
+        group = parallel.current()
+        main = group is None or group.main
         for batch, (x, y) in enumerate(self.loader):
-            if self.should_stop is not None and self.should_stop():
+            asked = self.should_stop is not None and self.should_stop()
+            if parallel.any_rank(asked, y.device):
                 raise CancelledError(f"{self.stage} cancelled in epoch {epoch + 1}")
             check_stop(f"{self.stage}, epoch {epoch + 1}")
             # The record shows the lr of the epoch's last step (the scheduler steps per batch,
             # so reading it after the epoch would show the next epoch's).
             lr = float(self.optimizer.param_groups[0]["lr"])
-            out = self.step(x, y)
+            total = int(y.shape[0])
+            offset, rows = parallel.shard_rows(total)
+            if rows == 0:
+                assert group is not None
+                raise ConfigError(
+                    f"a batch of {total} images cannot be split over {group.world} processes; "
+                    "use fewer processes or a batch size that leaves a larger last batch",
+                    field="processes",
+                )
+            with parallel.step_of(offset, rows, total):
+                out = self.step(x[offset : offset + rows], y[offset : offset + rows])
             self.scheduler.step()
-            seen += int(y.shape[0])
+            seen += rows
             for key, value in out.items():
                 sums[key] = sums[key] + value.detach() if key in sums else value.detach()
             now = time.monotonic()
@@ -228,12 +254,20 @@ class TrainLoop:
                         self.stage, epoch, self.epochs, batch + 1, batches, metrics, now - started
                     )
                 )
+        if group is not None:
+            # The epoch's sums over every rank's rows (keys in the same order on every rank).
+            names = sorted(sums)
+            count = torch.tensor(float(seen), device=self.loader.device)
+            packed = torch.stack([*(sums[k].float() for k in names), count])
+            parallel.all_reduce_(packed)
+            sums = dict(zip(names, packed[:-1], strict=True))
+            seen = int(packed[-1].item())
         metrics = {k: float(v) / max(1, seen) for k, v in sums.items()}
-        if self.after_epoch is not None:
+        if self.after_epoch is not None and main:
             metrics.update(self.after_epoch(epoch))
         record = EpochRecord(epoch + 1, lr, time.monotonic() - t0, metrics)
         self.history.append(record)
-        if self.warn is not None:
+        if self.warn is not None and main:
             raised = {w["name"] for h in self.history[:-1] for w in h.warnings}
             record.warnings = [w for w in self.warn(self.history) if w["name"] not in raised]
         if self.on_progress is not None:
@@ -262,7 +296,8 @@ class TrainLoop:
         }
 
     def _save(self, next_epoch: int) -> None:
-        if self.state_path is None:
+        group = parallel.current()
+        if self.state_path is None or (group is not None and not group.main):
             return
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         self.state_path.parent.mkdir(parents=True, exist_ok=True)

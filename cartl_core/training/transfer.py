@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cartl_core import parallel
 from cartl_core._runtime import autocast, frozen_for_attack, prepare_model, resolve_device
 from cartl_core._stop import check_stop
 from cartl_core.attacks import pgd, threat_model
@@ -85,8 +86,11 @@ def _record_penultimate(model: BlockModel, split: Split, batch_size: int) -> tor
 
 
 def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step on ``loss``, a mean over the batch (in a data-parallel run, over this rank's rows:
+    weighed by their share of the global batch; the ranks' gradients are summed)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    share = parallel.share()
+    (loss if share == 1.0 else loss * share).backward()
     optimizer.step()
 
 
@@ -161,7 +165,7 @@ def _trades_examples(
     with frozen_for_attack(model):
         with torch.no_grad(), autocast(x.device):
             p_clean = F.softmax(model(x).float(), dim=1)
-        x_adv = ball.project(x + 0.001 * torch.randn_like(x), x)
+        x_adv = ball.project(x + 0.001 * parallel.batch_noise(torch.randn_like, x), x)
         for _ in range(attack.steps):
             check_stop("TRADES' attack")
             x_adv = x_adv.detach().requires_grad_(True)
@@ -300,6 +304,7 @@ def transfer(
     should_stop: StopFn | None = None,
     on_epoch: EpochFn | None = None,
     features: torch.Tensor | None = None,
+    processes: int = 1,
 ) -> TrainResult:
     """Fine-tune a copy of ``source`` on ``data``; ``source`` itself is left untouched.
 
@@ -309,7 +314,19 @@ def transfer(
     ``features``: :func:`frozen_features` of ``data.train`` for this k, where
     :func:`shares_frozen_part` allows it: the batches then run through the tuned part alone, with
     the same numbers (``compare`` computes them once for all the candidates that can share them).
+
+    ``processes``: data-parallel over that many processes (GPUs ``cuda:0..``, or CPU processes),
+    with the numbers of one process up to the order of float sums (:mod:`cartl_core.parallel`).
     """
+    if processes > 1:
+        if features is not None:
+            raise ConfigError("precomputed features are for one process; leave processes at 1")
+        return parallel.run_parallel(
+            transfer, processes,
+            {"on_progress": on_progress, "should_stop": should_stop, "on_epoch": on_epoch},
+            source=source, data=data, config=config, device=device, seed=seed,
+            state_path=state_path,
+        )  # fmt: skip
     config = config or TransferConfig()
     _check_fit(source, data, config)
     dev = resolve_device(device)

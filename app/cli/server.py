@@ -46,7 +46,12 @@ def add_commands(sub: Any) -> None:
     up.add_argument("--revision", default="head", help="target revision [default: head]")
     up.set_defaults(func=_cmd_db_upgrade)
 
-    p = sub.add_parser("storage", help="artifact storage")
+    p = sub.add_parser(
+        "storage",
+        help="artifact storage",
+        description="The service's artifact storage: the folder (CARTL_STORAGE_DIR) or a bucket "
+        "(CARTL_STORAGE_URL, with the AWS_* settings).",
+    )
     ssub = p.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
     check = ssub.add_parser(
         "check",

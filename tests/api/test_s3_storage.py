@@ -248,3 +248,39 @@ def test_reconcile_removes_a_bucket_s_orphans_and_stale_parts(
     assert sorted(result.removed) == ["checkpoints/ckpt_orphan", "jobs/job_orphan"]
     assert list(_objects(api, bucket)) == [f"datasets/{kept}/d.npz"]
     assert _uploads_in_progress(api, bucket) == []
+
+
+def test_cartl_storage_check_says_what_is_wrong_and_makes_a_missing_bucket(
+    s3_endpoint: str, api: Any, tmp_path: Path
+) -> None:
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    from tests.services import ROOT
+
+    name = f"cartl-check-{secrets.token_hex(4)}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTL_")}
+    env.update(CARTL_DATA_DIR=str(tmp_path), CARTL_STORAGE_URL=f"s3://{name}/cartl")
+
+    def check(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "storage", "check", *flags],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    refused = check()
+    assert refused.returncode == 1
+    assert "has no such bucket" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    made = check("--create-bucket")
+    assert made.returncode == 0, made.stderr
+    assert f"created the bucket {name}" in made.stderr
+    assert f"artifact storage s3://{name}/cartl/: ok" in made.stderr
+    assert check().returncode == 0
+    api.delete_bucket(Bucket=name)
+    env.pop("CARTL_STORAGE_URL")
+    folder = check()
+    assert folder.returncode == 0, folder.stderr
+    assert f"artifact storage {tmp_path / 'artifacts'}: ok" in folder.stderr

@@ -12,6 +12,7 @@ and a failed write leaves nothing a row could name.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StoredFile",
+    "Tally",
     "UploadTooLargeError",
     "check_key",
     "keep_files_private",
@@ -67,6 +69,25 @@ class UploadTooLargeError(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the upload is larger than the limit of {limit} bytes")
         self.limit = limit
+
+
+class Tally:
+    """The bytes of an upload as they pass: their count, against ``limit``, and their sha256."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UploadTooLargeError(self.limit)
+        self._digest.update(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
 
 class StorageError(OSError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from app.storage.base import (
     ObjectInfo,
     Storage,
     StoredFile,
-    UploadTooLargeError,
+    Tally,
     check_key,
 )
 from cartl_core.provenance import sha256_file
@@ -63,21 +62,18 @@ class LocalStorage(Storage):
     ) -> StoredFile:
         dest = self.path(key)
         _make_private_dirs(dest.parent)
-        digest, size = hashlib.sha256(), 0
+        tally = Tally(limit)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise UploadTooLargeError(limit)
-                    digest.update(chunk)
+                    tally.add(chunk)
                     f.write(chunk)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return StoredFile(dest, size, digest.hexdigest(), key)
+        return StoredFile(dest, tally.size, tally.sha256, key)
 
     def put_file(self, key: str, src: Path, sha256: str | None = None) -> StoredFile:
         """A rename when ``src`` is a temporary file on the same file system would be cheaper,

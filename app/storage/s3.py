@@ -20,6 +20,7 @@ Objects this backend writes from a file record their sha256 in the object's meta
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -40,7 +41,7 @@ from app.storage.base import (
     Storage,
     StorageError,
     StoredFile,
-    UploadTooLargeError,
+    Tally,
     check_key,
     problem_text,
 )
@@ -278,83 +279,51 @@ class S3Storage(Storage):
 
     # ---------------------------------------------------------------- writes
 
+    async def _acall(self, what: str, fn: Callable[..., _T], **kw: Any) -> _T:
+        """:meth:`_call` in a worker thread: boto3 blocks."""
+        return await anyio.to_thread.run_sync(functools.partial(self._call, what, fn, **kw))
+
     async def write_stream(
         self, key: str, chunks: AsyncIterator[bytes], *, limit: int
     ) -> StoredFile:
         """Parts of ``part_bytes`` go up as they arrive (a small upload is one PUT), and the
         bytes are spooled to a local copy for the probe: memory holds about one part."""
-        full = self._key(key)
+        full, what = self._key(key), f"write {key}"
         spool_dir = Path(tempfile.mkdtemp(prefix="cartl-upload-", dir=self.scratch))
         spool = spool_dir / PurePosixPath(key).name
-        digest, size = hashlib.sha256(), 0
+        tally = Tally(limit)
         buffer = bytearray()
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
+        target = {"Bucket": self.bucket, "Key": full}
 
         async def send_part() -> None:
             nonlocal upload_id
             if upload_id is None:
-                created = await anyio.to_thread.run_sync(
-                    lambda: self._call(
-                        f"write {key}",
-                        self._client.create_multipart_upload,
-                        Bucket=self.bucket,
-                        Key=full,
-                    )
-                )
+                created = await self._acall(what, self._client.create_multipart_upload, **target)
                 upload_id = str(created["UploadId"])
             number, body = len(parts) + 1, bytes(buffer[: self.part_bytes])
             del buffer[: self.part_bytes]
-            sent = await anyio.to_thread.run_sync(
-                lambda: self._call(
-                    f"write {key}",
-                    self._client.upload_part,
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                )
-            )
+            sent = await self._acall(what, self._client.upload_part, **target,
+                                     UploadId=upload_id, PartNumber=number, Body=body)  # fmt: skip
             parts.append({"PartNumber": number, "ETag": sent["ETag"]})
 
         try:
             with spool.open("wb") as f:
                 async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise UploadTooLargeError(limit)
-                    digest.update(chunk)
+                    tally.add(chunk)
                     f.write(chunk)
                     buffer += chunk
                     while len(buffer) >= self.part_bytes:
                         await send_part()
-            sha = digest.hexdigest()
             if upload_id is None:
-                body = bytes(buffer)
-                await anyio.to_thread.run_sync(
-                    lambda: self._call(
-                        f"write {key}",
-                        self._client.put_object,
-                        Bucket=self.bucket,
-                        Key=full,
-                        Body=body,
-                        Metadata={"sha256": sha},
-                    )
-                )
+                await self._acall(what, self._client.put_object, **target, Body=bytes(buffer),
+                                  Metadata={"sha256": tally.sha256})  # fmt: skip
             else:
                 if buffer:
                     await send_part()
-                await anyio.to_thread.run_sync(
-                    lambda: self._call(
-                        f"write {key}",
-                        self._client.complete_multipart_upload,
-                        Bucket=self.bucket,
-                        Key=full,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},
-                    )
-                )
+                await self._acall(what, self._client.complete_multipart_upload, **target,
+                                  UploadId=upload_id, MultipartUpload={"Parts": parts})  # fmt: skip
         except BaseException:
             if upload_id is not None:
                 # Shielded: a client that went away cancels this task, and the abort must still
@@ -363,7 +332,7 @@ class S3Storage(Storage):
                     await anyio.to_thread.run_sync(self._abort, full, upload_id)
             shutil.rmtree(spool_dir, ignore_errors=True)
             raise
-        return StoredFile(spool, size, sha, key)
+        return StoredFile(spool, tally.size, tally.sha256, key)
 
     def _abort(self, full: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):

@@ -71,6 +71,10 @@ class MirroredWorkspace(Workspace):
         super().__init__(storage, job_id)
         if scratch is not None:
             scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # What an earlier attempt of this job left here when its process was killed: the
+        # bucket has what it copied, which is what a resume starts from.
+        for left in Path(scratch or tempfile.gettempdir()).glob(f"cartl-{job_id}-*"):
+            shutil.rmtree(left, ignore_errors=True)
         self.root = Path(tempfile.mkdtemp(prefix=f"cartl-{job_id}-", dir=scratch))
         self.sync_s = sync_s
         self._sent: dict[Path, tuple[int, int]] = {}

@@ -125,3 +125,28 @@ def test_a_job_whose_bucket_is_gone_fails_saying_so(tmp_path: Path, bucket: str)
     assert job.error is not None
     assert "the artifact storage has no such bucket" in job.error
     assert "Traceback" not in job.error
+
+
+def test_a_retry_here_removes_what_a_killed_attempt_left_and_brings_back_its_state(
+    bucket: str, tmp_path: Path
+) -> None:
+    from app.storage.s3 import S3Storage
+    from worker.workspace import open_workspace
+
+    storage = S3Storage(bucket)
+    scratch = tmp_path / "scratch"
+    left = scratch / "cartl-job_x-abc123"
+    (left / "jobs" / "job_x").mkdir(parents=True)
+    (left / "jobs" / "job_x" / "state.pt").write_bytes(b"stale")
+    src = tmp_path / "state.pt"
+    src.write_bytes(b"epoch 3")
+    storage.put_file("jobs/job_x/state.pt", src)
+
+    with open_workspace(storage, "job_x", scratch, sync_s=60) as ws:
+        assert not left.exists()
+        assert ws.local("jobs/job_x/state.pt").read_bytes() == b"epoch 3"
+        ws.local("jobs/job_x/state.pt").write_bytes(b"epoch 4")
+        ws.sync()
+    fetched = storage.fetch("jobs/job_x/state.pt", tmp_path / "back.pt")
+    assert fetched.read_bytes() == b"epoch 4"
+    assert list(scratch.iterdir()) == []

@@ -39,7 +39,7 @@ from app.services.jobs import candidates_prefix
 from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
 from app.storage import open_storage, problem_text, storage_problem
-from worker.workspace import MirroredWorkspace, Workspace, open_workspace
+from worker.workspace import Workspace, open_workspace
 
 if TYPE_CHECKING:
     from cartl_core.data import Resize
@@ -322,10 +322,7 @@ class _Run:
         if isinstance(exc, SQLAlchemyError):
             # Never the statement or its parameters: the worker's log has them.
             return f"internal error: the service's database failed ({type(exc).__name__})"
-        described = self.storage.scrub(described)
-        if isinstance(self.workspace, MirroredWorkspace):
-            described = described.replace(str(self.workspace.root), "<job folder>")
-        return described
+        return self.workspace.scrub(described)
 
     def _clean_up_files(self) -> None:
         """What an unfinished job leaves: its resumable state, its extra files (a compare's

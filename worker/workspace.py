@@ -51,6 +51,10 @@ class Workspace:
     def sync(self) -> None:
         """Everything the job wrote so far is in storage (it is already, here)."""
 
+    def scrub(self, text: str) -> str:
+        """``text`` without where the job's files are on this server (an error a user sees)."""
+        return self.storage.scrub(text)
+
     def publish(self, key: str) -> StoredFile:
         """A result the job wrote to ``local(key)``, stored under ``key``."""
         return self.storage.put_file(key, self.local(key))
@@ -135,6 +139,9 @@ class MirroredWorkspace(Workspace):
                     key = path.relative_to(self.root).as_posix()
                     self.storage.put_file(key, path)
                     self._sent[path] = seen
+
+    def scrub(self, text: str) -> str:
+        return super().scrub(text).replace(str(self.root), "<job folder>")
 
     def publish(self, key: str) -> StoredFile:
         self.sync()  # copies it, with the rest

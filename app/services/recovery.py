@@ -36,7 +36,6 @@ from app.services import job_states
 from app.services.queue import Send, enqueue_job
 from app.settings import Settings
 from app.storage import Storage, open_storage
-from app.storage.s3 import S3Storage
 
 __all__ = [
     "Reconciled",
@@ -183,9 +182,8 @@ def reconcile_storage(
         for name in sorted(set(old) - known):
             storage.delete_prefix(f"{folder}/{name}")
             removed.append(f"{folder}/{name}")
-    if isinstance(storage, S3Storage):
-        # Parts of uploads a killed process began: invisible, but they take space.
-        storage.abort_stale_uploads(grace_s)
+    # Parts of uploads a killed process began: invisible, but they take space.
+    storage.abort_stale_uploads(grace_s)
     missing: list[str] = []
     with factory() as s:
         for upload_model in (Checkpoint, DatasetRow):

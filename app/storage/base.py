@@ -138,8 +138,8 @@ class Storage(ABC):
     #: Whether :meth:`path` names the stored file itself, so jobs read and write in place.
     is_local: bool = False
 
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        return self.info(key) is not None
 
     @abstractmethod
     def info(self, key: str) -> ObjectInfo | None:
@@ -193,6 +193,11 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove one object; one that is not there is fine."""
+
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Abort uploads begun more than ``older_than_s`` ago whose parts a killed process left
+        (a bucket's multipart uploads); returns how many. A folder writes whole files."""
+        return 0
 
     @abstractmethod
     def check(self) -> str:

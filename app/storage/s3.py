@@ -164,9 +164,6 @@ class S3Storage(Storage):
 
     # ---------------------------------------------------------------- reads
 
-    def exists(self, key: str) -> bool:
-        return self.info(key) is not None
-
     def info(self, key: str) -> ObjectInfo | None:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -242,26 +239,27 @@ class S3Storage(Storage):
         )
         return url
 
+    def _list(self, operation: str, entries: str, prefix: str) -> list[dict[str, Any]]:
+        """Every entry of a paginated listing under the full key ``prefix``: the objects
+        (``list_objects_v2``, ``Contents``) or the multipart uploads under way
+        (``list_multipart_uploads``, ``Uploads``)."""
+        pages = self._client.get_paginator(operation).paginate(Bucket=self.bucket, Prefix=prefix)
+        return self._call(f"list {prefix}", lambda: [e for p in pages for e in p.get(entries, [])])
+
+    def _objects(self, prefix: str) -> list[dict[str, Any]]:
+        return self._list("list_objects_v2", "Contents", prefix)
+
+    def _uploads(self, prefix: str) -> list[dict[str, Any]]:
+        return self._list("list_multipart_uploads", "Uploads", prefix)
+
     def keys(self, prefix: str) -> list[str]:
-        base = self._folder(prefix)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base
-        )
-        listed = self._call(
-            f"list {prefix}", lambda: [o["Key"] for p in pages for o in p.get("Contents", [])]
-        )
-        return sorted(k[len(self.prefix) :] for k in listed)
+        listed = self._objects(self._folder(prefix))
+        return sorted(o["Key"][len(self.prefix) :] for o in listed)
 
     def folders(self, folder: str) -> dict[str, float]:
         base = self._folder(folder)
         newest: dict[str, float] = {}
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base
-        )
-        listed = self._call(
-            f"list {folder}", lambda: [o for p in pages for o in p.get("Contents", [])]
-        )
-        for obj in listed:
+        for obj in self._objects(base):
             name = obj["Key"][len(base) :].split("/", 1)[0]
             when = obj["LastModified"].timestamp()
             newest[name] = max(newest.get(name, 0.0), when)
@@ -270,12 +268,6 @@ class S3Storage(Storage):
             name = upload["Key"][len(base) :].split("/", 1)[0]
             newest[name] = max(newest.get(name, 0.0), time.time())
         return newest
-
-    def _uploads(self, prefix: str) -> list[dict[str, Any]]:
-        pages = self._client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.bucket, Prefix=prefix
-        )
-        return self._call("list uploads", lambda: [u for p in pages for u in p.get("Uploads", [])])
 
     # ---------------------------------------------------------------- writes
 
@@ -373,12 +365,7 @@ class S3Storage(Storage):
 
     def remove_prefix(self, prefix: str) -> None:
         base = self._folder(prefix)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base
-        )
-        keys = self._call(
-            f"list {prefix}", lambda: [o["Key"] for p in pages for o in p.get("Contents", [])]
-        )
+        keys = [o["Key"] for o in self._objects(base)]
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             answer = self._call(
@@ -398,8 +385,8 @@ class S3Storage(Storage):
             self._abort(upload["Key"], upload["UploadId"])
 
     def abort_stale_uploads(self, older_than_s: float) -> int:
-        """Abort multipart uploads begun more than ``older_than_s`` ago (a process killed in the
-        middle of one): their parts are invisible but take space. Returns how many."""
+        """Multipart uploads begun more than ``older_than_s`` ago (a process killed in the
+        middle of one): their parts are invisible but take space."""
         now = time.time()
         stale = [
             u for u in self._uploads(self.prefix) if now - u["Initiated"].timestamp() > older_than_s

@@ -921,11 +921,14 @@ def estimate_cost(
         keys = []
         not_shared: dict[str, str] = {}
         room = _feature_room(train.images.device)
+        fits: dict[int, bool] = {}
         for cand in plan:
             tc = cand.transfer_config(config)
             bs = tc.resolved_schedule().batch_size
             why = shares_frozen_part(tc, augmentation) if share_features else "not asked to"
-            if why is None and _feature_bytes(source, train, cand.k) > room:
+            if why is None and cand.k not in fits:
+                fits[cand.k] = _feature_bytes(source, train, cand.k) <= room
+            if why is None and not fits[cand.k]:
                 why = f"its features of {len(train)} images would not fit in memory"
             if why is not None:
                 not_shared[cand.name] = why
@@ -1033,24 +1036,21 @@ class _Run:
     fingerprint: dict[str, Any]
     on_progress: CompareProgressFn | None
     should_stop: StopFn | None
-    #: Whether candidates whose frozen part is fixed train on its features computed once.
-    share_features: bool = True
-    #: Those features, by k.
+    #: The candidates that compute the frozen part in every batch (the estimate decided which).
+    not_shared: dict[str, str] = field(default_factory=dict)
+    #: The frozen part's features of the training images, by k.
     features: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def shared_features(self, tc: TransferConfig) -> torch.Tensor | None:
-        """The frozen part's features of the training images for ``tc``'s k, computed at the
-        first candidate that can use them; None where ``tc`` cannot (or they would not fit)."""
-        augmentation = Augmentation.from_name(tc.augmentation, self.fit_data.input_shape)
-        if not self.share_features or shares_frozen_part(tc, augmentation) is not None:
+    def shared_features(self, cand: Candidate) -> torch.Tensor | None:
+        """The frozen part's features of the training images for ``cand``'s k, computed at the
+        first candidate that uses them; None for a candidate that does not share."""
+        if cand.name in self.not_shared:
             return None
-        if tc.k not in self.features:
-            if _feature_bytes(self.source, self.fit_data.train, tc.k) > _feature_room(self.device):
-                return None
-            self.features[tc.k] = frozen_features(
-                self.source, self.fit_data.train, tc.k, device=self.device
+        if cand.k not in self.features:
+            self.features[cand.k] = frozen_features(
+                self.source, self.fit_data.train, cand.k, device=self.device
             )
-        return self.features[tc.k]
+        return self.features[cand.k]
 
     def emit(self, stage: str, index: int, name: str, **kw: Any) -> None:
         if self.on_progress is not None:
@@ -1072,7 +1072,7 @@ class _Run:
         t0 = time.monotonic()
         state = None if path is None else path.with_name(path.name + ".state")
         # Inside this candidate's time: the first that computes the features pays for them.
-        features = self.shared_features(tc)
+        features = self.shared_features(cand)
         trained = transfer(
             self.source,
             self.fit_data,
@@ -1291,7 +1291,7 @@ def compare(
         fingerprint={**_fingerprint(data, held, config, seed, audit), **_source_fingerprint(source)}
         if out_dir is not None
         else {},
-        on_progress=on_progress, should_stop=should_stop, share_features=share_features,
+        on_progress=on_progress, should_stop=should_stop, not_shared=estimate.not_shared,
     )  # fmt: skip
     run.emit("estimate", 0, plan[0].name, estimate=estimate)
     results = []

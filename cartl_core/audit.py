@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from cartl_core import parallel
 from cartl_core._runtime import (
     autocast,
     effective_precision,
@@ -39,6 +41,7 @@ from cartl_core._runtime import (
 from cartl_core._stop import StopFn, check_stop, stop_when
 from cartl_core.attacks import apgd, apgd_targeted, fab_targeted, fgsm, robust_mask, square
 from cartl_core.attacks.apgd import targeted_loss_for
+from cartl_core.attacks.draws import Draws
 from cartl_core.attacks.losses import ce_loss
 from cartl_core.config import ENSEMBLES, AuditConfig, resolve_attacks
 from cartl_core.data import Split
@@ -68,7 +71,7 @@ SCHEMA_VERSION = 1
 
 #: Bumped whenever a change to the attacks can change a robust accuracy: stored results made by
 #: an older revision (compare's reusable candidates) are then recomputed, not reused.
-ATTACKS_REVISION = 2
+ATTACKS_REVISION = 3
 
 #: CE-PGD may stand this far above the ensemble before the audit calls it masking: the models
 #: this product trains sit up to 8.3 points apart (see :func:`ce_gap_verdict`).
@@ -266,8 +269,11 @@ class AuditEvent:
 
 ProgressFn = Callable[[AuditEvent], None]
 #: Runs one attack on a batch of clean-correct samples and returns which stayed robust; the
-#: second argument hears (steps done, planned) within the batch.
-BatchAttack = Callable[[torch.Tensor, torch.Tensor, Callable[[int, int], None]], torch.Tensor]
+#: third argument hears (steps done, planned) within the batch, the fourth is the batch's
+#: random numbers, keyed by sample.
+BatchAttack = Callable[
+    [torch.Tensor, torch.Tensor, Callable[[int, int], None], Draws], torch.Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -328,27 +334,29 @@ def _spec(name: str, cfg: AuditConfig, eps: float, classes: int) -> _Spec:
 def _batch_attack(model: nn.Module, spec: _Spec, cfg: AuditConfig, eps: float) -> BatchAttack:
     norm, precision = cfg.norm, cfg.precision
 
-    def run(x: torch.Tensor, y: torch.Tensor, on_step: Callable[[int, int], None]) -> torch.Tensor:
+    def run(
+        x: torch.Tensor, y: torch.Tensor, on_step: Callable[[int, int], None], draws: Draws
+    ) -> torch.Tensor:
         if spec.kind == "apgd":
             return apgd(
                 model, x, y, eps=eps, norm=norm, steps=spec.steps, restarts=spec.restarts,
-                loss=spec.loss, precision=precision, on_step=on_step,
+                loss=spec.loss, precision=precision, on_step=on_step, draws=draws,
             ).robust  # fmt: skip
         if spec.kind == "apgd-t":
             return apgd_targeted(
                 model, x, y, eps=eps, norm=norm, steps=spec.steps, restarts=spec.restarts,
                 targets=cfg.apgd_targets, loss=spec.loss.removesuffix("-targeted"),
-                precision=precision, on_step=on_step,
+                precision=precision, on_step=on_step, draws=draws,
             ).robust  # fmt: skip
         if spec.kind == "fab-t":
             return fab_targeted(
                 model, x, y, eps=eps, norm=norm, steps=spec.steps, targets=cfg.fab_targets,
-                precision=precision, on_step=on_step,
+                precision=precision, on_step=on_step, draws=draws,
             ).robust  # fmt: skip
         if spec.kind == "square":
             return square(
                 model, x, y, eps=eps, norm=norm, queries=spec.queries or cfg.square_queries,
-                rescale=cfg.square_rescale, precision=precision, on_step=on_step,
+                rescale=cfg.square_rescale, precision=precision, on_step=on_step, draws=draws,
             ).robust  # fmt: skip
         if spec.kind == "fgsm":
             x_adv = fgsm(model, x, y, eps, precision=precision)
@@ -360,6 +368,7 @@ def _batch_attack(model: nn.Module, spec: _Spec, cfg: AuditConfig, eps: float) -
         return robust_mask(
             model, x, y, eps=eps, alpha=spec.alpha, steps=spec.steps, norm=norm,
             restarts=spec.restarts, loss=spec.loss, precision=precision, on_step=on_step,
+            draws=draws,
         )  # fmt: skip
 
     return run
@@ -398,12 +407,26 @@ _EMIT_EVERY_S = 0.25
 
 class _Auditor:
     """One audit's state: the data on the device, the clean pass, the measured cost of a pass,
-    progress and timing."""
+    progress and timing.
+
+    On several processes every rank runs the same audit: each attack's samples are dealt out
+    over the ranks, and the flags of the samples each rank broke are combined before the next
+    attack, so every rank goes on from the same survivors. A sample's random numbers are keyed
+    by its index and the attack's place in the audit (:class:`Draws`), so it gets the numbers it
+    would get on one process, in any batch."""
 
     def __init__(
-        self, model: nn.Module, data: Split, cfg: AuditConfig, on_progress: ProgressFn | None
+        self,
+        model: nn.Module,
+        data: Split,
+        cfg: AuditConfig,
+        on_progress: ProgressFn | None,
+        seed: int,
     ) -> None:
         self.model, self.data, self.cfg, self.on_progress = model, data, cfg, on_progress
+        self.seed = seed
+        group = parallel.current()
+        self.rank, self.world = (group.rank, group.world) if group else (0, 1)
         self.dev = model_device(model)
         self.labels = data.labels
         self.n = len(data)
@@ -475,6 +498,7 @@ class _Auditor:
     def bound(self, spec: _Spec, samples: int) -> float:
         grads, forwards = spec.passes()
         bs = self.cfg.batch_size
+        samples = -(-samples // self.world)  # each rank attacks its share at once
         sizes = [bs] * (samples // bs) + ([samples % bs] if samples % bs else [])
         return sum(self.cost.seconds(grads, forwards, size) for size in sizes)
 
@@ -518,27 +542,41 @@ class _Auditor:
         label = _label(name, eps, role)
         attack = _batch_attack(self.model, spec, cfg, eps)
         self.clock.index += 1
+        draws = Draws(seed=self.seed, stream=(self.clock.index,))
         t0 = time.monotonic()
         robust = alive.clone()
-        idx = alive.nonzero().squeeze(1)
-        total = int(idx.numel())
+        every = alive.nonzero().squeeze(1)
+        total = int(every.numel())
+        # Dealt out in turn, so that each rank gets samples from all over the set.
+        idx = every[self.rank :: self.world]
+        own = int(idx.numel())
         bs = self.cfg.batch_size
 
         def report(finished: int, part: int, steps_done: int, steps: int, final: bool) -> None:
-            frac = (finished + part * steps_done / max(1, steps)) / total if total else 1.0
+            frac = (finished + part * steps_done / max(1, steps)) / own if own else 1.0
             done = finished + (part if steps_done >= steps else 0)
+            # Rank 0's share stands for the whole: the ranks' shares differ by one sample.
+            done = total if final else min(total, done * total // max(1, own))
             self.emit(label, role, done, total, frac, time.monotonic() - t0, final)
 
         def within(start: int, part: int) -> Callable[[int, int], None]:
             return lambda steps_done, steps: report(start, part, steps_done, steps, False)
 
-        report(0, 0, 0, 1, total == 0)
-        for start in range(0, total, bs):
+        report(0, 0, 0, 1, own == 0)
+        for start in range(0, own, bs):
             part = idx[start : start + bs]
             sub = self.data.subset(part)
             n_part = int(part.numel())
-            robust[part] = attack(sub.float_images(), sub.labels, within(start, n_part))
-            report(start, n_part, 1, 1, start + bs >= total)
+            batch_draws = Draws(part, draws.seed, draws.stream)
+            robust[part] = attack(
+                sub.float_images(), sub.labels, within(start, n_part), batch_draws
+            )
+            report(start, n_part, 1, 1, start + bs >= own)
+        if self.world > 1:
+            # Each rank cleared only the flags of samples it broke: the minimum holds them all.
+            flags = robust.to(torch.int32)
+            parallel.all_reduce_(flags, dist.ReduceOp.MIN)
+            robust = flags.bool()
         seconds = time.monotonic() - t0
         self.clock.spent += seconds
         self.clock.bounded += self.bound(spec, total)
@@ -697,14 +735,35 @@ def run_ensemble(
     config: AuditConfig | None = None,
     *,
     on_progress: ProgressFn | None = None,
+    seed: int | None = None,
+    processes: int = 1,
 ) -> EnsembleResult:
-    """Only the ensemble of ``config.attacks`` at ``config.eps[0]``, per-sample worst case."""
+    """Only the ensemble of ``config.attacks`` at ``config.eps[0]``, per-sample worst case.
+    ``seed`` and ``processes``: as :func:`audit`'s."""
+    seed = _audit_seed(seed)
+    if processes > 1:
+        return parallel.run_parallel(
+            _ensemble, processes, {"on_progress": on_progress},
+            model=model, data=data, config=config, seed=seed, device=model_device(model),
+        )  # fmt: skip
+    return _ensemble(model, data, config, seed, model_device(model), on_progress)
+
+
+def _ensemble(
+    model: nn.Module,
+    data: Split,
+    config: AuditConfig | None,
+    seed: int,
+    device: torch.device,
+    on_progress: ProgressFn | None = None,
+) -> EnsembleResult:
+    model.to(device)
     cfg = config or AuditConfig()
     _, names = resolve_attacks(cfg.attacks, cfg.steps)
     was_training = model.training
     model.eval()
     try:
-        a = _Auditor(model, data.to(model_device(model)), cfg, on_progress)
+        a = _Auditor(model, data.to(device), cfg, on_progress, seed)
         estimate = a.start(_ensemble_plan(names, cfg.eps[0], "ensemble"))
         robust = a.ensemble(names, a.clean, cfg.eps[0], "ensemble")
     finally:
@@ -748,6 +807,8 @@ def audit(
     train_accuracy: float | None = None,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    seed: int | None = None,
+    processes: int = 1,
 ) -> AuditReport:
     """Audit ``model`` (on its current device) on ``data``; the model's mode is restored.
 
@@ -756,9 +817,44 @@ def audit(
     ``on_progress`` hears an :class:`AuditEvent` with the cost estimate before the first attack,
     then the progress within each attack. ``should_stop`` is asked at every attack step (query,
     for Square): true ends the audit with :class:`~cartl_core.errors.CancelledError`.
+
+    ``seed`` fixes the attacks' random numbers, each a function of the seed, the attack and the
+    sample alone (default: drawn from torch's global generator, so ``torch.manual_seed`` before
+    the call fixes them too). ``processes``: the attacks' samples dealt out over that many
+    processes (GPUs ``cuda:0..``, or CPU processes), with the results of one process: the same
+    random numbers for every sample, per-sample arithmetic (tests/core/test_parallel.py).
     """
+    seed = _audit_seed(seed)
+    if processes > 1:
+        return parallel.run_parallel(
+            _audit_on_rank, processes,
+            {"on_progress": on_progress, "should_stop": should_stop},
+            model=model, data=data, config=config, class_names=class_names,
+            train_accuracy=train_accuracy, seed=seed, device=model_device(model),
+        )  # fmt: skip
     with stop_when(should_stop):
-        return _audit(model, data, config, class_names, train_accuracy, on_progress)
+        return _audit(model, data, config, class_names, train_accuracy, on_progress, seed)
+
+
+def _audit_seed(seed: int | None) -> int:
+    return int(torch.randint(0, 2**62, ())) if seed is None else seed
+
+
+def _audit_on_rank(
+    model: nn.Module,
+    data: Split,
+    config: AuditConfig | None,
+    class_names: tuple[str, ...] | None,
+    train_accuracy: float | None,
+    seed: int,
+    device: torch.device,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> AuditReport:
+    """One rank's audit: every rank runs it on the same model and data (:class:`_Auditor`)."""
+    model.to(device)
+    with stop_when(should_stop):
+        return _audit(model, data, config, class_names, train_accuracy, on_progress, seed)
 
 
 def _audit(
@@ -768,6 +864,7 @@ def _audit(
     class_names: tuple[str, ...] | None,
     train_accuracy: float | None,
     on_progress: ProgressFn | None,
+    seed: int,
 ) -> AuditReport:
     cfg = config or AuditConfig()
     ensemble_name, names = resolve_attacks(cfg.attacks, cfg.steps)
@@ -778,7 +875,7 @@ def _audit(
     # The test set stays resident on the device (uint8 where it was) for every attack.
     data = data.to(dev)
     try:
-        a = _Auditor(model, data, cfg, on_progress)
+        a = _Auditor(model, data, cfg, on_progress, seed)
         a.start(_plan(a, names))
         eps0 = cfg.eps[0]
         robust = a.ensemble(names, a.clean, eps0, "ensemble")
@@ -1013,7 +1110,9 @@ def _black_box_check(
         mask = None
     else:
         survivors = robust.nonzero().squeeze(1)
-        probe = survivors[torch.randperm(survivors.numel(), device=a.dev)[: cfg.check_samples]]
+        g = torch.Generator().manual_seed(a.seed)
+        pick = torch.randperm(survivors.numel(), generator=g)[: cfg.check_samples]
+        probe = survivors[pick.to(a.dev)]
         sel = torch.zeros_like(robust)
         sel[probe] = True
         shorter = cfg.with_(square_queries=min(cfg.square_queries, PROBE_QUERIES))

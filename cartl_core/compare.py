@@ -910,6 +910,7 @@ def estimate_cost(
     audit: AuditConfig,
     evaluated: int = 0,
     share_features: bool = True,
+    processes: int = 1,
 ) -> CostEstimate:
     """Measured per-batch costs times the planned batches (see :class:`CostEstimate`), timed on
     copies of ``source`` on the device ``train`` is on; ``audited`` is the number of samples each
@@ -926,6 +927,8 @@ def estimate_cost(
             tc = cand.transfer_config(config)
             bs = tc.resolved_schedule().batch_size
             why = shares_frozen_part(tc, augmentation) if share_features else "not asked to"
+            if why is None and processes > 1:
+                why = f"its training runs on {processes} processes, each of its own rows"
             if why is None and cand.k not in fits:
                 fits[cand.k] = _feature_bytes(source, train, cand.k) <= room
             if why is None and not fits[cand.k]:
@@ -1040,6 +1043,7 @@ class _Run:
     not_shared: dict[str, str] = field(default_factory=dict)
     #: The frozen part's features of the training images, by k.
     features: dict[int, torch.Tensor] = field(default_factory=dict)
+    processes: int = 1
 
     def shared_features(self, cand: Candidate) -> torch.Tensor | None:
         """The frozen part's features of the training images for ``cand``'s k, computed at the
@@ -1083,6 +1087,7 @@ class _Run:
             state_path=state,
             on_progress=lambda ev: self.emit("train", index, cand.name, training=ev),
             should_stop=self.should_stop,
+            processes=self.processes,
         )
         model = trained.model
         synchronize(self.device)
@@ -1146,7 +1151,9 @@ class _Run:
         # The same attack randomness for every candidate: differences are the models'.
         torch.manual_seed(self.seed)
         with stop_when(self.should_stop):
-            result = run_ensemble(model, split, self.audit, on_progress=progress)
+            result = run_ensemble(
+                model, split, self.audit, on_progress=progress, processes=self.processes
+            )
         assert result.clean is not None
         return _Measured(
             result.clean_accuracy,
@@ -1237,6 +1244,7 @@ def compare(
     on_progress: CompareProgressFn | None = None,
     should_stop: StopFn | None = None,
     share_features: bool = True,
+    processes: int = 1,
 ) -> CompareResult:
     """Train the planned candidates of ``source`` on ``data``, audit them, choose one.
 
@@ -1252,6 +1260,10 @@ def compare(
     reused). ``on_progress`` gets a :class:`CompareEvent` with the cost estimate before anything
     trains, then one per training and audit step of each candidate. ``source`` is left untouched;
     every candidate's model comes back on the CPU, the chosen one as ``result.model``.
+
+    ``processes``: each candidate's training and audits run data-parallel on that many
+    processes (GPUs ``cuda:0..``, or CPU processes), with the numbers of one; the frozen
+    features are then not shared (they are computed on one process).
     """
     config = config or CompareConfig()
     started = time.monotonic()
@@ -1279,6 +1291,7 @@ def compare(
         audit=audit,
         evaluated=len(fit_data.test),
         share_features=share_features,
+        processes=processes,
     )
     default = config.max_cost_seconds is None and dev.type == "cpu"
     budget = CPU_MAX_COST_SECONDS if default else config.max_cost_seconds
@@ -1292,6 +1305,7 @@ def compare(
         if out_dir is not None
         else {},
         on_progress=on_progress, should_stop=should_stop, not_shared=estimate.not_shared,
+        processes=processes,
     )  # fmt: skip
     run.emit("estimate", 0, plan[0].name, estimate=estimate)
     results = []

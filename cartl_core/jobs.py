@@ -269,9 +269,9 @@ def run_job(
     the kind's progress events (``JobKind.progress``); ``extra_dir`` holds the files a kind keeps
     across a retry (a compare's candidates; default: beside ``out_path``). ``should_stop`` is
     asked at every step of every long loop (data decoding, training batches, attack steps and
-    queries): true ends the job with :class:`CancelledError` within one step. ``processes``: a
-    pre-training or transfer runs data-parallel on that many processes (GPUs ``cuda:0..``, or
-    CPU processes), with the numbers of one.
+    queries): true ends the job with :class:`CancelledError` within one step. ``processes``: the
+    job's training (data-parallel) and audits (samples dealt out) run on that many processes
+    (GPUs ``cuda:0..``, or CPU processes), with the numbers of one.
     """
     spec = get_kind(kind)
     context = RunContext(

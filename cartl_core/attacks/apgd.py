@@ -25,6 +25,7 @@ from torch import nn
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
+from cartl_core.attacks.draws import Draws
 from cartl_core.attacks.losses import (
     ce_loss,
     cw_margin_loss,
@@ -65,14 +66,14 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(round(p * steps, 9)) for p in fractions if 0 < p <= 1})
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def _random_start(x: torch.Tensor, eps: float, norm: str, draws: Draws) -> torch.Tensor:
     """The reference's start: a random point on the boundary of the ball (Linf: one coordinate at
     +-eps, the rest scaled alike; L2: a random direction at radius eps), clipped to [0, 1]."""
     if norm == "linf":
-        t = torch.rand_like(x).mul_(2).sub_(1)
+        t = draws.uniform(x).mul_(2).sub_(1)
         t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
     else:
-        t = torch.randn_like(x)
+        t = draws.normal(x)
         t = t / _per_sample_norm(t)
     return (x + eps * t).clamp_(0.0, 1.0)
 
@@ -124,6 +125,7 @@ def _apgd_run(
     extra: dict[str, torch.Tensor],
     precision: Precision,
     on_iteration: Callable[[int], None],
+    draws: Draws,
 ) -> int:
     """One APGD run over the samples ``idx`` of the batch; updates ``robust`` and ``x_out`` in
     place and returns the model evaluations it spent. ``extra`` holds per-sample tensors (such
@@ -133,7 +135,7 @@ def _apgd_run(
     view = (-1, *([1] * (x.ndim - 1)))
     checkpoints = set(apgd_checkpoints(steps))
     s = _Active(idx=idx, x0=x[idx], y=y[idx], **{k: v[idx] for k, v in extra.items()})
-    s["x"] = _random_start(s["x0"], eps, norm)
+    s["x"] = _random_start(s["x0"], eps, norm, draws.rows(idx))
     evaluations = 0
 
     def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -221,10 +223,12 @@ def apgd(
     loss: str = "ce",
     precision: Precision = "fp32",
     on_step: StepFn | None = None,
+    draws: Draws | None = None,
 ) -> AttackOutcome:
     """Untargeted APGD with the ``ce`` (APGD-CE), ``dlr`` or ``cw`` (margin) loss; the standard
     AutoAttack runs APGD-CE with 100 steps and one restart. Each restart attacks only the samples
-    still robust. ``on_step`` hears (iterations done, planned) over all restarts."""
+    still robust. ``on_step`` hears (iterations done, planned) over all restarts. ``draws``: the
+    random starts' numbers, keyed by sample (default: the global generator)."""
     _check(steps, restarts)
     losses: dict[str, SampleLoss] = {"ce": ce_loss, "dlr": dlr_loss, "cw": cw_margin_loss}
     if loss not in losses:
@@ -242,7 +246,7 @@ def apgd(
             evaluations += _apgd_run(
                 model, x, y, robust, x_out, idx, eps=eps, norm=norm, steps=steps,
                 loss_for=lambda _s: fn, extra={}, precision=precision,
-                on_iteration=progress.run(r),
+                on_iteration=progress.run(r), draws=(draws or Draws()).at(r),
             )  # fmt: skip
         progress.finish()
     return AttackOutcome(robust, x_out, evaluations)
@@ -261,6 +265,7 @@ def apgd_targeted(
     loss: str = "auto",
     precision: Precision = "fp32",
     on_step: StepFn | None = None,
+    draws: Draws | None = None,
 ) -> AttackOutcome:
     """APGD-T: APGD on a targeted loss, once for each of the ``targets`` classes with the highest
     clean logits after the true one (bounded by the class count minus one), each run on the
@@ -295,7 +300,7 @@ def apgd_targeted(
                 evaluations += _apgd_run(
                     model, x, y, robust, x_out, idx, eps=eps, norm=norm, steps=steps,
                     loss_for=loss_for, extra={"target": ranked[:, t]}, precision=precision,
-                    on_iteration=progress.run(t * restarts + r),
+                    on_iteration=progress.run(t * restarts + r), draws=(draws or Draws()).at(t, r),
                 )  # fmt: skip
         progress.finish()
     return AttackOutcome(robust, x_out, evaluations)

@@ -27,6 +27,7 @@ from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome, _Active, _random_start
+from cartl_core.attacks.draws import Draws
 from cartl_core.config import PRECISIONS, Precision
 from cartl_core.errors import ConfigError
 
@@ -138,13 +139,18 @@ def _fab_run(
     cfg: _Settings,
     random_start: bool,
     on_iteration: Callable[[int], None],
+    draws: Draws,
 ) -> int:
     """One FAB-T run over the samples in ``s`` (their ``idx`` into the batch, clean ``x0``, label
     ``y`` and ``target``); updates ``robust`` and ``x_out`` in place and returns the model
     evaluations it spent."""
     # The reference starts at radius min(smallest adversarial norm found, eps) / 2: every sample
     # still here found none within eps, so that is eps / 2.
-    s["x1"] = _random_start(s["x0"], cfg.eps / 2, cfg.norm) if random_start else s["x0"]
+    s["x1"] = (
+        _random_start(s["x0"], cfg.eps / 2, cfg.norm, draws.rows(s["idx"]))
+        if random_start
+        else s["x0"]
+    )
     # As in the reference, the start itself is not checked: its logits go unused.
     s["f"], s["g"], _ = _margin_grad(model, s["x1"], s["y"], s["target"], cfg.precision)
     evaluations = len(s)
@@ -234,6 +240,7 @@ def fab_targeted(
     beta: float = 0.9,
     precision: Precision = "fp32",
     on_step: StepFn | None = None,
+    draws: Draws | None = None,
 ) -> AttackOutcome:
     """FAB-T: FAB towards each of the ``targets`` classes with the highest clean logits after the
     true one (bounded by the class count minus one), each run (and restart: a random start at
@@ -258,7 +265,8 @@ def fab_targeted(
                 break
             s = _Active(idx=idx, x0=x[idx], y=y[idx], target=ranked[idx, run // restarts])
             evaluations += _fab_run(
-                model, s, robust, x_out, cfg, run % restarts > 0, progress.run(run)
-            )
+                model, s, robust, x_out, cfg, run % restarts > 0, progress.run(run),
+                (draws or Draws()).at(run),
+            )  # fmt: skip
         progress.finish()
     return AttackOutcome(robust, x_out, evaluations)

@@ -14,6 +14,7 @@ from torch import nn
 from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
+from cartl_core.attacks.draws import Draws
 from cartl_core.attacks.losses import get_loss
 from cartl_core.attacks.threat import L2Ball, LinfBall, threat_model
 from cartl_core.config import Precision
@@ -139,13 +140,15 @@ def robust_mask(
     loss: str = "ce",
     precision: Precision = "fp32",
     on_step: StepFn | None = None,
+    draws: Draws | None = None,
 ) -> torch.Tensor:
     """Which samples survive the attack: a stronger and cheaper test than ``pgd`` then predict.
 
     A sample is broken as soon as ANY iterate of ANY restart is misclassified (checked on the
     logits each step computes anyway), and broken samples leave the batch at once, so a weak
     model costs a fraction of a full run. Clean-misclassified samples are broken at iterate 0
-    when ``random_start`` is off; callers usually pass only clean-correct samples.
+    when ``random_start`` is off; callers usually pass only clean-correct samples. ``draws``:
+    the random starts' numbers, keyed by sample (default: the global generator).
     """
     _check(steps, alpha, restarts)
     ball = threat_model(norm, eps)
@@ -160,7 +163,7 @@ def robust_mask(
                 break
             _track_run(
                 model, x, y, idx, robust, ball, alpha, steps, random_start, loss_fn, precision,
-                progress.run(r),
+                progress.run(r), (draws or Draws()).at(r),
             )  # fmt: skip
         progress.finish()
     return robust
@@ -179,9 +182,10 @@ def _track_run(
     loss_fn: LossFn,
     precision: Precision,
     on_step: Callable[[int], None],
+    draws: Draws,
 ) -> None:
     x0, ya = x[idx], y[idx]
-    xa = ball.random_init(x0) if random_start else x0.clone()
+    xa = ball.random_init(x0, draws.rows(idx)) if random_start else x0.clone()
     every = compact_every(xa.device)
     alive = torch.ones_like(ya, dtype=torch.bool)
     for t in range(steps + 1):

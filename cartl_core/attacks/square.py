@@ -27,6 +27,7 @@ from cartl_core._runtime import StepFn, autocast, frozen_for_attack
 from cartl_core._stop import check_stop
 from cartl_core.attacks._progress import StepCounter
 from cartl_core.attacks.apgd import AttackOutcome
+from cartl_core.attacks.draws import Draws
 from cartl_core.attacks.threat import _per_sample_norm
 from cartl_core.config import Precision
 from cartl_core.errors import ConfigError
@@ -40,6 +41,11 @@ _SCHEDULE = (
 #: A proposal that would leave its window unchanged is redrawn at most this often: with one
 #: channel each redraw succeeds with probability 1/2, so this practically never runs out.
 _REDRAWS = 32
+#: Each sample's signs are drawn for this many queries at once, with this many redraws each:
+#: one draw instead of one or more per query, each of which costs as much as a forward pass of a
+#: small model on the CPU. Later redraws (one query in 256 with one channel) are drawn apart.
+_SIGN_BLOCK = 100
+_REDRAWS_DRAWN = 8
 
 
 def _p_selection(p_init: float, query: int, budget: int, rescale: bool) -> float:
@@ -61,10 +67,6 @@ def _margin(
     return margin
 
 
-def _signs(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return torch.randint(0, 2, shape, device=device).float().mul_(2).sub_(1)
-
-
 def _rectangles(h: int, w: int, device: torch.device) -> torch.Tensor:
     """Concentric rectangles weighted 1/(r+1)^2: the building block of the L2 perturbations."""
     delta = torch.zeros(h, w, device=device)
@@ -78,45 +80,54 @@ def _rectangles(h: int, w: int, device: torch.device) -> torch.Tensor:
     return delta / delta.square().sum().sqrt().clamp_min(1e-12)
 
 
-def _pseudo_gaussian(s: int, device: torch.device) -> torch.Tensor:
-    """An s x s patch: two halves of opposite sign, unit L2 norm, randomly transposed."""
+def _pseudo_gaussian(s: int, device: torch.device, draws: Draws) -> torch.Tensor:
+    """An s x s patch: two halves of opposite sign, unit L2 norm, randomly transposed (one coin
+    for the whole batch, as in the reference)."""
     delta = torch.zeros(s, s, device=device)
     if s // 2 > 0:
         delta[: s // 2] = _rectangles(s // 2, s, device)
     delta[s // 2 :] = -_rectangles(s - s // 2, s, device)
     delta = delta / delta.square().sum().sqrt().clamp_min(1e-12)
-    return delta.t() if bool(torch.rand(()) > 0.5) else delta
+    return delta.t() if draws.shared_ints(2)[0] else delta
 
 
-def _l2_init(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _l2_init(x: torch.Tensor, eps: float, draws: Draws) -> torch.Tensor:
     n, c, h, w = x.shape
     delta = torch.zeros_like(x)
     s = max(h // 5, 1)
     start = (h - s * 5) // 2 if h >= 5 else 0
-    for vh in range(start, h - s + 1, s):
-        for vw in range(start, w - s + 1, s):
-            patch = _pseudo_gaussian(s, x.device).view(1, 1, s, s)
-            delta[:, :, vh : vh + s, vw : vw + s] += patch * _signs((n, c, 1, 1), x.device)
+    for i, (vh, vw) in enumerate(
+        (vh, vw) for vh in range(start, h - s + 1, s) for vw in range(start, w - s + 1, s)
+    ):
+        patch = _pseudo_gaussian(s, x.device, draws.at(i)).view(1, 1, s, s)
+        delta[:, :, vh : vh + s, vw : vw + s] += patch * draws.at(i).signs((n, c, 1, 1), x.device)
     return (x + eps * delta / _per_sample_norm(delta)).clamp(0.0, 1.0)
 
 
-def _linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+def _linf_proposal(
+    x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float, draws: Draws, drawn: torch.Tensor
+) -> torch.Tensor:
+    """The query's proposal: ``draws`` its window's stream, ``drawn`` (rows, 1 + redraws,
+    channels) its signs, then the signs of its first redraws."""
     n, c, h, w = x0.shape
     s = min(max(round(math.sqrt(p * h * w)), 1), h - 1) if h > 1 else 1
-    vh = int(torch.randint(0, h - s + 1, ()))
-    vw = int(torch.randint(0, w - s + 1, ()))
+    vh, vw = draws.shared_ints(h - s + 1, 2)
     window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
     base, current = x0[window], x_best[window]
-    signs = _signs((n, c, 1, 1), x0.device)
+    signs = drawn[:, 0].view(n, c, 1, 1)
     proposal = (base + eps * signs).clamp(0.0, 1.0)
     # Only a sample whose whole window would stay as it is draws again, all its channels afresh:
     # flipping single unchanged channels instead makes the proposal for a window of one sign the
     # exact complement every time, and then no query can change a single channel.
-    for _ in range(_REDRAWS):
+    for k in range(1, _REDRAWS + 1):
         same = (proposal - current).abs().flatten(1).amax(dim=1) < 1e-7
         if not bool(same.any()):
             break
-        signs = torch.where(same.view(-1, 1, 1, 1), _signs((n, c, 1, 1), x0.device), signs)
+        if k < drawn.shape[1]:
+            again = drawn[:, k].view(n, c, 1, 1)
+        else:
+            again = draws.at(k).signs((n, c, 1, 1), x0.device)
+        signs = torch.where(same.view(-1, 1, 1, 1), again, signs)
         proposal = (base + eps * signs).clamp(0.0, 1.0)
     # Outside the window the proposal is the current best, so only the window is computed.
     x_new = x_best.clone()
@@ -124,12 +135,13 @@ def _linf_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float)
     return x_new
 
 
-def _l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -> torch.Tensor:
-    n, c, h, w = x0.shape
+def _l2_proposal(
+    x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float, draws: Draws, drawn: torch.Tensor
+) -> torch.Tensor:
+    _, c, h, w = x0.shape
     s = max(round(math.sqrt(p * h * w)), 3)
     s = min(s + (s % 2 == 0), h)
-    vh, vw = (int(torch.randint(0, h - s + 1, ())) for _ in range(2))
-    vh2, vw2 = (int(torch.randint(0, h - s + 1, ())) for _ in range(2))
+    vh, vw, vh2, vw2 = draws.shared_ints(h - s + 1, 4)
     win1 = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
     win2 = (slice(None), slice(None), slice(vh2, vh2 + s), slice(vw2, vw2 + s))
     delta = x_best - x0
@@ -139,7 +151,8 @@ def _l2_proposal(x0: torch.Tensor, x_best: torch.Tensor, eps: float, p: float) -
     mask[win2] = 1.0
     norm_windows = (delta * mask).square().sum(dim=(2, 3), keepdim=True).sqrt()
     norm_best = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    new = _pseudo_gaussian(s, x0.device).view(1, 1, s, s) * _signs((n, c, 1, 1), x0.device)
+    patch = _pseudo_gaussian(s, x0.device, draws.at(1)).view(1, 1, s, s)
+    new = patch * drawn[:, 0].view(-1, c, 1, 1)
     new = new + delta[win1] / (norm_win1 + 1e-12)
     # Move the mass of both windows into window 1, plus an even share of what the ball allows.
     budget = ((eps**2 - norm_best.square()).clamp_min(0) / c + norm_windows.square()).sqrt()
@@ -162,9 +175,12 @@ def square(
     rescale: bool = True,
     precision: Precision = "fp32",
     on_step: StepFn | None = None,
+    draws: Draws | None = None,
 ) -> AttackOutcome:
     """Square Attack on the margin loss, ``queries`` proposals after the initial point; each
-    restart attacks only the samples still robust. ``on_step`` hears (queries done, planned)."""
+    restart attacks only the samples still robust. ``on_step`` hears (queries done, planned).
+    ``draws``: the random numbers, keyed by sample (default: the global generator); the window
+    of each query is the same for every sample of the batch, as in the reference."""
     if x.ndim != 4:
         raise ConfigError("Square needs image batches (N, C, H, W)")
     if queries < 1:
@@ -182,7 +198,9 @@ def square(
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            evaluations += run(model, x, y, robust, x_out, idx, progress.run(r))
+            evaluations += run(
+                model, x, y, robust, x_out, idx, progress.run(r), (draws or Draws()).at(r)
+            )
         progress.finish()
     return AttackOutcome(robust, x_out, evaluations)
 
@@ -205,21 +223,29 @@ class _SquareRun:
         x_out: torch.Tensor,
         idx: torch.Tensor,
         on_query: Callable[[int], None],
+        draws: Draws,
     ) -> int:
         """One run over the samples ``idx``; updates ``robust`` and ``x_out`` in place and
         returns the model evaluations it spent."""
         eps = self.eps
         x0, ya = x[idx], y[idx]
+        # Keyed by the samples, which follow them as they leave; the queries' own streams.
+        keyed, queries = draws.rows(idx), draws.at(1)
         if self.norm == "linf":
             # Vertical stripes of +-eps: the reference's initialisation.
-            stripes = eps * _signs((x0.shape[0], x0.shape[1], 1, x0.shape[3]), x.device)
+            shape = (x0.shape[0], x0.shape[1], 1, x0.shape[3])
+            stripes = eps * keyed.at(0).signs(shape, x.device)
             xb = (x0 + stripes).clamp(0.0, 1.0)
             propose = _linf_proposal
         else:
-            xb = _l2_init(x0, eps)
+            xb = _l2_init(x0, eps, keyed.at(0))
             propose = _l2_proposal
         margin = _margin(model, xb, ya, self.precision)
         evaluations = int(idx.numel())
+        # A query's signs, then (Linf) its first redraws: a one-channel window needs one in two
+        # queries.
+        drawn = 1 + (_REDRAWS_DRAWN if self.norm == "linf" else 0)
+        block = torch.empty(len(idx), _SIGN_BLOCK, drawn, x0.shape[1], device=x.device)
         for q in range(self.queries):
             check_stop("Square")
             alive = margin > 0
@@ -227,10 +253,18 @@ class _SquareRun:
                 robust[idx[~alive]] = False
                 x_out[idx[~alive]] = xb[~alive]
                 idx, x0, ya, xb, margin = idx[alive], x0[alive], ya[alive], xb[alive], margin[alive]
+                keyed = keyed.rows(alive.nonzero().squeeze(1))
+                block = block[alive]
             if idx.numel() == 0:
                 return evaluations
             p = _p_selection(self.p_init, q, self.queries, self.rescale)
-            x_new = propose(x0, xb, eps, p)
+            if q % _SIGN_BLOCK == 0:
+                block_shape = (len(idx), _SIGN_BLOCK, drawn, x0.shape[1])
+                block = keyed.at(2, q // _SIGN_BLOCK).signs(block_shape, x.device)
+            signs = block[:, q % _SIGN_BLOCK]
+            x_new = propose(
+                x0, xb, eps, p, Draws(keyed.keys, draws.seed, (*queries.stream, q)), signs
+            )
             m_new = _margin(model, x_new, ya, self.precision)
             evaluations += int(idx.numel())
             better = m_new < margin

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 
+from cartl_core.attacks.draws import Draws
 from cartl_core.errors import ConfigError
 from cartl_core.parallel import batch_noise
 
@@ -22,7 +23,7 @@ def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
 class ThreatModel(Protocol):
     eps: float
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor: ...
+    def random_init(self, x: torch.Tensor, draws: Draws | None = None) -> torch.Tensor: ...
     def step(
         self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float | torch.Tensor
     ) -> torch.Tensor: ...
@@ -33,8 +34,11 @@ class LinfBall:
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
-        noise = batch_noise(lambda t: torch.empty_like(t).uniform_(-self.eps, self.eps), x)
+    def random_init(self, x: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        if draws is not None and draws.keyed:
+            noise = draws.uniform(x).mul_(2 * self.eps).sub_(self.eps)
+        else:
+            noise = batch_noise(lambda t: torch.empty_like(t).uniform_(-self.eps, self.eps), x)
         return (x + noise).clamp_(0.0, 1.0)
 
     def step(
@@ -50,17 +54,17 @@ class L2Ball:
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
         # Uniform in the ball: a random direction scaled by eps * U^(1/d).
-        direction = batch_noise(torch.randn_like, x)
-        direction = direction / _per_sample_norm(direction)
         d = x[0].numel()
-        radius = (
-            batch_noise(lambda t: torch.rand(t.shape[0], device=t.device, dtype=t.dtype), x).pow(
-                1.0 / d
-            )
-            * self.eps
-        )
+        if draws is not None and draws.keyed:
+            direction = draws.at(0).normal(x)
+            u = draws.at(1).uniform(x.new_empty(x.shape[0], 1)).view(-1)
+        else:
+            direction = batch_noise(torch.randn_like, x)
+            u = batch_noise(lambda t: torch.rand(t.shape[0], device=t.device, dtype=t.dtype), x)
+        direction = direction / _per_sample_norm(direction)
+        radius = u.pow(1.0 / d) * self.eps
         return (x + direction * radius.view(-1, *([1] * (x.ndim - 1)))).clamp_(0.0, 1.0)
 
     def step(

@@ -437,6 +437,7 @@ def finish_training(
             class_names=data.class_names,
             train_accuracy=train_accuracy(history),
             on_progress=ctx.on_audit_progress,
+            processes=ctx.processes,
         )
         outcome.audit = jsonable(report.to_dict())
         metrics.update(

@@ -119,6 +119,8 @@ def _run(params: AuditParams, ctx: RunContext) -> JobOutcome:
         params.config(trained_threat(read_description(checkpoint))),
         class_names=data.class_names,
         on_progress=ctx.on_audit_progress,
+        seed=params.seed,
+        processes=ctx.processes,
     )
     rep = jsonable(report.to_dict())
     return JobOutcome(metrics=audit_summary(rep), audit=rep)

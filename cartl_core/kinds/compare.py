@@ -227,6 +227,7 @@ def _run(params: CompareParams, ctx: RunContext) -> JobOutcome:
         out_dir=ctx.extra_dir or out_path.parent,
         on_progress=ctx.on_progress,
         should_stop=ctx.should_stop,
+        processes=ctx.processes,
     )
     table = jsonable(result.to_dict())
     table["chosen"]["path"] = str(out_path)
@@ -262,6 +263,8 @@ def _run(params: CompareParams, ctx: RunContext) -> JobOutcome:
             class_names=data.class_names,
             train_accuracy=train_accuracy(chosen.history),
             on_progress=ctx.on_audit_progress,
+            seed=params.seed,
+            processes=ctx.processes,
         )
         outcome.audit = jsonable(report.to_dict())
         outcome.metrics = audit_summary(outcome.audit)

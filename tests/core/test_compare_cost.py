@@ -295,3 +295,25 @@ def test_compare_shares_the_frozen_features_with_the_same_numbers(source: BlockM
     assert f"{len(sharing)} train on the frozen part's features, computed once per k" in text
     assert f"{frozen} (BN frozen re-estimates" in text
     assert plain.estimate.not_shared == dict.fromkeys(rows, "not asked to")
+
+
+@pytest.mark.timeout(300)
+def test_a_compare_on_two_processes_is_the_compare_on_one(source: BlockModel) -> None:
+    """Each candidate trains data-parallel and its audits deal the samples out: the numbers of
+    one process, up to the float noise of a data-parallel training. The features are not
+    shared then, and the estimate says why."""
+    data = make_dataset(num_classes=3, n_train=96, n_test=48)
+    config = CompareConfig(
+        eps=0.3, methods=("standard", "neft"), ks=(2,), epochs=2, batch_size=32,
+        augmentation="none", bn_presets=("source-stats",), max_candidates=2,
+    )  # fmt: skip
+    one = compare(source, data, config, device="cpu", seed=0)
+    two = compare(source, data, config, device="cpu", seed=0, processes=2)
+    assert [c.name for c in one.candidates] == [c.name for c in two.candidates]
+    for a, b in zip(one.candidates, two.candidates, strict=True):
+        for split, n in (("val", a.val_samples), ("test", len(data.test))):
+            for what in ("clean", "robust"):
+                x, y = getattr(a, f"{split}_{what}"), getattr(b, f"{split}_{what}")
+                assert abs(x - y) <= 1 / n + 1e-9, (a.name, split, what)
+    assert set(two.estimate.not_shared) == {c.name for c in two.candidates}
+    assert all("2 processes" in why for why in two.estimate.not_shared.values())

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from cartl_core import AttackConfig, CancelledError, FDMConfig, ScheduleConfig, pretrain
-from cartl_core.config import TraceConfig, TransferConfig
+from cartl_core import AttackConfig, CancelledError, FDMConfig, ScheduleConfig, audit, pretrain
+from cartl_core.config import AuditConfig, TraceConfig, TransferConfig
 from cartl_core.models import BlockModel
 from cartl_core.training import transfer
 
@@ -106,3 +106,63 @@ def test_a_cancel_stops_every_rank_and_the_run_resumes(source: BlockModel, tmp_p
                  should_stop=lambda: state.is_file())  # fmt: skip
     alone = transfer(source, DATA, config, device="cpu", seed=0, state_path=state)
     _weights_close(whole.model, alone.model, atol=1e-5)
+
+
+def _attack_numbers(report: Any) -> list[tuple[Any, ...]]:
+    return [(a.name, a.role, a.eps, a.samples, a.broke, a.accuracy) for a in report.attacks]
+
+
+AUDITS = {
+    "linf": AuditConfig(eps=(0.1,), apgd_steps=6, fab_steps=6, square_queries=40, steps=4,
+                        apgd_targets=2, fab_targets=2, check_samples=16),
+    "l2": AuditConfig(eps=(0.8,), norm="l2", apgd_steps=6, fab_steps=6, square_queries=40,
+                      steps=4, apgd_targets=2, fab_targets=2, check_samples=16),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_an_audit_does_not_depend_on_how_its_samples_are_batched(
+    source: BlockModel, norm: str
+) -> None:
+    """Each sample's random numbers are its own (keyed by its index and the attack), so an
+    audit in batches of 5 breaks exactly the samples an audit in one batch breaks: what lets
+    its samples be dealt out over processes."""
+    cfg = AUDITS[norm]
+    whole = audit(source, DATA.test, cfg, seed=7)
+    small = audit(source, DATA.test, cfg.with_(batch_size=5), seed=7)
+    assert _attack_numbers(whole) == _attack_numbers(small)
+    assert 0 < whole.robust_accuracy < whole.clean_accuracy
+    # Some attack broke samples and left others for the next one: the survivors' batches differ.
+    assert any(0 < a.broke < a.samples for a in whole.attacks)
+    other = audit(source, DATA.test, cfg, seed=8)
+    assert [c.name for c in other.checks] == [c.name for c in whole.checks]
+
+
+def test_an_audit_on_two_processes_is_the_audit_on_one(source: BlockModel) -> None:
+    """The whole audit (ensemble, named attacks, Square probe, checks at other radii) on two
+    processes: every attack breaks the same samples, so every number and check is that of one
+    process. Progress reaches the caller from rank 0, ending at the whole set."""
+    cfg = AUDITS["linf"].with_(batch_size=8, attacks="standard")
+    one = audit(source, DATA.test, cfg, seed=3)
+    events: list[Any] = []
+    two = audit(source, DATA.test, cfg, seed=3, processes=2, on_progress=events.append)
+    assert _attack_numbers(one) == _attack_numbers(two)
+    assert (one.clean_accuracy, one.robust_accuracy) == (two.clean_accuracy, two.robust_accuracy)
+    assert [(c.name, c.passed) for c in one.checks] == [(c.name, c.passed) for c in two.checks]
+    assert one.per_class == two.per_class
+    assert one.by_eps == two.by_eps
+    assert events[0].estimate is not None
+    last = [e for e in events if e.attack and e.done == e.total]
+    assert {e.index for e in last} == set(range(1, len(two.attacks) + 1))
+
+
+def test_a_cancel_stops_an_audit_on_two_processes(source: BlockModel) -> None:
+    calls = 0
+
+    def stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 3
+
+    with pytest.raises(CancelledError):
+        audit(source, DATA.test, AUDITS["linf"], seed=3, processes=2, should_stop=stop)

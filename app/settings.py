@@ -74,6 +74,18 @@ class Settings(BaseSettings):
         description="With a bucket: local room for a job's working copies and an upload's "
         "probe copy, removed when done [default: the system's temporary folder].",
     )
+    input_cache_dir: Path | None = Field(
+        default=None,
+        description="With a bucket: where a worker machine keeps the inputs its jobs downloaded "
+        "(datasets, checkpoints), by content, so it downloads each once [default: "
+        "cartl-inputs in the scratch folder].",
+    )
+    input_cache_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="With a bucket: the most the input cache keeps; least recently used inputs "
+        "go first (0: no cache, every job downloads its inputs).",
+    )
     state_sync_s: float = Field(
         default=5.0,
         gt=0,
@@ -196,7 +208,9 @@ class Settings(BaseSettings):
         default=3.0, gt=0, description="Time /readyz gives the database and the broker each."
     )
 
-    @field_validator("storage_url", "storage_presign_endpoint", "scratch_dir", mode="before")
+    @field_validator(
+        "storage_url", "storage_presign_endpoint", "scratch_dir", "input_cache_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``CARTL_STORAGE_URL=`` (empty, as compose passes it to choose the folder) is unset."""

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from app.services.jobs import candidates_prefix
 from app.services.recovery import local_worker_gone
 from app.settings import Settings, get_settings
 from app.storage import open_storage, problem_text, storage_problem
+from worker.input_cache import InputCache
 from worker.workspace import Workspace, open_workspace
 
 if TYPE_CHECKING:
@@ -93,6 +95,16 @@ def turn_has_work(job_id: str, settings: Settings | None = None) -> bool:
         # The pool process will meet the same database and record why it cannot run.
         log.warning("message for job %s: could not check for work", job_id, exc_info=True)
         return True
+
+
+def input_cache(settings: Settings) -> InputCache | None:
+    """This machine's cache of downloaded inputs, where the settings keep one."""
+    if settings.input_cache_bytes == 0:
+        return None
+    root = settings.input_cache_dir or Path(
+        settings.scratch_dir or tempfile.gettempdir(), "cartl-inputs"
+    )
+    return InputCache(root, settings.input_cache_bytes)
 
 
 @functools.cache
@@ -217,8 +229,9 @@ class _Run:
 
     def _run(self, job: Job) -> str:
         workspace = open_workspace(
-            self.storage, job.id, self.settings.scratch_dir, self.settings.state_sync_s
-        )
+            self.storage, job.id, self.settings.scratch_dir, self.settings.state_sync_s,
+            input_cache(self.settings),
+        )  # fmt: skip
         self.workspace = workspace
         try:
             with workspace:

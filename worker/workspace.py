@@ -8,6 +8,8 @@ against their recorded sha256), what an earlier attempt on any machine left in t
 (``jobs/ID/...``) is brought back, and a mirror thread copies every file the job rewrites to the
 bucket within ``state_sync_s``, so a job killed here resumes on another machine from its last
 copied epoch. The scratch folder goes when the job ends; nothing is written to the data folder.
+Inputs come through this machine's :class:`~worker.input_cache.InputCache` where one is set, so
+a machine downloads a dataset or checkpoint once, not once per job and attempt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 from pathlib import Path
 
 from app.storage import Storage, StoredFile, sha256_file
+from worker.input_cache import InputCache
 
 __all__ = ["Workspace", "open_workspace"]
 
@@ -71,8 +74,16 @@ class Workspace:
 class MirroredWorkspace(Workspace):
     """A job's files in a scratch folder, mirrored to a bucket."""
 
-    def __init__(self, storage: Storage, job_id: str, scratch: Path | None, sync_s: float) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        job_id: str,
+        scratch: Path | None,
+        sync_s: float,
+        cache: InputCache | None = None,
+    ) -> None:
         super().__init__(storage, job_id)
+        self.cache = cache
         if scratch is not None:
             scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         # What an earlier attempt of this job left here when its process was killed: the
@@ -90,7 +101,12 @@ class MirroredWorkspace(Workspace):
         return self.root.joinpath(*key.split("/"))
 
     def input(self, key: str, sha256: str | None) -> Path:
-        return self.storage.fetch(key, self.local(key), sha256)
+        dest = self.local(key)
+        if self.cache is None or sha256 is None:
+            return self.storage.fetch(key, dest, sha256)
+        if self.cache.place(sha256, dest, lambda path: self.storage.fetch(key, path, sha256)):
+            log.info("job %s: %s from this machine's input cache", self.job_id, key)
+        return dest
 
     def __enter__(self) -> MirroredWorkspace:
         self._bring_back()
@@ -161,8 +177,12 @@ class MirroredWorkspace(Workspace):
 
 
 def open_workspace(
-    storage: Storage, job_id: str, scratch: Path | None = None, sync_s: float = 5.0
+    storage: Storage,
+    job_id: str,
+    scratch: Path | None = None,
+    sync_s: float = 5.0,
+    cache: InputCache | None = None,
 ) -> Workspace:
     if storage.is_local:
         return Workspace(storage, job_id)
-    return MirroredWorkspace(storage, job_id, scratch, sync_s)
+    return MirroredWorkspace(storage, job_id, scratch, sync_s, cache)

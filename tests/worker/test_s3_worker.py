@@ -87,6 +87,9 @@ def test_a_job_killed_on_one_machine_resumes_on_another_with_the_same_weights(
     uninterrupted = b.wait_status(reference, JobStatus.succeeded, JobStatus.failed)
     assert uninterrupted.status == "succeeded", uninterrupted.error
     assert uninterrupted.attempts == 1
+    # B downloaded the dataset and the checkpoint once, for the resumed attempt; the second job
+    # of the same inputs took them from B's input cache.
+    assert second.log().count("from this machine's input cache") == 2
 
     resumed = _weights(b, str(job.weights_key), tmp_path)
     whole = _weights(b, str(uninterrupted.weights_key), tmp_path)
@@ -97,10 +100,13 @@ def test_a_job_killed_on_one_machine_resumes_on_another_with_the_same_weights(
     assert uninterrupted.metrics is not None
     assert job.metrics["robust_accuracy"] == uninterrupted.metrics["robust_accuracy"]
 
-    # Nothing of an artifact in either machine's data folder; B's scratch folder is empty.
+    # Nothing of an artifact in either machine's data folder; B's scratch folder holds no job's
+    # files, only the input cache with the two inputs.
     for home in (tmp_path / "a", tmp_path / "b"):
         assert not (home / "artifacts").exists()
-    assert list((tmp_path / "b" / "scratch").iterdir()) == []
+    scratch = tmp_path / "b" / "scratch"
+    assert [p.name for p in scratch.iterdir()] == ["cartl-inputs"]
+    assert len([p for p in (scratch / "cartl-inputs").glob("*/*") if p.is_file()]) == 2
 
 
 def test_a_job_whose_bucket_is_gone_fails_saying_so(tmp_path: Path, bucket: str) -> None:

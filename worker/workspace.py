@@ -8,6 +8,8 @@ against their recorded sha256), what an earlier attempt on any machine left in t
 (``jobs/ID/...``) is brought back, and a mirror thread copies every file the job rewrites to the
 bucket within ``state_sync_s``, so a job killed here resumes on another machine from its last
 copied epoch. The scratch folder goes when the job ends; nothing is written to the data folder.
+A folder left by a killed process goes when the next job starts on this machine, whichever job
+it was (a live job's folder holds a lock its process keeps).
 Inputs come through this machine's :class:`~worker.input_cache.InputCache` where one is set, so
 a machine downloads a dataset or checkpoint once, not once per job and attempt.
 """
@@ -15,7 +17,9 @@ a machine downloads a dataset or checkpoint once, not once per job and attempt.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -86,11 +90,14 @@ class MirroredWorkspace(Workspace):
         self.cache = cache
         if scratch is not None:
             scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # What an earlier attempt of this job left here when its process was killed: the
-        # bucket has what it copied, which is what a resume starts from.
-        for left in Path(scratch or tempfile.gettempdir()).glob(f"cartl-{job_id}-*"):
-            shutil.rmtree(left, ignore_errors=True)
+        # What an earlier attempt of this job left here when its process was killed (the bucket
+        # has what it copied, which is what a resume starts from), and what any other job's
+        # killed attempt left, whether or not that job resumed on this machine.
+        for left in Path(scratch or tempfile.gettempdir()).glob("cartl-*-*"):
+            if left.name.startswith(f"cartl-{job_id}-") or _abandoned(left):
+                shutil.rmtree(left, ignore_errors=True)
         self.root = Path(tempfile.mkdtemp(prefix=f"cartl-{job_id}-", dir=scratch))
+        self._held = _hold(self.root)
         self.sync_s = sync_s
         self._sent: dict[Path, tuple[int, int]] = {}
         self._stop = threading.Event()
@@ -117,6 +124,7 @@ class MirroredWorkspace(Workspace):
         self._stop.set()
         self._thread.join()
         shutil.rmtree(self.root, ignore_errors=True)
+        os.close(self._held)
 
     def _bring_back(self) -> None:
         """What an earlier attempt of this job copied to the bucket, as it left it."""
@@ -174,6 +182,37 @@ class MirroredWorkspace(Workspace):
         with self._lock:
             shutil.rmtree(self.local(prefix), ignore_errors=True)
             self.storage.delete_prefix(prefix)
+
+
+#: A live job's scratch folder holds this file locked (flock): the kernel drops the lock when
+#: the process dies, however it dies, so an unlocked one marks a folder nobody will come back to.
+_HELD = ".held"
+
+
+def _hold(folder: Path) -> int:
+    """Lock ``folder`` as a live job's for as long as the returned descriptor stays open. Locked
+    under a temporary name, then renamed, so no other process can see it unlocked."""
+    pending = folder / f"{_HELD}.tmp"
+    fd = os.open(pending, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    pending.rename(folder / _HELD)
+    return fd
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether ``folder`` is a job's scratch folder whose process is gone (folders of other
+    programs, which have no lock file, are never touched)."""
+    try:
+        fd = os.open(folder / _HELD, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def open_workspace(

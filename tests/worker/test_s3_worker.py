@@ -156,3 +156,46 @@ def test_a_retry_here_removes_what_a_killed_attempt_left_and_brings_back_its_sta
     fetched = storage.fetch("jobs/job_x/state.pt", tmp_path / "back.pt")
     assert fetched.read_bytes() == b"epoch 4"
     assert list(scratch.iterdir()) == []
+
+
+def test_a_job_removes_the_scratch_folders_that_killed_jobs_left(
+    bucket: str, tmp_path: Path
+) -> None:
+    """The folder of a job SIGKILLed here that resumed on another machine goes when the next job
+    starts here; a live job's folder and other programs' folders stay."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from app.storage.s3 import S3Storage
+    from worker.workspace import _hold, open_workspace
+
+    scratch = tmp_path / "scratch"
+    killed, live, foreign = (scratch / n for n in ("cartl-job_k-1", "cartl-job_l-2", "cartl-x-y"))
+    for folder in (killed, live, foreign):
+        (folder / "jobs").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from worker.workspace import _hold; _hold(Path(sys.argv[1])); print('held', flush=True); "
+         "time.sleep(600)", str(killed)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    fd = _hold(live)  # a job running in this process
+    try:
+        with open_workspace(S3Storage(bucket), "job_n", scratch, sync_s=60):
+            # While its process lives, the killed job's folder is a live one.
+            assert killed.exists()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        with open_workspace(S3Storage(bucket), "job_m", scratch, sync_s=60):
+            assert not killed.exists()
+            assert live.exists()
+            assert foreign.exists()
+    finally:
+        os.close(fd)
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

@@ -141,3 +141,15 @@ def timed(
         synchronize(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The layout new tensors like ``t`` should have: channels_last where ``t`` is (and is not
+    also plainly contiguous, as a tensor with one channel or one pixel is both)."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format

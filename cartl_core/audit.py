@@ -542,7 +542,6 @@ class _Auditor:
         label = _label(name, eps, role)
         attack = _batch_attack(self.model, spec, cfg, eps)
         self.clock.index += 1
-        draws = Draws(seed=self.seed, stream=(self.clock.index,))
         t0 = time.monotonic()
         robust = alive.clone()
         every = alive.nonzero().squeeze(1)
@@ -567,10 +566,8 @@ class _Auditor:
             part = idx[start : start + bs]
             sub = self.data.subset(part)
             n_part = int(part.numel())
-            batch_draws = Draws(part, draws.seed, draws.stream)
-            robust[part] = attack(
-                sub.float_images(), sub.labels, within(start, n_part), batch_draws
-            )
+            draws = Draws(part, self.seed, (self.clock.index,))
+            robust[part] = attack(sub.float_images(), sub.labels, within(start, n_part), draws)
             report(start, n_part, 1, 1, start + bs >= own)
         if self.world > 1:
             # Each rank cleared only the flags of samples it broke: the minimum holds them all.

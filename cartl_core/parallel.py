@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from cartl_core._runtime import memory_format_of
 from cartl_core.errors import ConfigError
 
 __all__ = [
@@ -130,15 +131,8 @@ def batch_noise(draw: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -
     g = _GROUP
     if g is None or not g.in_step or x.shape[0] != g.rows or g.total == g.rows:
         return draw(x)
-    layout = (
-        torch.channels_last
-        if x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
     whole = torch.empty(
-        (g.total, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=layout
+        (g.total, *x.shape[1:]), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x)
     )
     return draw(whole)[g.offset : g.offset + g.rows]
 

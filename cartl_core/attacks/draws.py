@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cartl_core._runtime import memory_format_of
+
 __all__ = ["Draws"]
 
 _M32 = 0xFFFFFFFF
@@ -92,18 +94,16 @@ class Draws:
         if self.keys is None:
             return torch.rand_like(like)
         bits = self._bits(like[0].numel() if like.shape[0] else 0, like.device)
-        u = ((bits >> 8).float() + 0.5) * 2.0**-24
-        return u.view(like.shape).to(like.dtype).contiguous(memory_format=_layout(like))
+        return _shaped(_unit(bits), like)
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal, shaped and typed like ``like`` (Box-Muller on two uniforms)."""
         if self.keys is None:
             return torch.randn_like(like)
         n = like[0].numel() if like.shape[0] else 0
-        bits = self._bits(2 * n, like.device)
-        u = ((bits >> 8).float() + 0.5) * 2.0**-24
+        u = _unit(self._bits(2 * n, like.device))
         z = torch.sqrt(-2.0 * torch.log(u[:, :n])) * torch.cos(2 * math.pi * u[:, n:])
-        return z.view(like.shape).to(like.dtype).contiguous(memory_format=_layout(like))
+        return _shaped(z, like)
 
     def signs(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """+-1 (float) of ``shape``, whose first dimension is the rows."""
@@ -122,11 +122,13 @@ class Draws:
         return [rng.randrange(high) for _ in range(count)]
 
 
-def _layout(like: torch.Tensor) -> torch.memory_format:
-    if (
-        like.dim() == 4
-        and not like.is_contiguous()
-        and like.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
+def _unit(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit values as floats in (0, 1): their top 24 bits, centred in their interval (never
+    0, which Box-Muller's log cannot take)."""
+    return ((bits >> 8).float() + 0.5) * 2.0**-24
+
+
+def _shaped(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(rows, elements) values as ``like``'s shape, dtype and memory layout; element i is the
+    i-th in logical order whatever the layout, so the layout does not change the numbers."""
+    return values.view(like.shape).to(like.dtype).contiguous(memory_format=memory_format_of(like))

@@ -229,8 +229,8 @@ class _SquareRun:
         returns the model evaluations it spent."""
         eps = self.eps
         x0, ya = x[idx], y[idx]
-        # Keyed by the samples, which follow them as they leave; the queries' own streams.
-        keyed, queries = draws.rows(idx), draws.at(1)
+        # Keyed by the samples, which follow them as they leave.
+        keyed = draws.rows(idx)
         if self.norm == "linf":
             # Vertical stripes of +-eps: the reference's initialisation.
             shape = (x0.shape[0], x0.shape[1], 1, x0.shape[3])
@@ -262,9 +262,7 @@ class _SquareRun:
                 block_shape = (len(idx), _SIGN_BLOCK, drawn, x0.shape[1])
                 block = keyed.at(2, q // _SIGN_BLOCK).signs(block_shape, x.device)
             signs = block[:, q % _SIGN_BLOCK]
-            x_new = propose(
-                x0, xb, eps, p, Draws(keyed.keys, draws.seed, (*queries.stream, q)), signs
-            )
+            x_new = propose(x0, xb, eps, p, keyed.at(1, q), signs)
             m_new = _margin(model, x_new, ya, self.precision)
             evaluations += int(idx.numel())
             better = m_new < margin
